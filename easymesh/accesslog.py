@@ -1,0 +1,60 @@
+# -*- test-case-name: tests.test_listener -*-
+"""
+Access log lines through C{twisted.logger}: one per request, as text or as
+JSON.  Header values (and so credentials) are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+
+from twisted.logger import Logger
+
+
+class AccessLog:
+    """
+    Emit access log events under the C{easymesh.access} namespace.
+
+    @param style: C{"text"} or C{"json"}.
+    """
+
+    _log = Logger(namespace="easymesh.access")
+
+    def __init__(self, style: str) -> None:
+        self.style = style
+
+    def record(
+        self,
+        listener: str,
+        method: bytes,
+        path: bytes,
+        status: int,
+        bytesIn: int,
+        bytesOut: int,
+        duration: float,
+        upstream: str,
+        requestId: Optional[bytes],
+        cause: Optional[str],
+    ) -> None:
+        entry: Dict[str, Any] = {
+            "listener": listener,
+            "method": method.decode("latin-1"),
+            "path": path.decode("latin-1"),
+            "status": status,
+            "bytes_in": bytesIn,
+            "bytes_out": bytesOut,
+            "duration_ms": round(duration * 1000, 3),
+            "upstream": upstream,
+            "request_id": requestId.decode("latin-1") if requestId else None,
+            "error": cause,
+        }
+        if self.style == "json":
+            self._log.info("{line}", line=json.dumps(entry, separators=(",", ":")), **entry)
+        else:
+            self._log.info(
+                "{listener} {method} {path} {status} {bytes_out}B "
+                "{duration_ms}ms upstream={upstream} error={error} "
+                "request_id={request_id}",
+                **entry,
+            )

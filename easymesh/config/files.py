@@ -1,0 +1,73 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+Read a YAML config file into checked setting values, naming the file, line
+and key of anything refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import yaml
+
+from easymesh.config.model import ConfigError
+from easymesh.config.settings import BY_NAME
+
+
+def readConfigFile(path: str) -> Dict[str, Any]:
+    """
+    Read and check a config file: a mapping whose keys are setting names.
+
+    @return: Checked values keyed by setting name.
+    @raise ConfigError: The file cannot be read, is not YAML, or has an
+        unknown key or a bad value.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, f"cannot read the file: {e}") from None
+    return parseConfigText(text, path)
+
+
+def parseConfigText(text: str, name: str) -> Dict[str, Any]:
+    """
+    Check the text of a config file; see L{readConfigFile}.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{name}{line}", f"not valid YAML: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(name, f"not valid YAML: {e}") from None
+    if root is None:
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(
+            f"{name}:{root.start_mark.line + 1}",
+            "the file must be a mapping of setting names to values",
+        )
+    constructor = yaml.SafeLoader("")
+    values: Dict[str, Any] = {}
+    for keyNode, valueNode in root.value:
+        where = f"{name}:{keyNode.start_mark.line + 1}"
+        key = keyNode.value
+        setting = BY_NAME.get(key) if isinstance(keyNode, yaml.ScalarNode) else None
+        if setting is None:
+            raise ConfigError(
+                where,
+                f"unknown key {key!r} (known keys: {', '.join(sorted(BY_NAME))})",
+            )
+        if key in values:
+            raise ConfigError(where, f"key {key!r} is given twice")
+        try:
+            raw = constructor.construct_object(valueNode, deep=True)
+        except yaml.YAMLError as e:
+            raise ConfigError(where, f"key {key!r}: {e}") from None
+        try:
+            values[key] = setting.kind.fromValue(raw)
+        except ValueError as e:
+            raise ConfigError(where, f"key {key!r}: {e}") from None
+    return values

@@ -1,0 +1,193 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The sidecar's configuration as typed objects.
+
+Flags, a YAML file and (later) a control plane all produce a
+L{SidecarConfig}; the rest of easymesh reads only these objects.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from typing import Optional, Tuple
+
+import attrs
+
+from easymesh.config.addresses import UpstreamURL, tcpPortOf
+
+OUTBOUND = "outbound"
+INBOUND = "inbound"
+
+
+class ConfigError(ValueError):
+    """
+    A configuration is refused: C{where} names the source and key (and line,
+    for a file), C{reason} says what is wrong.
+    """
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+
+@attrs.frozen
+class FilterSpec:
+    """
+    A filter named on a listener: the plugin's name and its argument string.
+    """
+
+    name: str
+    args: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "FilterSpec":
+        name, _, args = text.partition(":")
+        return cls(name, args)
+
+
+@attrs.frozen
+class RateLimit:
+    """
+    A token bucket: C{rate} tokens a second, at most C{burst} saved up; a
+    request waits at most C{maxWait} seconds, behind at most C{maxQueue}
+    others.
+    """
+
+    rate: float
+    burst: int
+    maxWait: float = 0.0
+    maxQueue: int = 1024
+
+    def asArgs(self) -> str:
+        return (
+            f"rate={self.rate:g},burst={self.burst},"
+            f"max_wait={self.maxWait:g},max_queue={self.maxQueue}"
+        )
+
+
+@attrs.frozen
+class PoolSettings:
+    """
+    Upstream connection pooling and timeouts, shared by every upstream.
+    """
+
+    size: int = 128
+    idle: float = 4.0
+    connectTimeout: float = 5.0
+    responseTimeout: float = 15.0
+
+
+@attrs.frozen
+class ListenerConfig:
+    """
+    One proxy listener: where it listens, where it forwards, and its filters.
+    """
+
+    name: str
+    endpoint: str
+    target: UpstreamURL
+    filters: Tuple[FilterSpec, ...] = ()
+
+
+@attrs.frozen
+class SidecarConfig:
+    """
+    Everything one sidecar process runs with; one attribute per setting in
+    L{easymesh.config.settings.SETTINGS}.
+    """
+
+    outbound: str = "tcp:8082:interface=127.0.0.1"
+    inbound: str = "tcp:8083"
+    peer: Optional[str] = None
+    upstream: Optional[str] = None
+    demo: str = "tcp:6060:interface=127.0.0.1"
+    timeout: float = 15.0
+    connect_timeout: float = 5.0
+    pool_size: int = 128
+    pool_idle: float = 4.0
+    rate: Optional[float] = None
+    burst: Optional[int] = None
+    max_wait: float = 0.0
+    max_queue: int = 1024
+    filter: Tuple[str, ...] = ()
+    outbound_filter: Tuple[str, ...] = ()
+    inbound_filter: Tuple[str, ...] = ()
+    access_log: str = "off"
+    drain: float = 5.0
+    node_id: Optional[str] = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.burst is not None and self.rate is None:
+            raise ConfigError("burst", "needs rate")
+        if self.peer is None and tcpPortOf(self.inbound) is None:
+            raise ConfigError(
+                "peer",
+                f"must be given: it cannot be derived from the inbound "
+                f"endpoint {self.inbound!r}, which is not tcp:",
+            )
+        if self.upstream is None and tcpPortOf(self.demo) is None:
+            raise ConfigError("demo", "must be a tcp: endpoint")
+
+    @property
+    def nodeId(self) -> str:
+        """
+        This sidecar's name in C{Via} headers: the configured node id, or the
+        host name.
+        """
+        return self.node_id or socket.gethostname().split(".")[0] or "easymesh"
+
+    @property
+    def runsDemo(self) -> bool:
+        """
+        Whether the built-in demo app runs: only when no upstream is given.
+        """
+        return self.upstream is None
+
+    @property
+    def rateLimit(self) -> Optional[RateLimit]:
+        if self.rate is None:
+            return None
+        burst = self.burst if self.burst is not None else max(1, math.ceil(self.rate))
+        return RateLimit(self.rate, burst, self.max_wait, self.max_queue)
+
+    @property
+    def pool(self) -> PoolSettings:
+        return PoolSettings(
+            self.pool_size, self.pool_idle, self.connect_timeout, self.timeout
+        )
+
+    def _loopbackURL(self, endpoint: str) -> UpstreamURL:
+        address = tcpPortOf(endpoint)
+        assert address is not None
+        return UpstreamURL("http", address[0], address[1])
+
+    def listeners(self) -> Tuple[ListenerConfig, ListenerConfig]:
+        """
+        The outbound and inbound listeners, with their targets and filters.
+        """
+        peer = (
+            UpstreamURL.parse(self.peer)
+            if self.peer is not None
+            else self._loopbackURL(self.inbound)
+        )
+        upstream = (
+            UpstreamURL.parse(self.upstream)
+            if self.upstream is not None
+            else self._loopbackURL(self.demo)
+        )
+        shared = tuple(FilterSpec.parse(f) for f in self.filter)
+        inbound = shared + tuple(FilterSpec.parse(f) for f in self.inbound_filter)
+        limit = self.rateLimit
+        if limit is not None:
+            inbound = (FilterSpec("ratelimit", limit.asArgs()),) + inbound
+        return (
+            ListenerConfig(
+                OUTBOUND,
+                self.outbound,
+                peer,
+                shared + tuple(FilterSpec.parse(f) for f in self.outbound_filter),
+            ),
+            ListenerConfig(INBOUND, self.inbound, upstream, inbound),
+        )

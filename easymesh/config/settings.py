@@ -1,0 +1,156 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The table of settings: each is a long flag of C{twistd easymesh} and a key
+of the same name in the YAML config file.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping
+
+from easymesh.config.addresses import checkFilterSpec, checkURL, endpointNormaliser
+from easymesh.config.kinds import Choice, ListOf, Number, Setting, Text
+from easymesh.config.model import ConfigError, SidecarConfig
+
+_defaults = SidecarConfig()
+
+SETTINGS = (
+    Setting(
+        "outbound",
+        Text("a Twisted endpoint string", endpointNormaliser("127.0.0.1")),
+        "Where the outbound proxy listens, as a Twisted endpoint string (a bare "
+        "port means loopback only).",
+        _defaults.outbound,
+    ),
+    Setting(
+        "inbound",
+        Text("a Twisted endpoint string", endpointNormaliser(None)),
+        "Where the inbound proxy listens, as a Twisted endpoint string.",
+        _defaults.inbound,
+    ),
+    Setting(
+        "peer",
+        Text("an http:// or https:// URL", checkURL),
+        "Where the outbound proxy forwards: the peer's inbound proxy.",
+        "this sidecar's own inbound listener",
+    ),
+    Setting(
+        "upstream",
+        Text("an http:// or https:// URL", checkURL),
+        "The local app behind the inbound proxy; without it the built-in demo "
+        "app runs and is the upstream.",
+        "the demo app",
+    ),
+    Setting(
+        "demo",
+        Text("a Twisted endpoint string", endpointNormaliser("127.0.0.1")),
+        "Where the built-in demo app listens when no --upstream is given.",
+        _defaults.demo,
+    ),
+    Setting(
+        "timeout",
+        Number(0, exclusiveMinimum=True),
+        "Seconds to wait for upstream response headers, from the end of the "
+        "request body (then 504).",
+        _defaults.timeout,
+    ),
+    Setting(
+        "connect-timeout",
+        Number(0, exclusiveMinimum=True),
+        "Seconds to wait for an upstream connection (then 503).",
+        _defaults.connect_timeout,
+    ),
+    Setting(
+        "pool-size",
+        Number(1, integer=True),
+        "Idle persistent connections kept per upstream host.",
+        _defaults.pool_size,
+    ),
+    Setting(
+        "pool-idle",
+        Number(0, exclusiveMinimum=True),
+        "Seconds an idle upstream connection is kept (keep it below the app's "
+        "keep-alive timeout).",
+        _defaults.pool_idle,
+    ),
+    Setting(
+        "rate",
+        Number(0, exclusiveMinimum=True),
+        "Requests per second admitted by the inbound listener's token bucket "
+        "(off unless given).",
+    ),
+    Setting(
+        "burst",
+        Number(1, integer=True),
+        "Token bucket size: requests admitted at once after a quiet spell.",
+        "the rate, rounded up",
+    ),
+    Setting(
+        "max-wait",
+        Number(0),
+        "Seconds a request may queue for a token before 429 (0: reject at once).",
+        _defaults.max_wait,
+    ),
+    Setting(
+        "max-queue",
+        Number(0, integer=True),
+        "Requests that may queue for a token at once; beyond it, 429.",
+        _defaults.max_queue,
+    ),
+    Setting(
+        "filter",
+        ListOf(Text("NAME[:ARGS]", checkFilterSpec)),
+        "Add a filter plugin to both listeners (repeatable).",
+    ),
+    Setting(
+        "outbound-filter",
+        ListOf(Text("NAME[:ARGS]", checkFilterSpec)),
+        "Add a filter plugin to the outbound listener (repeatable).",
+    ),
+    Setting(
+        "inbound-filter",
+        ListOf(Text("NAME[:ARGS]", checkFilterSpec)),
+        "Add a filter plugin to the inbound listener (repeatable).",
+    ),
+    Setting(
+        "access-log",
+        Choice(("off", "text", "json")),
+        "Log one line per request: off, text or json.",
+        _defaults.access_log,
+    ),
+    Setting(
+        "drain",
+        Number(0),
+        "Seconds to let in-flight requests finish on SIGTERM.",
+        _defaults.drain,
+    ),
+    Setting(
+        "node-id",
+        Text("a name without spaces", lambda s: _checkToken(s)),
+        "This sidecar's name in Via headers.",
+        "the host name",
+    ),
+)
+
+BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def _checkToken(text: str) -> str:
+    if any(c.isspace() or c in ",;\"" for c in text):
+        raise ValueError(f"must be {'a name without spaces'}, not {text!r}")
+    return text
+
+
+def buildConfig(values: Mapping[str, Any], where: str = "") -> SidecarConfig:
+    """
+    Make a L{SidecarConfig} from already-checked values keyed by setting
+    name; settings not given keep their defaults.
+
+    @raise ConfigError: The values do not fit together.
+    """
+    kwargs: Dict[str, Any] = {BY_NAME[k].attribute: v for k, v in values.items()}
+    try:
+        return SidecarConfig(**kwargs)
+    except ConfigError as e:
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}{e.where}", e.reason) from None

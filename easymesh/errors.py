@@ -1,0 +1,182 @@
+# -*- test-case-name: tests.test_errors -*-
+"""
+The one place where failures become responses.
+
+Every failure on the request path is classified into a L{ProxyError}; its
+L{ProxyError.reply} is the response the client sees: a status, a short text
+body and an C{x-easymesh-error} header naming the cause.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Type
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import CancelledError
+from twisted.python.failure import Failure
+from twisted.web._newclient import (
+    ParseError,
+    RequestGenerationFailed,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+
+from easymesh.message import LocalReply
+
+ERROR_HEADER = b"x-easymesh-error"
+
+
+class ProxyError(Exception):
+    """
+    A request could not be proxied.  Subclasses fix C{code} and C{cause}.
+    """
+
+    code = 500
+    cause = "internal_error"
+    message = "internal proxy error"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.message)
+        self.detail = detail
+
+    def extraHeaders(self) -> Sequence[Tuple[bytes, bytes]]:
+        return ()
+
+    def reply(self) -> LocalReply:
+        """
+        The response to send for this error.
+        """
+        headers = Headers()
+        headers.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        headers.setRawHeaders(ERROR_HEADER, [self.cause.encode("ascii")])
+        for name, value in self.extraHeaders():
+            headers.setRawHeaders(name, [value])
+        body = f"{self.message}\n".encode("utf-8")
+        return LocalReply(self.code, body, headers, cause=self.cause)
+
+
+class BadRequest(ProxyError):
+    code = 400
+    cause = "bad_request"
+    message = "bad request"
+
+
+class RequestLoop(ProxyError):
+    code = 508
+    cause = "loop_detected"
+    message = "request loop detected: this sidecar has already forwarded it"
+
+
+class TooManyRequests(ProxyError):
+    code = 429
+    cause = "rate_limited"
+    message = "rate limited"
+
+    def __init__(self, retryAfter: float) -> None:
+        super().__init__()
+        self.retryAfter = retryAfter
+
+    def extraHeaders(self) -> Sequence[Tuple[bytes, bytes]]:
+        seconds = max(1, math.ceil(self.retryAfter))
+        return ((b"retry-after", b"%d" % (seconds,)),)
+
+
+class FilterFailed(ProxyError):
+    code = 500
+    cause = "filter_error"
+    message = "a filter failed"
+
+
+class ClientClosed(ProxyError):
+    """
+    The client went away and its request was abandoned; nobody sees this
+    reply, but the access log records it.
+    """
+
+    code = 499
+    cause = "client_closed"
+    message = "client closed the request"
+
+
+class UpstreamConnectFailure(ProxyError):
+    code = 503
+    cause = "upstream_connect_failure"
+    message = "upstream connect failure"
+
+
+class UpstreamTimeout(ProxyError):
+    code = 504
+    cause = "upstream_timeout"
+    message = "upstream request timeout"
+
+
+class UpstreamProtocolError(ProxyError):
+    code = 502
+    cause = "upstream_protocol_error"
+    message = "upstream sent a malformed response"
+
+
+class UpstreamReset(ProxyError):
+    code = 502
+    cause = "upstream_reset"
+    message = "upstream closed the connection before responding"
+
+
+_CONNECT_ERRORS: Tuple[Type[BaseException], ...] = (
+    ierror.ConnectError,
+    ierror.DNSLookupError,
+    ierror.NoRouteError,
+    ierror.TimeoutError,
+)
+
+
+def _reasons(exc: BaseException) -> Sequence[Failure]:
+    return getattr(exc, "reasons", None) or ()
+
+
+def classify(failure: Failure) -> Optional[ProxyError]:
+    """
+    The L{ProxyError} a failure stands for, or L{None} if it is not one of the
+    failures a proxy expects (a bug, to be logged).
+    """
+    exc = failure.value
+    if isinstance(exc, ProxyError):
+        return exc
+    if isinstance(exc, (CancelledError, ierror.ConnectingCancelledError)) or any(
+        r.check(CancelledError) for r in _reasons(exc)
+    ):
+        return ClientClosed()
+    if isinstance(exc, _CONNECT_ERRORS):
+        return UpstreamConnectFailure(str(exc))
+    if isinstance(exc, (ResponseFailed, ResponseNeverReceived)):
+        if any(r.check(ParseError) for r in _reasons(exc)):
+            return UpstreamProtocolError(_describe(exc))
+        if isinstance(exc, ResponseNeverReceived):
+            return UpstreamReset(_describe(exc))
+        return UpstreamProtocolError(_describe(exc))
+    if isinstance(exc, RequestTransmissionFailed):
+        return UpstreamReset(_describe(exc))
+    if isinstance(exc, RequestGenerationFailed):
+        return BadRequest(_describe(exc))
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    reasons = _reasons(exc)
+    if reasons:
+        return "; ".join(str(r.value) or r.type.__name__ for r in reasons)
+    return str(exc)
+
+
+def replyFor(failure: Failure) -> LocalReply:
+    """
+    The response for any failure: a classified L{ProxyError}'s reply, or a
+    500 for anything unexpected.
+    """
+    error = classify(failure)
+    if error is None:
+        error = ProxyError(str(failure.value))
+    return error.reply()

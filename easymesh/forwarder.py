@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.test_forwarder -*-
+"""
+The request path of one listener, independent of its HTTP implementation:
+header policy, filter chain, upstream, and the mapping of failures to
+replies.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IResponse
+
+from easymesh.errors import ClientClosed, ProxyError, classify
+from easymesh.filters.chain import FilterChain
+from easymesh.headers import HeaderPolicy
+from easymesh.interfaces import IUpstream
+from easymesh.message import LocalReply, ProxyRequest
+
+Reply = Union[IResponse, LocalReply]
+
+
+class Forwarder:
+    """
+    Forward requests arriving on one listener to its upstream.
+
+    @ivar upstream: The L{IUpstream} requests go to.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, policy: HeaderPolicy, chain: FilterChain, upstream: IUpstream
+    ) -> None:
+        self.policy = policy
+        self.chain = chain
+        self.upstream = upstream
+
+    def forward(self, request: ProxyRequest) -> Deferred[Reply]:
+        """
+        Forward a request.
+
+        @return: A L{Deferred} firing with the upstream's response (headers
+            prepared for relaying, body not yet read) or a L{LocalReply}; it
+            never fails.  Cancel it if the client goes away.
+        """
+        try:
+            self.policy.prepareRequest(
+                request.headers, request.clientAddress, request.scheme, request.version
+            )
+        except ProxyError as e:
+            return succeed(e.reply())
+        if self.chain:
+            d = self.chain.requestReceived(request)
+            d.addCallback(self._filtered, request)
+            d.addCallback(self._responded, request)
+        else:
+            d = self.upstream.request(request)
+            d.addCallback(self._relayed, request)
+        return d.addErrback(self._failed, request)
+
+    def _filtered(self, reply: Any, request: ProxyRequest) -> Any:
+        if reply is not None:
+            return reply
+        return self.upstream.request(request).addCallback(self._relayed, request)
+
+    def _relayed(self, response: IResponse, request: ProxyRequest) -> IResponse:
+        self.policy.prepareResponse(response.headers, request.version)
+        return response
+
+    def _responded(self, response: Reply, request: ProxyRequest) -> Deferred[Reply]:
+        return self.chain.responseReceived(request, response)
+
+    def _failed(self, failure: Failure, request: ProxyRequest) -> LocalReply:
+        error = classify(failure)
+        if error is None:
+            self.log.failure("Unexpected failure forwarding {request}", failure, request=request)
+            error = ProxyError()
+        elif not isinstance(error, ClientClosed) and error.code >= 500:
+            self.log.debug(
+                "{request}: {cause}: {detail}",
+                request=request,
+                cause=error.cause,
+                detail=error.detail,
+            )
+        return error.reply()

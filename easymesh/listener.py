@@ -1,0 +1,269 @@
+# -*- test-case-name: tests.test_listener -*-
+"""
+The HTTP/1.1 edge of a listener: a twisted.web L{Site} whose one resource
+turns each request into a L{ProxyRequest}, hands it to the listener's
+L{Forwarder} and relays the reply, streaming the body with back-pressure.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any, Optional, Union
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.client import FileBodyProducer, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from easymesh.accesslog import AccessLog
+from easymesh.errors import ERROR_HEADER, BadRequest
+from easymesh.forwarder import Forwarder
+from easymesh.headers import REQUEST_ID
+from easymesh.inflight import InFlight
+from easymesh.message import LocalReply, ProxyRequest
+
+
+@implementer(IBodyProducer)
+class _BufferedBody:
+    """
+    A request body already in memory, written in one go.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def _requestBody(request: server.Request) -> Optional[IBodyProducer]:
+    """
+    The body of a twisted.web request as a producer, or L{None} when the
+    request had no body framing at all.
+    """
+    headers = request.requestHeaders
+    if not (headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")):
+        return None
+    content = request.content
+    if isinstance(content, BytesIO):
+        return _BufferedBody(content.getvalue())
+    content.seek(0)
+    return FileBodyProducer(content)
+
+
+def _originForm(request: server.Request) -> bytes:
+    """
+    The request target in origin form; an absolute-form target's authority
+    replaces C{Host} (RFC 9112 section 3.2.2).
+
+    @raise BadRequest: The target is neither form.
+    """
+    target = request.uri
+    if target[:1] == b"/":
+        return target
+    if b"://" in target[:10]:
+        parts = urlsplit(target)
+        if parts.scheme in (b"http", b"https") and parts.netloc:
+            request.requestHeaders.setRawHeaders(b"host", [parts.netloc])
+            path = parts.path or b"/"
+            return path + (b"?" + parts.query if parts.query else b"")
+    raise BadRequest(f"unsupported request target {target[:100]!r}")
+
+
+@implementer(IPushProducer)
+class _BodyRelay(Protocol):
+    """
+    Relay an upstream response body to the client; the client's
+    back-pressure pauses the upstream connection.
+    """
+
+    def __init__(self, exchange: "_Exchange") -> None:
+        self.exchange = exchange
+
+    def connectionMade(self) -> None:
+        self.exchange.request.registerProducer(self, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.exchange.request.write(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.exchange.bodyEnded(reason)
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+
+class _Discard(Protocol):
+    """
+    Drop a response nobody is waiting for, and its connection with it.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+class _Exchange:
+    """
+    One request on a listener, from its arrival to the end of its response.
+    """
+
+    def __init__(self, resource: "ProxyResource", request: server.Request) -> None:
+        self.resource = resource
+        self.request = request
+        self.started = resource.clock.seconds()
+        self.pending: Optional[Deferred[Any]] = None
+        self.relay: Optional[_BodyRelay] = None
+        self.cause: Optional[str] = None
+        self.bytesIn = 0
+
+    def respond(self, reply: Union[IResponse, LocalReply]) -> None:
+        self.pending = None
+        request = self.request
+        if request._disconnected:
+            if not isinstance(reply, LocalReply):
+                reply.deliverBody(_Discard())
+            return
+        if self.resource.inflight.draining:
+            reply.headers.setRawHeaders(b"connection", [b"close"])
+            request.channel.persistent = False
+        request.setResponseCode(reply.code, reply.phrase or None)
+        request.responseHeaders = reply.headers
+        if isinstance(reply, LocalReply):
+            self.cause = reply.cause
+            if reply.code != 304:
+                reply.headers.setRawHeaders(b"content-length", [b"%d" % len(reply.body)])
+            request.write(reply.body)
+            request.finish()
+            return
+        errors = reply.headers.getRawHeaders(ERROR_HEADER)
+        if errors:
+            self.cause = errors[0].decode("latin-1")
+        self.relay = _BodyRelay(self)
+        reply.deliverBody(self.relay)
+
+    def bodyEnded(self, reason: Failure) -> None:
+        request = self.request
+        if request._disconnected:
+            return
+        request.unregisterProducer()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            request.finish()
+        else:
+            # Never present a truncated body as complete: drop the client.
+            self.cause = "upstream_reset_mid_body"
+            request.channel.transport.abortConnection()
+
+    def finished(self, result: Optional[Failure]) -> None:
+        resource = self.resource
+        resource.inflight.leave()
+        if result is not None:
+            if self.pending is not None:
+                self.pending.cancel()
+            elif self.relay is not None and self.relay.transport is not None:
+                self.relay.transport.stopProducing()
+            if self.cause is None:
+                self.cause = "client_closed"
+        if resource.accessLog is not None:
+            request = self.request
+            ids = request.requestHeaders.getRawHeaders(REQUEST_ID)
+            resource.accessLog.record(
+                resource.name,
+                request.method,
+                request.uri,
+                request.code,
+                self.bytesIn,
+                request.sentLength,
+                resource.clock.seconds() - self.started,
+                str(resource.forwarder.upstream.url),
+                ids[0] if ids else None,
+                self.cause,
+            )
+
+
+class ProxyResource(Resource):
+    """
+    Proxy every request under it through a L{Forwarder}.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        name: str,
+        forwarder: Forwarder,
+        clock: Any,
+        inflight: Optional[InFlight] = None,
+        accessLog: Optional[AccessLog] = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.forwarder = forwarder
+        self.clock = clock
+        self.inflight = inflight if inflight is not None else InFlight()
+        self.accessLog = accessLog
+
+    def render(self, request: server.Request) -> Any:
+        request.defaultContentType = None
+        self.inflight.enter()
+        exchange = _Exchange(self, request)
+        request.notifyFinish().addBoth(exchange.finished)
+        try:
+            target = _originForm(request)
+        except BadRequest as e:
+            exchange.respond(e.reply())
+            return server.NOT_DONE_YET
+        body = _requestBody(request)
+        if body is not None:
+            exchange.bytesIn = body.length
+        proxied = ProxyRequest(
+            request.method,
+            target,
+            request.requestHeaders,
+            body,
+            getattr(request.getClientAddress(), "host", ""),
+            b"https" if request.isSecure() else b"http",
+            request.clientproto.partition(b"/")[2] or b"1.1",
+            self.name,
+        )
+        d = self.forwarder.forward(proxied)
+        if not d.called:
+            exchange.pending = d
+        d.addCallback(exchange.respond)
+        return server.NOT_DONE_YET
+
+
+class ProxySite(server.Site):
+    """
+    A L{server.Site} for a proxy listener: no per-request logging of its own
+    (the access log is easymesh's), no tracebacks to clients.
+    """
+
+    displayTracebacks = False
+    noisy = False
+
+    def log(self, request: server.Request) -> None:
+        pass

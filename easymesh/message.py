@@ -1,0 +1,93 @@
+# -*- test-case-name: tests.test_forwarder -*-
+"""
+A proxied request and a locally made reply, independent of any one
+listener's HTTP implementation, so that the HTTP/1.1 listener and later
+protocol paths share routing, filters, upstreams and error mapping.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+
+
+class ProxyRequest:
+    """
+    A request on its way through a listener.
+
+    @ivar method: The request method, as received.
+    @ivar target: The origin-form request target (path and query), byte-exact.
+    @ivar headers: The request headers; filters may change them.
+    @ivar body: A producer of the request body, or L{None} for none.
+    @ivar clientAddress: The downstream peer's IP address.
+    @ivar scheme: C{b"http"} or C{b"https"}: how the request arrived.
+    @ivar version: The protocol version, e.g. C{b"1.1"}.
+    @ivar listener: The receiving listener's name.
+    """
+
+    __slots__ = (
+        "method",
+        "target",
+        "headers",
+        "body",
+        "clientAddress",
+        "scheme",
+        "version",
+        "listener",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: Optional[IBodyProducer] = None,
+        clientAddress: str = "",
+        scheme: bytes = b"http",
+        version: bytes = b"1.1",
+        listener: str = "",
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.clientAddress = clientAddress
+        self.scheme = scheme
+        self.version = version
+        self.listener = listener
+
+    def __repr__(self) -> str:
+        return f"<ProxyRequest {self.listener} {self.method!r} {self.target!r}>"
+
+
+class LocalReply:
+    """
+    A response made by the sidecar itself (an error, or a filter's early
+    answer), with the same C{code}, C{phrase} and C{headers} as an upstream
+    L{twisted.web.iweb.IResponse}.
+
+    @ivar cause: The short name of the reason, also sent in the
+        C{x-easymesh-error} header for errors; L{None} for a filter's
+        deliberate answer.
+    """
+
+    __slots__ = ("code", "phrase", "headers", "body", "cause")
+
+    def __init__(
+        self,
+        code: int,
+        body: bytes = b"",
+        headers: Optional[Headers] = None,
+        phrase: bytes = b"",
+        cause: Optional[str] = None,
+    ) -> None:
+        self.code = code
+        self.body = body
+        self.headers = headers if headers is not None else Headers()
+        self.phrase = phrase
+        self.cause = cause
+
+    def __repr__(self) -> str:
+        return f"<LocalReply {self.code} {self.cause}>"

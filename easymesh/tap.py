@@ -1,0 +1,150 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd easymesh}: command-line options and the service tree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from twisted.application import strports
+from twisted.python import usage
+
+from easymesh.config.files import readConfigFile
+from easymesh.config.model import ConfigError, SidecarConfig
+from easymesh.config.settings import BY_NAME, SETTINGS, buildConfig
+
+
+def _optParameters() -> list:
+    params = []
+    for setting in SETTINGS:
+        if setting.repeatable:
+            continue
+        default = f" [default: {setting.default}]" if setting.default is not None else ""
+        params.append([setting.name, setting.short, None, setting.help + default])
+    params.append(
+        ["config", "c", None, "A YAML file whose keys are these options' names."]
+    )
+    return params
+
+
+class Options(usage.Options):
+    """
+    The options of C{twistd easymesh}.  After parsing, C{self.config} holds
+    the checked L{SidecarConfig} and C{self.chains} each listener's filters.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run an easymesh sidecar: an outbound proxy that forwards the local "
+        "app's calls to a peer sidecar, and an inbound proxy that forwards a "
+        "peer's calls to the local app.  With no options the whole path runs "
+        "on this machine: outbound :8082 -> inbound :8083 -> demo app :6060.  "
+        "Endpoints are Twisted endpoint strings (tcp:8082:interface=127.0.0.1, "
+        "systemd:domain=INET:name=outbound); a bare port is accepted.  "
+        "Filter options take NAME[:ARGS] and may be repeated."
+    )
+    optParameters = _optParameters()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flags: Dict[str, Any] = {}
+        self.config: Optional[SidecarConfig] = None
+        self.chains: Dict[str, Any] = {}
+
+    def opt_filter(self, spec: str) -> None:
+        """Add a filter plugin, NAME[:ARGS], to both listeners (repeatable)."""
+        self._flag("filter", spec)
+
+    def opt_outbound_filter(self, spec: str) -> None:
+        """Add a filter plugin, NAME[:ARGS], to the outbound listener (repeatable)."""
+        self._flag("outbound-filter", spec)
+
+    def opt_inbound_filter(self, spec: str) -> None:
+        """Add a filter plugin, NAME[:ARGS], to the inbound listener (repeatable)."""
+        self._flag("inbound-filter", spec)
+
+    def _flag(self, name: str, text: str) -> None:
+        setting = BY_NAME[name]
+        try:
+            value = setting.kind.fromText(text)
+        except ValueError as e:
+            raise usage.UsageError(f"--{name}: {e}") from None
+        if setting.repeatable:
+            value = self.flags.get(name, ()) + value
+        self.flags[name] = value
+
+    def postOptions(self) -> None:
+        for setting in SETTINGS:
+            if not setting.repeatable and self[setting.name] is not None:
+                self._flag(setting.name, self[setting.name])
+        try:
+            values: Dict[str, Any] = {}
+            if self["config"] is not None:
+                values.update(readConfigFile(self["config"]))
+            # Flags override the file; repeatable flags replace its list.
+            values.update(self.flags)
+            self.config = buildConfig(values, self["config"] or "")
+            self.chains = buildChains(self.config)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def buildChains(config: SidecarConfig, reactor: Any = None) -> Dict[str, Any]:
+    """
+    Build each listener's filter chain.
+
+    @raise ConfigError: A filter is unknown or refuses its arguments.
+    """
+    from easymesh.filters.chain import FilterContext, buildChain
+    from easymesh.filters.plugin import availableFilters
+
+    if reactor is None:
+        from twisted.internet import reactor
+    available = availableFilters()
+    return {
+        listener.name: buildChain(
+            listener.filters, FilterContext(listener.name, reactor), available
+        )
+        for listener in config.listeners()
+    }
+
+
+def makeService(options: Options, reactor: Any = None) -> Any:
+    """
+    Build the sidecar's service tree from parsed L{Options}.
+
+    @return: A L{SidecarService} whose children are the outbound and inbound
+        listeners and, without C{--upstream}, the demo app.
+    """
+    from easymesh.accesslog import AccessLog
+    from easymesh.demo import demoSite
+    from easymesh.forwarder import Forwarder
+    from easymesh.headers import HeaderPolicy
+    from easymesh.inflight import InFlight
+    from easymesh.listener import ProxyResource, ProxySite
+    from easymesh.service import SidecarService
+    from easymesh.upstream import upstreamFor
+
+    if reactor is None:
+        from twisted.internet import reactor
+    config = options.config
+    assert config is not None, "parseOptions() first"
+    inflight = InFlight()
+    sidecar = SidecarService(reactor, inflight, config.drain)
+    accessLog = AccessLog(config.access_log) if config.access_log != "off" else None
+    if config.runsDemo:
+        sidecar.addBackend(strports.service(config.demo, demoSite(), reactor=reactor))
+    for listener in config.listeners():
+        upstream = upstreamFor(listener.target, config.pool, reactor)
+        sidecar.upstreams.append(upstream)
+        forwarder = Forwarder(
+            HeaderPolicy(config.nodeId, listener.name),
+            options.chains[listener.name],
+            upstream,
+        )
+        resource = ProxyResource(listener.name, forwarder, reactor, inflight, accessLog)
+        service = strports.service(listener.endpoint, ProxySite(resource), reactor=reactor)
+        service.setName(listener.name)
+        sidecar.addListener(service)
+    return sidecar

@@ -1,0 +1,28 @@
+# -*- test-case-name: tests.test_upstream_http -*-
+"""
+Upstream access, one implementation per URL scheme.  A new protocol
+(C{grpc://}, C{tcp://}) registers its factory in L{SCHEMES}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+from easymesh.config.addresses import UpstreamURL
+from easymesh.config.model import PoolSettings
+from easymesh.interfaces import IUpstream
+from easymesh.upstream.http import HTTPUpstream
+
+UpstreamFactory = Callable[[UpstreamURL, PoolSettings, Any], IUpstream]
+
+SCHEMES: Dict[str, UpstreamFactory] = {
+    "http": HTTPUpstream,
+    "https": HTTPUpstream,
+}
+
+
+def upstreamFor(url: UpstreamURL, settings: PoolSettings, reactor: Any) -> IUpstream:
+    """
+    Make the upstream for C{url} from the implementation for its scheme.
+    """
+    return SCHEMES[url.scheme](url, settings, reactor)
