@@ -11,6 +11,8 @@ from typing import Any, Dict, Optional
 
 from twisted.logger import Logger
 
+_log = Logger(namespace="easymesh.access")
+
 
 class AccessLog:
     """
@@ -18,8 +20,6 @@ class AccessLog:
 
     @param style: C{"text"} or C{"json"}.
     """
-
-    _log = Logger(namespace="easymesh.access")
 
     def __init__(self, style: str) -> None:
         self.style = style
@@ -50,9 +50,9 @@ class AccessLog:
             "error": cause,
         }
         if self.style == "json":
-            self._log.info("{line}", line=json.dumps(entry, separators=(",", ":")), **entry)
+            _log.info("{line}", line=json.dumps(entry, separators=(",", ":")), **entry)
         else:
-            self._log.info(
+            _log.info(
                 "{listener} {method} {path} {status} {bytes_out}B "
                 "{duration_ms}ms upstream={upstream} error={error} "
                 "request_id={request_id}",
