@@ -30,7 +30,7 @@ HOP_BY_HOP = frozenset(
 
 #: Fields describing the client's own framing: easymesh frames what it
 #: forwards itself.
-FRAMING = frozenset((b"content-length",))
+FRAMING = frozenset((b"content-length", b"expect"))
 
 OWN_PREFIX = b"x-easymesh-"
 REQUEST_ID = b"x-request-id"

@@ -7,17 +7,16 @@ L{Forwarder} and relays the reply, streaming the body with back-pressure.
 
 from __future__ import annotations
 
-from io import BytesIO
 from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.client import FileBodyProducer, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import ResponseDone
+from twisted.web.http import HTTPChannel, PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from zope.interface import implementer
@@ -28,45 +27,98 @@ from easymesh.forwarder import Forwarder
 from easymesh.headers import REQUEST_ID
 from easymesh.inflight import InFlight
 from easymesh.message import LocalReply, ProxyRequest
+from easymesh.requestbody import EmptyBody, RequestBodyStream
+
+_EMPTY = EmptyBody()
 
 
-@implementer(IBodyProducer)
-class _BufferedBody:
+class _DiscardBody:
     """
-    A request body already in memory, written in one go.
+    Stands in for the channel's transfer decoder once a request's response
+    is complete before its body: the rest of the body is dropped, and the
+    connection closes after the response.
     """
 
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
+    def dataReceived(self, data: bytes) -> None:
         pass
 
 
-def _requestBody(request: server.Request) -> Optional[IBodyProducer]:
+class StreamingRequest(server.Request):
     """
-    The body of a twisted.web request as a producer, or L{None} when the
-    request had no body framing at all.
+    A request that starts proxying as soon as its headers are in and
+    streams its body (no buffering in memory or temporary files).
+
+    @ivar body: The body for the upstream, or L{None} if it has none.
     """
-    headers = request.requestHeaders
-    if not (headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")):
-        return None
-    content = request.content
-    if isinstance(content, BytesIO):
-        return _BufferedBody(content.getvalue())
-    content.seek(0)
-    return FileBodyProducer(content)
+
+    body: Optional[IBodyProducer] = None
+    _stream: Optional[RequestBodyStream] = None
+
+    def gotLength(self, length: Optional[int]) -> None:
+        channel = self.channel
+        self.method = channel._command
+        self.uri = channel._path
+        self.clientproto = channel._version
+        self.path = self.uri.split(b"?", 1)[0]
+        self.content = None
+        if length is None or length > 0:
+            transport = channel.transport
+            self.body = self._stream = RequestBodyStream(
+                length, transport.pauseProducing, transport.resumeProducing
+            )
+        elif self.requestHeaders.hasHeader(b"content-length"):
+            self.body = _EMPTY
+
+    def bodyStarts(self) -> None:
+        """
+        The headers are in and a body follows: start proxying now.
+        """
+        self.process()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._stream is not None:
+            self._stream.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._stream is not None:
+            # The whole body is in; proxying began at bodyStarts.
+            self._stream.finish()
+        else:
+            self.process()
+
+    def process(self) -> None:
+        self.site = site = self.channel.site
+        try:
+            site.resource.render(self)
+        except BaseException:
+            self.processingFailed(Failure())
+
+    @property
+    def bytesReceived(self) -> int:
+        """
+        Body bytes received from the client so far.
+        """
+        return self._stream.received if self._stream is not None else 0
+
+    def bodyIncomplete(self) -> bool:
+        """
+        Whether the client is still sending this request's body.
+        """
+        return self._stream is not None and not self._stream.complete
+
+    def finish(self) -> None:
+        if self.bodyIncomplete() and self.channel is not None:
+            # Answered before the body ended: drop the rest of it and close,
+            # so no part of it is read as a new request.
+            self.channel.persistent = False
+            self.channel._transferDecoder = _DiscardBody()
+            self._stream.stopProducing()  # type: ignore[union-attr]
+        super().finish()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._stream is not None:
+            self._stream.fail(reason)
+        super().connectionLost(reason)
 
 
 def _originForm(request: server.Request) -> bytes:
@@ -138,7 +190,6 @@ class _Exchange:
         self.pending: Optional[Deferred[Any]] = None
         self.relay: Optional[_BodyRelay] = None
         self.cause: Optional[str] = None
-        self.bytesIn = 0
 
     def respond(self, reply: Union[IResponse, LocalReply]) -> None:
         self.pending = None
@@ -147,7 +198,7 @@ class _Exchange:
             if not isinstance(reply, LocalReply):
                 reply.deliverBody(_Discard())
             return
-        if self.resource.inflight.draining:
+        if self.resource.inflight.draining or request.bodyIncomplete():
             reply.headers.setRawHeaders(b"connection", [b"close"])
             request.channel.persistent = False
         request.setResponseCode(reply.code, reply.phrase or None)
@@ -195,7 +246,7 @@ class _Exchange:
                 request.method,
                 request.uri,
                 request.code,
-                self.bytesIn,
+                request.bytesReceived,
                 request.sentLength,
                 resource.clock.seconds() - self.started,
                 str(resource.forwarder.upstream.url),
@@ -226,7 +277,7 @@ class ProxyResource(Resource):
         self.inflight = inflight if inflight is not None else InFlight()
         self.accessLog = accessLog
 
-    def render(self, request: server.Request) -> Any:
+    def render(self, request: StreamingRequest) -> Any:
         request.defaultContentType = None
         self.inflight.enter()
         exchange = _Exchange(self, request)
@@ -236,9 +287,7 @@ class ProxyResource(Resource):
         except BadRequest as e:
             exchange.respond(e.reply())
             return server.NOT_DONE_YET
-        body = _requestBody(request)
-        if body is not None:
-            exchange.bytesIn = body.length
+        body = request.body
         proxied = ProxyRequest(
             request.method,
             target,
@@ -256,6 +305,18 @@ class ProxyResource(Resource):
         return server.NOT_DONE_YET
 
 
+class ProxyChannel(HTTPChannel):
+    """
+    An L{HTTPChannel} that lets a request with a body start proxying once
+    its headers are in, after any C{100 Continue} has been sent.
+    """
+
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()
+        if self.length != 0 and self.requests:
+            self.requests[-1].bodyStarts()
+
+
 class ProxySite(server.Site):
     """
     A L{server.Site} for a proxy listener: no per-request logging of its own
@@ -264,6 +325,8 @@ class ProxySite(server.Site):
 
     displayTracebacks = False
     noisy = False
+    requestFactory = StreamingRequest
+    protocol = ProxyChannel
 
     def log(self, request: server.Request) -> None:
         pass

@@ -1,11 +1,13 @@
 # -*- test-case-name: tests.test_upstream_http -*-
 """
-HTTP/1.1 upstreams (C{http://} and C{https://}): Twisted's L{Agent} over one
-persistent L{HTTPConnectionPool} per upstream.
+HTTP/1.1 upstreams (C{http://} and C{https://}): one persistent
+L{HTTPConnectionPool} per upstream, the pool treq composes, holding lean
+L{easymesh.upstream.h1client} connections.
 
-treq's C{HTTPClient} is not used on this path: it decodes gzip (adding
-C{Accept-Encoding} and rewriting the body), keeps a cookie jar and re-encodes
-the URL, each wrong for a proxy.  The pool is the same one treq composes.
+Neither treq's C{HTTPClient} nor Twisted's C{Agent} is on this path: treq
+decodes gzip (adding C{Accept-Encoding} and rewriting the body), keeps a
+cookie jar and re-encodes the URL, each wrong for a proxy; both re-parse the
+URL and build an endpoint (with IDNA encoding) on every request.
 """
 
 from __future__ import annotations
@@ -15,8 +17,17 @@ from typing import Any, Optional
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from easymesh.config.addresses import UpstreamURL
@@ -24,6 +35,7 @@ from easymesh.config.model import PoolSettings
 from easymesh.errors import UpstreamTimeout
 from easymesh.interfaces import IUpstream
 from easymesh.message import ProxyRequest
+from easymesh.upstream.h1client import H1ConnectionFactory, UpstreamRequest
 
 
 @implementer(IBodyProducer)
@@ -96,30 +108,47 @@ class _Attempt:
         return failure
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
+def _endpointFor(url: UpstreamURL, reactor: Any, connectTimeout: float) -> IStreamClientEndpoint:
     """
-    The pool's connection factory, without a log line per connection.
+    The endpoint to connect to C{url} with: a plain TCP endpoint for an IP
+    address (no name resolution on the connect path), a hostname endpoint
+    otherwise; wrapped in TLS for C{https}.
     """
+    endpoint: IStreamClientEndpoint
+    if isIPAddress(url.host):
+        endpoint = TCP4ClientEndpoint(reactor, url.host, url.port, timeout=connectTimeout)
+    elif isIPv6Address(url.host):
+        endpoint = TCP6ClientEndpoint(reactor, url.host, url.port, timeout=connectTimeout)
+    else:
+        endpoint = HostnameEndpoint(reactor, url.host, url.port, timeout=connectTimeout)
+    if url.scheme == "https":
+        from twisted.internet.ssl import optionsForClientTLS
 
-    noisy = False
+        endpoint = wrapClientTLS(optionsForClientTLS(url.host), endpoint)
+    return endpoint
+
+
+def requestHead(method: bytes, target: bytes, headers: Headers) -> bytes:
+    """
+    The request line and header lines of a request, without framing
+    headers and without the final blank line.
+    """
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, values in headers.getAllRawHeaders():
+        for value in values:
+            parts += (name, b": ", value, b"\r\n")
+    return b"".join(parts)
 
 
 @implementer(IUpstream)
 class HTTPUpstream:
     """
-    An HTTP/1.1 upstream.
-
-    @param agent: The agent to send with; by default an L{Agent} over this
-        upstream's own pool.  Tests pass an in-memory agent.
+    An HTTP/1.1 upstream: lean L{H1Connection}s kept in one persistent
+    L{HTTPConnectionPool}, which also retries a request once on a fresh
+    connection when a reused one turns out to be closed.
     """
 
-    def __init__(
-        self,
-        url: UpstreamURL,
-        settings: PoolSettings,
-        reactor: Any,
-        agent: Optional[IAgent] = None,
-    ) -> None:
+    def __init__(self, url: UpstreamURL, settings: PoolSettings, reactor: Any) -> None:
         self.url = url
         self._reactor = reactor
         self._timeout = settings.responseTimeout
@@ -127,20 +156,20 @@ class HTTPUpstream:
         self.pool.maxPersistentPerHost = settings.size
         self.pool.cachedConnectionTimeout = settings.idle
         self.pool.retryAutomatically = True
-        self.pool._factory = _QuietClientFactory
-        if agent is None:
-            agent = Agent(reactor, connectTimeout=settings.connectTimeout, pool=self.pool)
-        self._agent = agent
-        self._base = str(url).encode("ascii")
+        self.pool._factory = H1ConnectionFactory
+        self._endpoint = _endpointFor(url, reactor, settings.connectTimeout)
+        self._key = (url.scheme, url.host, url.port)
 
     def request(self, request: ProxyRequest) -> Deferred[IResponse]:
         attempt = _Attempt(self._reactor, self._timeout)
         body = request.body
         if body is not None:
             body = _BodyEndWatch(body, attempt.endBody)
-        d = self._agent.request(
-            request.method, self._base + request.target, request.headers, body
+        upstreamRequest = UpstreamRequest(
+            request.method, requestHead(request.method, request.target, request.headers), body
         )
+        d = self.pool.getConnection(self._key, self._endpoint)
+        d.addCallback(_send, upstreamRequest)
         attempt.deferred = d
         if body is None or attempt.bodyEnded:
             attempt.startTimer()
@@ -151,3 +180,6 @@ class HTTPUpstream:
     def close(self) -> Deferred[None]:
         return self.pool.closeCachedConnections()
 
+
+def _send(connection: Any, request: UpstreamRequest) -> Deferred[IResponse]:
+    return connection.request(request)

@@ -1,0 +1,458 @@
+"""
+Benchmark easymesh against reference proxies, all in one run.
+
+    python benchmarks/run.py [--rounds 3] [--duration 5] [--large] [--write]
+
+Set-up (once): ``benchmarks/setup.sh`` installs wrk, nginx and aiohttp.
+
+Rows: the backend alone; easymesh one hop (inbound -> backend) and two hops
+(outbound -> inbound -> backend); Twisted's ReverseProxyResource; an aiohttp
+proxy with a pooled session; nginx as a proxy (when installed).  The backend
+is nginx when installed, else ``refs/backend.py`` (asyncio).  With two or
+more cores, each proxy is pinned to core 0 and wrk and the backend to core
+1.  Rounds are interleaved and medians reported.
+
+``--large`` adds 1 GiB downloads and uploads through two hops of easymesh
+and of nginx, with MB/s, peak RSS and a sha256 check of every byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, Iterator, List, Optional, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PYTHON = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CORES = os.cpu_count() or 1
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def waitForPort(port: int, deadline: float = 20.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on {port} after {deadline}s")
+
+
+def pin(core: Optional[int]) -> List[str]:
+    if core is None or CORES < 2 or not shutil.which("taskset"):
+        return []
+    return ["taskset", "-c", str(core)]
+
+
+class Proc:
+    """
+    A started server process, with CPU time and peak RSS from /proc.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], port: int, core: Optional[int], env=None):
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
+        self.popen = subprocess.Popen(
+            pin(core) + list(argv), stdout=self.log, stderr=subprocess.STDOUT, env=env
+        )
+        waitForPort(port)
+
+    def pids(self) -> List[int]:
+        out = [self.popen.pid]
+        with contextlib.suppress(OSError, ValueError):
+            children = open(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children").read()
+            out += [int(p) for p in children.split()]
+        return out
+
+    def cpuSeconds(self) -> float:
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / CLK_TCK
+
+    def peakRSS(self) -> int:
+        peak = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in open(f"/proc/{pid}/status"):
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) * 1024)
+        return peak
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def nginxConf(directory: str, servers: str) -> str:
+    path = os.path.join(directory, f"nginx-{len(os.listdir(directory))}.conf")
+    with open(path, "w") as f:
+        f.write(
+            f"""
+worker_processes 1;
+daemon off;
+pid {directory}/nginx-{os.getpid()}-{len(os.listdir(directory))}.pid;
+error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {directory};
+    proxy_temp_path {directory};
+    proxy_request_buffering off;
+    proxy_buffering off;
+    client_max_body_size 0;
+    {servers}
+}}
+"""
+        )
+    return path
+
+
+def startNginx(directory: str, name: str, port: int, servers: str, core: Optional[int]) -> Proc:
+    conf = nginxConf(directory, servers)
+    return Proc(name, ["nginx", "-p", directory, "-c", conf], port, core)
+
+
+def startBackend(directory: str) -> "tuple[Proc, int, str]":
+    port = freePort()
+    if shutil.which("nginx"):
+        servers = f"""
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        keepalive_requests 100000;
+        location / {{ default_type text/plain; return 200 "hello world\\n"; }}
+    }}"""
+        return startNginx(directory, "backend", port, servers, 1), port, "nginx"
+    proc = Proc("backend", [PYTHON, os.path.join(HERE, "refs", "backend.py"), str(port)], port, 1)
+    return proc, port, "refs/backend.py (asyncio)"
+
+
+def startEasymesh(upstreamPort: int, hops: int, python: str = PYTHON) -> "tuple[Proc, int]":
+    outbound, inbound = freePort(), freePort()
+    argv = [
+        python, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "easymesh",
+        "--outbound", str(outbound), "--inbound", str(inbound),
+        "--upstream", f"http://127.0.0.1:{upstreamPort}",
+    ]
+    proc = Proc(f"easymesh-{hops}hop", argv, inbound, 0)
+    waitForPort(outbound)
+    return proc, (outbound if hops == 2 else inbound)
+
+
+def startReference(kind: str, upstreamPort: int, directory: str) -> "tuple[Proc, int]":
+    port = freePort()
+    if kind == "nginx":
+        servers = f"""
+    upstream backend {{ server 127.0.0.1:{upstreamPort}; keepalive 128; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        keepalive_requests 100000;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+        return startNginx(directory, "nginx-proxy", port, servers, 0), port
+    script = {"twisted-rproxy": "twisted_rproxy.py", "aiohttp": "aiohttp_proxy.py"}[kind]
+    argv = [PYTHON, os.path.join(HERE, "refs", script), str(port), str(upstreamPort)]
+    return Proc(kind, argv, port, 0), port
+
+
+WRK_LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+WRK_REQUESTS = re.compile(r"(\d+) requests in")
+WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
+WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)")
+UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def wrk(port: int, connections: int, duration: float) -> Dict[str, float]:
+    out = subprocess.run(
+        pin(1) + ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+                  f"http://127.0.0.1:{port}/bench?x=1"],
+        capture_output=True, text=True, timeout=duration + 60,
+    ).stdout
+    latency = {m[0]: float(m[1]) * UNIT[m[2]] for m in WRK_LATENCY.findall(out)}
+    errors = WRK_ERRORS.findall(out)
+    if errors or not WRK_REQUESTS.search(out):
+        raise RuntimeError(f"wrk saw errors on port {port}:\n{out}")
+    return {
+        "requests": int(WRK_REQUESTS.search(out).group(1)),
+        "rps": float(WRK_RATE.search(out).group(1)),
+        "p50": latency.get("50", float("nan")),
+        "p99": latency.get("99", float("nan")),
+    }
+
+
+def measure(proc: Optional[Proc], port: int, duration: float) -> Dict[str, float]:
+    wrk(port, 50, 1.0)  # warm up: pools filled, code paths hot
+    before = proc.cpuSeconds() if proc else 0.0
+    loaded = wrk(port, 50, duration)
+    cpu = (proc.cpuSeconds() - before) if proc else 0.0
+    single = wrk(port, 1, max(2.0, duration / 2))
+    return {
+        "rps": loaded["rps"],
+        "p50": loaded["p50"],
+        "p99": loaded["p99"],
+        "cpu_us": cpu / loaded["requests"] * 1e6 if proc else float("nan"),
+        "c1_p50": single["p50"],
+        "rss": proc.peakRSS() if proc else 0,
+    }
+
+
+def median(values: List[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def small(args: argparse.Namespace, directory: str) -> "tuple[List[Dict], str]":
+    backend, backendPort, backendName = startBackend(directory)
+    rows = ["backend", "easymesh-1hop", "easymesh-2hop", "twisted-rproxy", "aiohttp"]
+    if shutil.which("nginx"):
+        rows.append("nginx")
+    if args.rows:
+        rows = ["backend"] + [r for r in rows if r in args.rows.split(",")]
+    results: Dict[str, List[Dict[str, float]]] = {r: [] for r in rows}
+    try:
+        for round in range(args.rounds):
+            for row in rows:
+                proc = None
+                try:
+                    if row == "backend":
+                        port = backendPort
+                    elif row.startswith("easymesh"):
+                        proc, port = startEasymesh(backendPort, int(row[-4]))
+                    else:
+                        proc, port = startReference(row, backendPort, directory)
+                    results[row].append(measure(proc, port, args.duration))
+                finally:
+                    if proc is not None:
+                        proc.stop()
+                print(f"round {round + 1} {row}: {results[row][-1]}", file=sys.stderr)
+    finally:
+        backend.stop()
+    table = []
+    direct = median([r["c1_p50"] for r in results["backend"]])
+    for row in rows:
+        runs = results[row]
+        table.append(
+            {
+                "row": row,
+                "rps": median([r["rps"] for r in runs]),
+                "p50_ms": median([r["p50"] for r in runs]) * 1e3,
+                "p99_ms": median([r["p99"] for r in runs]) * 1e3,
+                "added_ms": (median([r["c1_p50"] for r in runs]) - direct) * 1e3,
+                "cpu_us": median([r["cpu_us"] for r in runs]),
+                "rss_mb": max(r["rss"] for r in runs) / 2**20,
+            }
+        )
+    return table, backendName
+
+
+def ratios(table: List[Dict]) -> List[str]:
+    by = {r["row"]: r for r in table}
+    lines: List[str] = []
+    if "easymesh-1hop" not in by or "twisted-rproxy" not in by or "easymesh-2hop" not in by:
+        return lines
+    one = by["easymesh-1hop"]
+    for ref in ("twisted-rproxy", "aiohttp", "nginx"):
+        if ref in by:
+            lines.append(
+                f"- CPU per request, {ref} / easymesh one hop: "
+                f"{by[ref]['cpu_us'] / one['cpu_us']:.2f}x"
+            )
+    lines.append(
+        f"- added latency at one connection, easymesh one hop / twisted-rproxy: "
+        f"{one['added_ms'] / by['twisted-rproxy']['added_ms']:.2f}"
+    )
+    lines.append(
+        f"- req/s, easymesh two hops / twisted-rproxy one hop: "
+        f"{by['easymesh-2hop']['rps'] / by['twisted-rproxy']['rps']:.2f}x"
+    )
+    return lines
+
+
+# Large bodies.
+
+def patternFile(directory: str, size: int) -> "tuple[str, str]":
+    sys.path.insert(0, os.path.join(HERE, "refs"))
+    from backend import PATTERN
+
+    path = os.path.join(directory, "upload.bin")
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        written = 0
+        while written < size:
+            chunk = PATTERN[: min(len(PATTERN), size - written)]
+            f.write(chunk)
+            digest.update(chunk)
+            written += len(chunk)
+    return path, digest.hexdigest()
+
+
+def curlDownload(port: int, size: int) -> "tuple[float, str]":
+    start = time.monotonic()
+    curl = subprocess.Popen(
+        pin(1) + ["curl", "-sS", "--fail", f"http://127.0.0.1:{port}/big?n={size}"],
+        stdout=subprocess.PIPE,
+    )
+    digest, total = hashlib.sha256(), 0
+    assert curl.stdout is not None
+    while True:
+        data = curl.stdout.read(1 << 20)
+        if not data:
+            break
+        digest.update(data)
+        total += len(data)
+    if curl.wait() != 0 or total != size:
+        raise RuntimeError(f"download failed: {total} of {size} bytes")
+    return size / (time.monotonic() - start) / 1e6, digest.hexdigest()
+
+
+def curlUpload(port: int, path: str) -> "tuple[float, str]":
+    start = time.monotonic()
+    out = subprocess.run(
+        pin(1) + ["curl", "-sS", "--fail", "-X", "POST", "-H", "Content-Type: application/octet-stream",
+                  "-T", path, f"http://127.0.0.1:{port}/upload"],
+        capture_output=True, text=True, timeout=600,
+    )
+    if out.returncode:
+        raise RuntimeError(f"upload failed: {out.stderr}")
+    size, digest = out.stdout.split()
+    return int(size) / (time.monotonic() - start) / 1e6, digest
+
+
+def large(args: argparse.Namespace, directory: str) -> List[Dict]:
+    size = args.large_size
+    path, expected = patternFile(directory, size)
+    backendPort = freePort()
+    backend = Proc("large-backend", [PYTHON, os.path.join(HERE, "refs", "backend.py"), str(backendPort)], backendPort, 1)
+    rows = []
+    try:
+        candidates = ["easymesh-2hop"] + (["nginx-2hop"] if shutil.which("nginx") else [])
+        for name in candidates:
+            if name == "easymesh-2hop":
+                proc, port = startEasymesh(backendPort, 2)
+                procs = [proc]
+            else:
+                inner, innerPort = startReference("nginx", backendPort, directory)
+                outer, port = startReference("nginx", innerPort, directory)
+                procs = [outer, inner]
+            try:
+                down, downDigest = curlDownload(port, size)
+                up, upDigest = curlUpload(port, path)
+                rows.append(
+                    {
+                        "row": name,
+                        "download_MBps": down,
+                        "upload_MBps": up,
+                        "intact": downDigest == expected and upDigest == expected,
+                        "rss_mb": max(p.peakRSS() for p in procs) / 2**20,
+                    }
+                )
+            finally:
+                for p in procs:
+                    p.stop()
+            print(f"large {rows[-1]}", file=sys.stderr)
+    finally:
+        backend.stop()
+    return rows
+
+
+def versions(backendName: str) -> str:
+    def version(argv: List[str]) -> str:
+        with contextlib.suppress(Exception):
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return (out.stdout + out.stderr).strip().splitlines()[0]
+        return "not installed"
+
+    import twisted
+
+    return "\n".join(
+        [
+            f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
+            f"- machine: {platform.machine()}, {CORES} cores, {platform.processor() or platform.uname().release}",
+            f"- Python: {platform.python_implementation()} {platform.python_version()}, Twisted {twisted.__version__}",
+            f"- backend: {backendName}; wrk: {version(['wrk', '-v'])}; nginx: {version(['nginx', '-v'])}",
+            f"- pinning: {'proxy on core 0, wrk and backend on core 1' if CORES >= 2 else 'none (one core)'}",
+        ]
+    )
+
+
+def render(table: List[Dict], largeRows: List[Dict], args: argparse.Namespace, backendName: str) -> str:
+    lines = [
+        "## Environment", "", versions(backendName), "",
+        f"## Small requests (wrk -c50 for {args.duration:g}s, medians of {args.rounds} interleaved rounds)", "",
+        "| row | req/s | p50 ms | p99 ms | added ms (c1 p50) | CPU µs/req | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['row']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['added_ms']:.3f} | {r['cpu_us']:.0f} | {r['rss_mb']:.1f} |"
+        )
+    lines += ["", "Ratios:", ""] + ratios(table)
+    if largeRows:
+        lines += [
+            "", f"## Large bodies ({args.large_size / 2**30:g} GiB each way, two hops)", "",
+            "| row | download MB/s | upload MB/s | bytes intact | peak RSS MB |",
+            "|---|---:|---:|---|---:|",
+        ]
+        for r in largeRows:
+            lines.append(
+                f"| {r['row']} | {r['download_MBps']:.0f} | {r['upload_MBps']:.0f} | "
+                f"{'yes' if r['intact'] else 'NO'} | {r['rss_mb']:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--rows", help="comma-separated rows to run (default: all)")
+    parser.add_argument("--large", action="store_true")
+    parser.add_argument("--large-size", type=int, default=2**30)
+    parser.add_argument("--write", action="store_true", help="write benchmarks/RESULTS.md")
+    parser.add_argument("--json", help="also write raw results to this file")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: run benchmarks/setup.sh")
+    with tempfile.TemporaryDirectory(prefix="easymesh-bench-") as directory:
+        table, backendName = small(args, directory)
+        largeRows = large(args, directory) if args.large else []
+    text = render(table, largeRows, args, backendName)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"small": table, "large": largeRows}, f, indent=2)
+    if args.write:
+        with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
+            f.write("# Benchmark results\n\nMade by `python benchmarks/run.py --large --write`.\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()

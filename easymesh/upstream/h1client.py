@@ -1,0 +1,528 @@
+# -*- test-case-name: tests.test_h1client -*-
+"""
+A lean HTTP/1.1 client connection for upstreams, kept in Twisted's
+L{HTTPConnectionPool}.
+
+It does only what a proxy needs: write a prepared request head and stream a
+body; parse the response head strictly; deliver the body (fixed length,
+chunked or close-delimited) with back-pressure; return the connection to the
+pool when a response has ended cleanly.  It keeps the contract the pool
+expects of L{twisted.web._newclient.HTTP11ClientProtocol} (C{state},
+C{abort()}, the quiescent callback), and fails with the same exception types,
+so the pool's one retry of a stale connection applies.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional
+
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.python.failure import Failure
+from twisted.web._newclient import (
+    ParseError,
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers, _nameEncoder
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from zope.interface import implementer
+
+#: Largest response head (status line and headers) accepted.
+MAX_HEAD = 64 * 1024
+#: Most header fields in a response head.
+MAX_HEADERS = 256
+#: Largest chunk-size line (with extensions) accepted.
+MAX_CHUNK_LINE = 4096
+
+_NO_BODY_CODES = frozenset((204, 304))
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_BAD_VALUE = bytes(c for c in range(32) if c != 9) + b"\x7f"
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+class UpstreamRequest:
+    """
+    A request ready to write: its head (request line and headers, without
+    framing headers or the blank line) and its body.
+    """
+
+    __slots__ = ("method", "head", "bodyProducer")
+
+    def __init__(self, method: bytes, head: bytes, bodyProducer: Optional[IBodyProducer]) -> None:
+        self.method = method
+        self.head = head
+        self.bodyProducer = bodyProducer
+
+
+def _parseError(reason: str, data: bytes = b"") -> Failure:
+    return Failure(ParseError(reason, data[:200]))
+
+
+class _BodyTransport:
+    """
+    What a response body's protocol sees as its transport: pausing pauses
+    the upstream connection; stopping abandons it.
+    """
+
+    def __init__(self, connection: "H1Connection") -> None:
+        self._connection: Optional[H1Connection] = connection
+
+    def pauseProducing(self) -> None:
+        if self._connection is not None:
+            self._connection.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._connection is not None:
+            self._connection.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abandon()
+
+    def detach(self) -> None:
+        self._connection = None
+
+
+@implementer(IResponse)
+class H1Response:
+    """
+    A response whose head has arrived; the body is delivered to the
+    protocol given to L{deliverBody}.
+    """
+
+    version = (b"HTTP", 1, 1)
+    request = None
+    previousResponse = None
+
+    def __init__(self, code: int, phrase: bytes, headers: Headers, length: Any, connection: "H1Connection") -> None:
+        self.code = code
+        self.phrase = phrase
+        self.headers = headers
+        self.length = length
+        self._connection = connection
+        self._protocol: Optional[Protocol] = None
+        self._pending: List[bytes] = []
+        self._ended: Optional[Failure] = None
+        self._transport = _BodyTransport(connection)
+
+    def setPreviousResponse(self, response: IResponse) -> None:
+        self.previousResponse = response
+
+    def deliverBody(self, protocol: Protocol) -> None:
+        if self._protocol is not None:
+            raise RuntimeError("deliverBody called twice")
+        self._protocol = protocol
+        protocol.makeConnection(self._transport)
+        pending, self._pending = self._pending, []
+        for data in pending:
+            protocol.dataReceived(data)
+        if self._ended is not None:
+            self._transport.detach()
+            protocol.connectionLost(self._ended)
+        elif self._connection.transport is not None:
+            self._connection.transport.resumeProducing()
+
+    def _bodyData(self, data: bytes) -> None:
+        if self._protocol is None:
+            self._pending.append(data)
+            if len(self._pending) == 1:
+                # Nobody reads yet: stop reading until somebody does.
+                self._connection.transport.pauseProducing()
+        else:
+            self._protocol.dataReceived(data)
+
+    def _bodyEnded(self, reason: Failure) -> None:
+        if self._protocol is None:
+            self._ended = reason
+        else:
+            self._transport.detach()
+            self._protocol.connectionLost(reason)
+
+
+class H1Connection(Protocol):
+    """
+    One HTTP/1.1 connection to an upstream, one request at a time.
+
+    @ivar state: C{"QUIESCENT"} when idle (what the pool checks), else
+        C{"BUSY"} or C{"CLOSED"}.
+    """
+
+    def __init__(self, quiescentCallback: Callable[["H1Connection"], None]) -> None:
+        self._quiescentCallback = quiescentCallback
+        self.state = "QUIESCENT"
+        self._closed: List[Deferred[None]] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._request: Optional[UpstreamRequest] = None
+        self._responseDeferred: Optional[Deferred[IResponse]] = None
+        self._response: Optional[H1Response] = None
+        self._buffer = b""
+        self._parse: Optional[Callable[[bytes], None]] = None
+        self._remaining = 0
+        self._chunkState = 0
+        self._bodySent = False
+        self._received = False
+        self._keepAlive = True
+        self._bodyFinished = False
+
+    # The pool's contract.
+
+    def abort(self) -> Deferred[None]:
+        if self.state == "CLOSED":
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closed.append(d)
+        self.transport.abortConnection()
+        return d
+
+    def abandon(self) -> None:
+        """
+        Give up on the current exchange and its connection.
+        """
+        self._keepAlive = False
+        if self.transport is not None and self.state != "CLOSED":
+            self.transport.abortConnection()
+
+    # Sending.
+
+    def request(self, request: UpstreamRequest) -> Deferred[IResponse]:
+        if self.state != "QUIESCENT":
+            return fail(RequestNotSent())
+        self.state = "BUSY"
+        self._request = request
+        self._parse = self._parseHead
+        d: Deferred[IResponse] = Deferred(self._cancel)
+        self._responseDeferred = d
+        producer = request.bodyProducer
+        transport = self.transport
+        if producer is None:
+            transport.write(request.head + b"\r\n")
+            self._bodySent = True
+            return d
+        length = producer.length
+        if length is UNKNOWN_LENGTH:
+            transport.write(request.head + b"Transfer-Encoding: chunked\r\n\r\n")
+            consumer: Any = _ChunkedConsumer(transport)
+        else:
+            transport.write(request.head + b"Content-Length: %d\r\n\r\n" % (length,))
+            consumer = transport
+            if length == 0:
+                self._bodySent = True
+                return d
+        transport.registerProducer(producer, True)
+        producing = producer.startProducing(consumer)
+        producing.addCallbacks(self._bodyDone, self._bodyFailed, callbackArgs=(consumer,))
+        return d
+
+    def _bodyDone(self, _: Any, consumer: Any) -> None:
+        if self.transport is None or self.state == "CLOSED":
+            return
+        self.transport.unregisterProducer()
+        if isinstance(consumer, _ChunkedConsumer):
+            self.transport.write(b"0\r\n\r\n")
+        self._bodySent = True
+        self._maybeQuiescent()
+
+    def _bodyFailed(self, reason: Failure) -> None:
+        if self.transport is not None:
+            self.transport.unregisterProducer()
+        self._keepAlive = False
+        d, self._responseDeferred = self._responseDeferred, None
+        if d is not None:
+            d.errback(RequestTransmissionFailed([reason]))
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _cancel(self, d: Deferred[IResponse]) -> None:
+        self._responseDeferred = None
+        self._keepAlive = False
+        d.errback(ResponseNeverReceived([Failure(CancelledError())]))
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # Receiving.
+
+    def dataReceived(self, data: bytes) -> None:
+        self._received = True
+        parse = self._parse
+        if parse is None:
+            # Bytes nobody asked for: the connection cannot be trusted.
+            self._keepAlive = False
+            self.transport.abortConnection()
+            return
+        parse(data)
+
+    def _fail(self, reason: Failure) -> None:
+        self._keepAlive = False
+        self._parse = None
+        d, self._responseDeferred = self._responseDeferred, None
+        if d is not None:
+            d.errback(ResponseFailed([reason]))
+        elif self._response is not None and not self._bodyFinished:
+            self._endBody(Failure(ResponseFailed([reason])))
+        self.transport.abortConnection()
+
+    def _parseHead(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > MAX_HEAD:
+                self._fail(_parseError("response head too large"))
+            else:
+                self._buffer = buffer
+            return
+        if end > MAX_HEAD:
+            self._fail(_parseError("response head too large"))
+            return
+        head, rest = buffer[:end], buffer[end + 4 :]
+        self._buffer = b""
+        lines = head.split(b"\r\n")
+        status = lines[0]
+        if status[:9] not in (b"HTTP/1.1 ", b"HTTP/1.0 ") or len(status) < 12:
+            self._fail(_parseError("bad status line", status))
+            return
+        codeText = status[9:12]
+        if not codeText.isdigit() or (len(status) > 12 and status[12:13] != b" "):
+            self._fail(_parseError("bad status line", status))
+            return
+        code = int(codeText)
+        if code < 100:
+            self._fail(_parseError("bad status code", status))
+            return
+        phrase = status[13:]
+        if phrase.translate(None, b"\t") != phrase.translate(None, _BAD_VALUE + b"\t"):
+            self._fail(_parseError("bad reason phrase", status))
+            return
+        if len(lines) > MAX_HEADERS + 1:
+            self._fail(_parseError("too many response headers"))
+            return
+        headers = Headers()
+        raw = headers._rawHeaders
+        encode = _nameEncoder.encode
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or not _TOKEN.issuperset(name):
+                self._fail(_parseError("bad response header", line))
+                return
+            value = value.strip(b" \t")
+            if len(value.translate(None, _BAD_VALUE)) != len(value):
+                self._fail(_parseError("bad response header value", line))
+                return
+            key = encode(name)
+            values = raw.get(key)
+            if values is None:
+                raw[key] = [value]
+            else:
+                values.append(value)
+        if 100 <= code < 200:
+            # Informational: drop it and read the final response.
+            if code == 101:
+                self._fail(_parseError("unrequested protocol switch", status))
+                return
+            if rest:
+                self._parseHead(rest)
+            return
+        if status[7:8] == b"0":
+            self._keepAlive = False
+        connection = raw.get(b"Connection")
+        if connection and any(b"close" in v.lower() for v in connection):
+            self._keepAlive = False
+        length: Any = UNKNOWN_LENGTH
+        encodings = raw.get(b"Transfer-Encoding")
+        lengths = raw.get(b"Content-Length")
+        request = self._request
+        if (request is not None and request.method == b"HEAD") or code in _NO_BODY_CODES:
+            length = 0
+            parse = None
+        elif encodings is not None:
+            if lengths is not None:
+                self._fail(_parseError("both Content-Length and Transfer-Encoding"))
+                return
+            codings = [c.strip().lower() for v in encodings for c in v.split(b",")]
+            if codings[-1:] != [b"chunked"] or codings.count(b"chunked") != 1:
+                self._fail(_parseError("unsupported Transfer-Encoding"))
+                return
+            parse = self._parseChunked
+            self._chunkState = 0
+        elif lengths is not None:
+            values = {v.strip() for item in lengths for v in item.split(b",")}
+            if len(values) != 1:
+                self._fail(_parseError("conflicting Content-Length"))
+                return
+            text = values.pop()
+            if not text.isdigit() or len(text) > 18:
+                self._fail(_parseError("bad Content-Length", text))
+                return
+            length = self._remaining = int(text)
+            parse = self._parseFixed if length else None
+        else:
+            self._keepAlive = False
+            parse = self._parseUntilClose
+        response = H1Response(code, phrase, headers, length, self)
+        self._response = response
+        self._parse = parse
+        d, self._responseDeferred = self._responseDeferred, None
+        if parse is None:
+            self._responseEnded()
+        if d is not None:
+            d.callback(response)
+        if parse is not None and rest:
+            parse(rest)
+        elif parse is None and rest:
+            self.dataReceived(rest)
+
+    def _parseFixed(self, data: bytes) -> None:
+        remaining = self._remaining
+        if len(data) < remaining:
+            self._remaining = remaining - len(data)
+            self._response._bodyData(data)  # type: ignore[union-attr]
+            return
+        extra = data[remaining:]
+        if remaining:
+            self._response._bodyData(data[:remaining])  # type: ignore[union-attr]
+        self._remaining = 0
+        self._parse = None
+        if extra:
+            # More than declared: never deliver it, never reuse the connection.
+            self._keepAlive = False
+        self._responseEnded()
+
+    def _parseUntilClose(self, data: bytes) -> None:
+        self._response._bodyData(data)  # type: ignore[union-attr]
+
+    def _parseChunked(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        self._buffer = b""
+        response = self._response
+        assert response is not None
+        position = 0
+        size = len(buffer)
+        while position < size:
+            state = self._chunkState
+            if state == 1:
+                # Inside a chunk's data.
+                take = min(self._remaining, size - position)
+                response._bodyData(buffer[position : position + take])
+                position += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._chunkState = 2
+                continue
+            end = buffer.find(b"\r\n", position)
+            if end < 0:
+                if size - position > MAX_CHUNK_LINE:
+                    self._fail(_parseError("chunk line too long"))
+                    return
+                self._buffer = buffer[position:]
+                return
+            line = buffer[position:end]
+            position = end + 2
+            if state == 0:
+                sizeText = line.split(b";", 1)[0].strip(b" \t")
+                if not sizeText or not _HEX.issuperset(sizeText) or len(sizeText) > 15:
+                    self._fail(_parseError("bad chunk size", line))
+                    return
+                self._remaining = int(sizeText, 16)
+                self._chunkState = 1 if self._remaining else 3
+            elif state == 2:
+                if line:
+                    self._fail(_parseError("chunk data longer than declared", line))
+                    return
+                self._chunkState = 0
+            else:
+                # Trailer section: dropped; an empty line ends the message.
+                if line:
+                    if len(line) > MAX_CHUNK_LINE:
+                        self._fail(_parseError("trailer too long"))
+                        return
+                    continue
+                self._parse = None
+                if position < size:
+                    self._keepAlive = False
+                self._responseEnded()
+                return
+
+    def _endBody(self, reason: Failure) -> None:
+        self._bodyFinished = True
+        self._response._bodyEnded(reason)  # type: ignore[union-attr]
+
+    def _responseEnded(self) -> None:
+        self._endBody(Failure(ResponseDone()))
+        self._maybeQuiescent()
+
+    def _maybeQuiescent(self) -> None:
+        if self.state != "BUSY" or self._parse is not None or self._response is None:
+            return
+        if not self._bodySent:
+            # The response ended before the request body: stop sending it.
+            producer = self._request.bodyProducer if self._request else None
+            if producer is not None:
+                producer.stopProducing()
+            self.transport.unregisterProducer()
+            self._keepAlive = False
+        if not self._keepAlive:
+            self.transport.loseConnection()
+            return
+        self._reset()
+        self.state = "QUIESCENT"
+        self.transport.resumeProducing()
+        self._quiescentCallback(self)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.state = "CLOSED"
+        parse, self._parse = self._parse, None
+        d, self._responseDeferred = self._responseDeferred, None
+        if d is not None:
+            if self._received:
+                d.errback(ResponseFailed([reason]))
+            else:
+                d.errback(ResponseNeverReceived([reason]))
+        elif self._response is not None and not self._bodyFinished:
+            if parse is not None and parse == self._parseUntilClose:
+                self._endBody(Failure(PotentialDataLoss()))
+            else:
+                self._endBody(Failure(ResponseFailed([reason])))
+        closed, self._closed = self._closed, []
+        for c in closed:
+            c.callback(None)
+
+
+class _ChunkedConsumer:
+    """
+    Writes what a body producer produces as HTTP/1.1 chunks.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._transport.unregisterProducer()
+
+
+class H1ConnectionFactory(ClientFactory):
+    """
+    What L{HTTPConnectionPool} builds connections with (its C{_factory}).
+    """
+
+    noisy = False
+
+    def __init__(self, quiescentCallback: Callable[[H1Connection], None], metadata: Any = None) -> None:
+        self._quiescentCallback = quiescentCallback
+
+    def buildProtocol(self, addr: Any) -> H1Connection:
+        return H1Connection(self._quiescentCallback)
