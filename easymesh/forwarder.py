@@ -57,10 +57,11 @@ class Forwarder:
             d = self.chain.requestReceived(request)
             d.addCallback(self._filtered, request)
             d.addCallback(self._responded, request)
-        else:
-            d = self.upstream.request(request)
-            d.addCallback(self._relayed, request)
-        return d.addErrback(self._failed, request)
+            return d.addErrback(self._failed, request)
+        d = self.upstream.request(request)
+        return d.addCallbacks(
+            self._relayed, self._failed, callbackArgs=(request,), errbackArgs=(request,)
+        )
 
     def _filtered(self, reply: Any, request: ProxyRequest) -> Any:
         if reply is not None:

@@ -8,10 +8,10 @@ vocabulary arriving from outside, and detect loops.
 
 from __future__ import annotations
 
-import uuid
-from typing import Iterable, List
+from random import getrandbits
+from typing import Dict, Iterable, List, Optional
 
-from twisted.web.http_headers import Headers
+from twisted.web.http_headers import Headers, _nameEncoder
 
 from easymesh.errors import RequestLoop
 
@@ -32,38 +32,67 @@ HOP_BY_HOP = frozenset(
 #: forwards itself.
 FRAMING = frozenset((b"content-length", b"expect"))
 
+#: The characters of a token (RFC 9110 section 5.6.2): field names, methods.
+TOKEN = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
 OWN_PREFIX = b"x-easymesh-"
 REQUEST_ID = b"x-request-id"
+
+
+_canonicalNames: Dict[bytes, bytes] = {}
+
+
+def canonicalName(name: bytes) -> Optional[bytes]:
+    """
+    The name under which L{Headers} stores a header field, or L{None} if
+    C{name} is not a valid field name (RFC 9110 section 5.1).
+    """
+    found = _canonicalNames.get(name)
+    if found is None:
+        if not name or not TOKEN.issuperset(name):
+            return None
+        found = _nameEncoder.encode(name)
+        if len(_canonicalNames) < 4096:
+            _canonicalNames[name] = found
+    return found
 
 
 def _commaList(values: Iterable[bytes]) -> List[bytes]:
     return [t.strip() for v in values for t in v.split(b",") if t.strip()]
 
 
-def removeHopByHop(headers: Headers, also: frozenset = frozenset()) -> None:
+# Headers stores names in one canonical form, so these sets (in that form)
+# are matched without lower-casing every name of every message.
+_HOP_BY_HOP = frozenset(_nameEncoder.encode(n) for n in HOP_BY_HOP)
+_REQUEST_DROPPED = _HOP_BY_HOP | frozenset(_nameEncoder.encode(n) for n in FRAMING)
+_OWN_PREFIX = _nameEncoder.encode(OWN_PREFIX + b"x")[:-1]
+
+
+def removeHopByHop(headers: Headers, also: Iterable[bytes] = ()) -> None:
     """
     Remove hop-by-hop fields, including those named by C{Connection}, and the
     names in C{also}.
     """
+    _remove(headers, _HOP_BY_HOP | frozenset(_nameEncoder.encode(n) for n in also), False)
+
+
+def _remove(headers: Headers, dropped: frozenset, own: bool) -> None:
     raw = headers._rawHeaders
     named = raw.get(b"Connection")
     doomed = [
         name
         for name in raw
-        if name.lower() in HOP_BY_HOP or name.lower() in also
+        if name in dropped or (own and name.startswith(_OWN_PREFIX))
     ]
     for name in doomed:
         del raw[name]
     if named:
         for token in _commaList(named):
-            if _isToken(token):
-                headers.removeHeader(token)
-
-
-def _isToken(value: bytes) -> bool:
-    return bool(value) and all(
-        33 <= c < 127 and c not in b'"(),/:;<=>?@[\\]{}' for c in value
-    )
+            key = canonicalName(token)
+            if key is not None:
+                raw.pop(key, None)
 
 
 def removeOwn(headers: Headers) -> None:
@@ -72,8 +101,20 @@ def removeOwn(headers: Headers) -> None:
     set.
     """
     raw = headers._rawHeaders
-    for name in [n for n in raw if n.lower().startswith(OWN_PREFIX)]:
+    for name in [n for n in raw if n.startswith(_OWN_PREFIX)]:
         del raw[name]
+
+
+def newRequestId() -> bytes:
+    """
+    A random version 4 UUID, as text.
+    """
+    value = "%032x" % (getrandbits(128) & _UUID4_MASK | _UUID4_BITS)
+    return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}".encode()
+
+
+_UUID4_MASK = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_BITS = (0x4000 << 64) | (0x8000 << 48)
 
 
 class HeaderPolicy:
@@ -112,8 +153,7 @@ class HeaderPolicy:
         @raise RequestLoop: The request has been through this listener.
         """
         self.checkLoop(headers)
-        removeHopByHop(headers, FRAMING)
-        removeOwn(headers)
+        _remove(headers, _REQUEST_DROPPED, True)
         client = clientAddress.encode("ascii")
         forwarded = headers.getRawHeaders(b"x-forwarded-for")
         if forwarded:
@@ -125,7 +165,7 @@ class HeaderPolicy:
         headers.setRawHeaders(b"x-forwarded-proto", [scheme])
         headers.addRawHeader(b"via", self._via(version))
         if not headers.hasHeader(REQUEST_ID):
-            headers.setRawHeaders(REQUEST_ID, [str(uuid.uuid4()).encode("ascii")])
+            headers.setRawHeaders(REQUEST_ID, [newRequestId()])
 
     def prepareResponse(self, headers: Headers, version: bytes) -> None:
         """

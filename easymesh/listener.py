@@ -7,7 +7,7 @@ L{Forwarder} and relays the reply, streaming the body with back-pressure.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
@@ -16,7 +16,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.client import ResponseDone
-from twisted.web.http import HTTPChannel, PotentialDataLoss
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from zope.interface import implementer
@@ -24,23 +25,13 @@ from zope.interface import implementer
 from easymesh.accesslog import AccessLog
 from easymesh.errors import ERROR_HEADER, BadRequest
 from easymesh.forwarder import Forwarder
+from easymesh.h1server import DeadlineSweeper, EdgeLimits, HTTP1Channel
 from easymesh.headers import REQUEST_ID
 from easymesh.inflight import InFlight
 from easymesh.message import LocalReply, ProxyRequest
 from easymesh.requestbody import EmptyBody, RequestBodyStream
 
 _EMPTY = EmptyBody()
-
-
-class _DiscardBody:
-    """
-    Stands in for the channel's transfer decoder once a request's response
-    is complete before its body: the rest of the body is dropped, and the
-    connection closes after the response.
-    """
-
-    def dataReceived(self, data: bytes) -> None:
-        pass
 
 
 class StreamingRequest(server.Request):
@@ -53,25 +44,45 @@ class StreamingRequest(server.Request):
 
     body: Optional[IBodyProducer] = None
     _stream: Optional[RequestBodyStream] = None
+    #: Called once with L{None} when the response is finished, or with the
+    #: reason when the connection is lost first.
+    onDone: Optional[Callable[[Optional[Failure]], None]] = None
+
+    # Constant defaults live on the class, so that a request costs only what
+    # differs per request.
+    queued = False
+    cookies: Any = ()
+    received_cookies: Any = {}
+    defaultContentType = None
+    _parsePOSTFormSubmission = False
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.transport = channel.transport
+        self.client = channel.peer
+        self.host = channel.local
+        self.notifications = []
+        self.responseHeaders = Headers()
 
     def gotLength(self, length: Optional[int]) -> None:
-        channel = self.channel
-        self.method = channel._command
-        self.uri = channel._path
-        self.clientproto = channel._version
-        self.path = self.uri.split(b"?", 1)[0]
+        """
+        The head is in (method, target, version and headers are set); a body
+        of C{length} bytes (L{None}: chunked) follows.
+        """
         self.content = None
         if length is None or length > 0:
-            transport = channel.transport
+            channel = self.channel
             self.body = self._stream = RequestBodyStream(
-                length, transport.pauseProducing, transport.resumeProducing
+                length,
+                lambda: channel.pauseReading("body"),
+                lambda: channel.resumeReading("body"),
             )
         elif self.requestHeaders.hasHeader(b"content-length"):
             self.body = _EMPTY
 
     def bodyStarts(self) -> None:
         """
-        The headers are in and a body follows: start proxying now.
+        A body follows the head: start proxying now.
         """
         self.process()
 
@@ -110,15 +121,21 @@ class StreamingRequest(server.Request):
         if self.bodyIncomplete() and self.channel is not None:
             # Answered before the body ended: drop the rest of it and close,
             # so no part of it is read as a new request.
-            self.channel.persistent = False
-            self.channel._transferDecoder = _DiscardBody()
+            self.channel.discardBody()
             self._stream.stopProducing()  # type: ignore[union-attr]
         super().finish()
+        self._done(None)
 
     def connectionLost(self, reason: Failure) -> None:
         if self._stream is not None:
             self._stream.fail(reason)
         super().connectionLost(reason)
+        self._done(reason)
+
+    def _done(self, reason: Optional[Failure]) -> None:
+        onDone, self.onDone = self.onDone, None
+        if onDone is not None:
+            onDone(reason)
 
 
 def _originForm(request: server.Request) -> bytes:
@@ -278,10 +295,9 @@ class ProxyResource(Resource):
         self.accessLog = accessLog
 
     def render(self, request: StreamingRequest) -> Any:
-        request.defaultContentType = None
         self.inflight.enter()
         exchange = _Exchange(self, request)
-        request.notifyFinish().addBoth(exchange.finished)
+        request.onDone = exchange.finished
         try:
             target = _originForm(request)
         except BadRequest as e:
@@ -293,9 +309,9 @@ class ProxyResource(Resource):
             target,
             request.requestHeaders,
             body,
-            getattr(request.getClientAddress(), "host", ""),
-            b"https" if request.isSecure() else b"http",
-            request.clientproto.partition(b"/")[2] or b"1.1",
+            getattr(request.client, "host", ""),
+            request.channel.scheme,
+            request.clientproto[5:],
             self.name,
         )
         d = self.forwarder.forward(proxied)
@@ -303,18 +319,6 @@ class ProxyResource(Resource):
             exchange.pending = d
         d.addCallback(exchange.respond)
         return server.NOT_DONE_YET
-
-
-class ProxyChannel(HTTPChannel):
-    """
-    An L{HTTPChannel} that lets a request with a body start proxying once
-    its headers are in, after any C{100 Continue} has been sent.
-    """
-
-    def allHeadersReceived(self) -> None:
-        super().allHeadersReceived()
-        if self.length != 0 and self.requests:
-            self.requests[-1].bodyStarts()
 
 
 class ProxySite(server.Site):
@@ -326,7 +330,22 @@ class ProxySite(server.Site):
     displayTracebacks = False
     noisy = False
     requestFactory = StreamingRequest
-    protocol = ProxyChannel
+    protocol = HTTP1Channel
+
+    def __init__(self, resource: Any, limits: EdgeLimits = EdgeLimits(), **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.limits = limits
+        self.sweeper = DeadlineSweeper(self.reactor)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.limits = self.limits
+        channel.sweeper = self.sweeper
+        return channel
+
+    def stopFactory(self) -> None:
+        self.sweeper.stop()
+        super().stopFactory()
 
     def log(self, request: server.Request) -> None:
         pass

@@ -162,7 +162,7 @@ class RequestBodyStream:
                 done.callback(None)
 
     def _resume(self) -> None:
-        if self._sourcePaused and not self.complete:
+        if self._sourcePaused:
             self._sourcePaused = False
             self._resumeSource()
 

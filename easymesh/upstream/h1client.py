@@ -14,6 +14,7 @@ so the pool's one retry of a stale connection applies.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, List, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -29,9 +30,11 @@ from twisted.web._newclient import (
     ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers, _nameEncoder
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
+
+from easymesh.headers import canonicalName
 
 #: Largest response head (status line and headers) accepted.
 MAX_HEAD = 64 * 1024
@@ -41,9 +44,15 @@ MAX_HEADERS = 256
 MAX_CHUNK_LINE = 4096
 
 _NO_BODY_CODES = frozenset((204, 304))
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_HTTP11 = (b"HTTP", 1, 1)
+_HTTP10 = (b"HTTP", 1, 0)
 _BAD_VALUE = bytes(c for c in range(32) if c != 9) + b"\x7f"
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+#: Control characters other than HTAB, and CR or LF not in CRLF.
+_FORBIDDEN_IN_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+#: The ends of a body, made once: a L{Failure} costs to build.
+_RESPONSE_DONE = Failure(ResponseDone())
+_POTENTIAL_DATA_LOSS = Failure(PotentialDataLoss())
 
 
 class UpstreamRequest:
@@ -67,17 +76,22 @@ def _parseError(reason: str, data: bytes = b"") -> Failure:
 class _BodyTransport:
     """
     What a response body's protocol sees as its transport: pausing pauses
-    the upstream connection; stopping abandons it.
+    the upstream connection; stopping abandons it.  Once the body has ended
+    it is detached, and touches the connection (by then perhaps serving
+    another request) no more.
     """
 
-    def __init__(self, connection: "H1Connection") -> None:
-        self._connection: Optional[H1Connection] = connection
+    def __init__(self, connection: Optional["H1Connection"]) -> None:
+        self._connection = connection
+        self.paused = False
 
     def pauseProducing(self) -> None:
+        self.paused = True
         if self._connection is not None:
             self._connection.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
+        self.paused = False
         if self._connection is not None:
             self._connection.transport.resumeProducing()
 
@@ -97,11 +111,19 @@ class H1Response:
     protocol given to L{deliverBody}.
     """
 
-    version = (b"HTTP", 1, 1)
     request = None
     previousResponse = None
 
-    def __init__(self, code: int, phrase: bytes, headers: Headers, length: Any, connection: "H1Connection") -> None:
+    def __init__(
+        self,
+        version: Any,
+        code: int,
+        phrase: bytes,
+        headers: Headers,
+        length: Any,
+        connection: "H1Connection",
+    ) -> None:
+        self.version = version
         self.code = code
         self.phrase = phrase
         self.headers = headers
@@ -110,6 +132,7 @@ class H1Response:
         self._protocol: Optional[Protocol] = None
         self._pending: List[bytes] = []
         self._ended: Optional[Failure] = None
+        self._waitingForReader = False
         self._transport = _BodyTransport(connection)
 
     def setPreviousResponse(self, response: IResponse) -> None:
@@ -119,30 +142,34 @@ class H1Response:
         if self._protocol is not None:
             raise RuntimeError("deliverBody called twice")
         self._protocol = protocol
+        if self._ended is not None:
+            self._transport.detach()
         protocol.makeConnection(self._transport)
         pending, self._pending = self._pending, []
         for data in pending:
             protocol.dataReceived(data)
         if self._ended is not None:
-            self._transport.detach()
             protocol.connectionLost(self._ended)
-        elif self._connection.transport is not None:
-            self._connection.transport.resumeProducing()
+        elif self._waitingForReader:
+            self._waitingForReader = False
+            if not self._transport.paused:
+                self._transport.resumeProducing()
 
     def _bodyData(self, data: bytes) -> None:
         if self._protocol is None:
             self._pending.append(data)
-            if len(self._pending) == 1:
+            if not self._waitingForReader:
                 # Nobody reads yet: stop reading until somebody does.
+                self._waitingForReader = True
                 self._connection.transport.pauseProducing()
         else:
             self._protocol.dataReceived(data)
 
     def _bodyEnded(self, reason: Failure) -> None:
+        self._transport.detach()
         if self._protocol is None:
             self._ended = reason
         else:
-            self._transport.detach()
             self._protocol.connectionLost(reason)
 
 
@@ -214,9 +241,6 @@ class H1Connection(Protocol):
         else:
             transport.write(request.head + b"Content-Length: %d\r\n\r\n" % (length,))
             consumer = transport
-            if length == 0:
-                self._bodySent = True
-                return d
         transport.registerProducer(producer, True)
         producing = producer.startProducing(consumer)
         producing.addCallbacks(self._bodyDone, self._bodyFailed, callbackArgs=(consumer,))
@@ -274,7 +298,8 @@ class H1Connection(Protocol):
         buffer = self._buffer + data if self._buffer else data
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
-            if len(buffer) > MAX_HEAD:
+            # The head may be MAX_HEAD bytes, plus up to 3 of its terminator.
+            if len(buffer) > MAX_HEAD + 3:
                 self._fail(_parseError("response head too large"))
             else:
                 self._buffer = buffer
@@ -304,19 +329,20 @@ class H1Connection(Protocol):
         if len(lines) > MAX_HEADERS + 1:
             self._fail(_parseError("too many response headers"))
             return
+        bad = _FORBIDDEN_IN_HEAD.search(head)
+        if bad is not None:
+            self._fail(_parseError("control character in response head", head[bad.start() - 20 : bad.end() + 20]))
+            return
         headers = Headers()
         raw = headers._rawHeaders
-        encode = _nameEncoder.encode
+        canonical = canonicalName
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or not name or not _TOKEN.issuperset(name):
+            key = canonical(name) if sep else None
+            if key is None:
                 self._fail(_parseError("bad response header", line))
                 return
             value = value.strip(b" \t")
-            if len(value.translate(None, _BAD_VALUE)) != len(value):
-                self._fail(_parseError("bad response header value", line))
-                return
-            key = encode(name)
             values = raw.get(key)
             if values is None:
                 raw[key] = [value]
@@ -366,18 +392,21 @@ class H1Connection(Protocol):
         else:
             self._keepAlive = False
             parse = self._parseUntilClose
-        response = H1Response(code, phrase, headers, length, self)
+        response = H1Response(
+            _HTTP10 if status[7:8] == b"0" else _HTTP11, code, phrase, headers, length, self
+        )
         self._response = response
         self._parse = parse
         d, self._responseDeferred = self._responseDeferred, None
         if parse is None:
+            if rest:
+                # Bytes after a complete response: not to be trusted.
+                self._keepAlive = False
             self._responseEnded()
         if d is not None:
             d.callback(response)
         if parse is not None and rest:
             parse(rest)
-        elif parse is None and rest:
-            self.dataReceived(rest)
 
     def _parseFixed(self, data: bytes) -> None:
         remaining = self._remaining
@@ -425,6 +454,9 @@ class H1Connection(Protocol):
                 return
             line = buffer[position:end]
             position = end + 2
+            if len(line) > MAX_CHUNK_LINE:
+                self._fail(_parseError("chunk line too long"))
+                return
             if state == 0:
                 sizeText = line.split(b";", 1)[0].strip(b" \t")
                 if not sizeText or not _HEX.issuperset(sizeText) or len(sizeText) > 15:
@@ -455,7 +487,7 @@ class H1Connection(Protocol):
         self._response._bodyEnded(reason)  # type: ignore[union-attr]
 
     def _responseEnded(self) -> None:
-        self._endBody(Failure(ResponseDone()))
+        self._endBody(_RESPONSE_DONE)
         self._maybeQuiescent()
 
     def _maybeQuiescent(self) -> None:
@@ -487,7 +519,7 @@ class H1Connection(Protocol):
                 d.errback(ResponseNeverReceived([reason]))
         elif self._response is not None and not self._bodyFinished:
             if parse is not None and parse == self._parseUntilClose:
-                self._endBody(Failure(PotentialDataLoss()))
+                self._endBody(_POTENTIAL_DATA_LOSS)
             else:
                 self._endBody(Failure(ResponseFailed([reason])))
         closed, self._closed = self._closed, []

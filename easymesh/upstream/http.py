@@ -94,18 +94,19 @@ class _Attempt:
         assert self.deferred is not None
         self.deferred.cancel()
 
-    def stopTimer(self, result: Any) -> Any:
+    def finished(self, result: Any) -> Any:
+        """
+        The response head arrived, or the request failed: stop the timer,
+        and make a timeout's cancellation an L{UpstreamTimeout}.
+        """
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        return result
-
-    def mapTimeout(self, failure: Failure) -> Failure:
-        if self.timedOut:
+        if self.timedOut and isinstance(result, Failure):
             return Failure(
                 UpstreamTimeout(f"no response headers within {self._timeout:g}s")
             )
-        return failure
+        return result
 
 
 def _endpointFor(url: UpstreamURL, reactor: Any, connectTimeout: float) -> IStreamClientEndpoint:
@@ -173,8 +174,7 @@ class HTTPUpstream:
         attempt.deferred = d
         if body is None or attempt.bodyEnded:
             attempt.startTimer()
-        d.addBoth(attempt.stopTimer)
-        d.addErrback(attempt.mapTimeout)
+        d.addBoth(attempt.finished)
         return d
 
     def close(self) -> Deferred[None]:

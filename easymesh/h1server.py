@@ -1,0 +1,633 @@
+# -*- test-case-name: tests.test_h1server -*-
+"""
+The HTTP/1.1 edge: a strict, lean server channel for a twisted.web L{Site}.
+
+It reads a whole request head at once and checks it against RFC 9112
+(framing, header syntax, C{Host}, limits) before anything is forwarded; a
+request with a body is handed to its resource as soon as its head is in, and
+the body streams to it through the request's C{handleContentChunk}.  One
+request is handled at a time; pipelined requests wait, in order, until the
+response before them has finished.  After any framing error the connection
+is closed and nothing after the error is read.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, List, Optional
+
+import attrs
+from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransport
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from easymesh.errors import ERROR_HEADER
+from easymesh.headers import TOKEN as _TOKEN, canonicalName
+
+_log = Logger()
+
+_CTL_BUT_TAB = bytes(c for c in range(32) if c != 9) + b"\x7f"
+_CTL_AND_SPACE = bytes(range(33)) + b"\x7f"
+_HOST_CHARS = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%"
+)
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
+
+_HEAD, _BODY, _WAIT, _DISCARD, _CLOSED = range(5)
+
+#: Bytes no request head may hold: control characters other than HTAB, and
+#: CR or LF other than as CRLF.  (Checked once over the whole head.)
+_FORBIDDEN_IN_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+
+
+def _describeForbidden(found: bytes) -> str:
+    if found == b"\n":
+        return "bare LF in request head"
+    if found == b"\r":
+        return "bare CR in request head"
+    return "control character in request head"
+
+
+@attrs.frozen
+class EdgeLimits:
+    """
+    Limits on what a client may send, and how slowly.
+
+    @ivar maxRequestLine: Longest request line (then 414).
+    @ivar maxHeadSize: Largest request head (then 431).
+    @ivar maxHeaders: Most header fields (then 431).
+    @ivar maxBody: Largest body, or L{None} for no limit (then 413).
+    @ivar headTimeout: Seconds from a request's first byte to its complete
+        head (then 408).
+    @ivar bodyTimeout: Seconds without a byte while reading a body (then 408).
+    @ivar idleTimeout: Seconds a connection may wait for its next request.
+    """
+
+    maxRequestLine: int = 8 * 1024
+    maxHeadSize: int = 64 * 1024
+    maxHeaders: int = 100
+    maxBody: Optional[int] = None
+    headTimeout: float = 10.0
+    bodyTimeout: float = 30.0
+    idleTimeout: float = 60.0
+    maxChunkLine: int = 4 * 1024
+
+
+class BadMessage(Exception):
+    """
+    A request that cannot be read safely; answered with C{code} and closed.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+_PHRASES = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    505: b"HTTP Version Not Supported",
+}
+_CAUSES = {408: b"request_timeout", 413: b"request_too_large", 414: b"request_too_large", 431: b"request_too_large"}
+
+
+def _errorResponse(code: int, reason: str) -> bytes:
+    body = reason.encode("ascii", "replace") + b"\n"
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (code, _PHRASES.get(code, b"Error")),
+            b"Connection: close\r\nContent-Type: text/plain; charset=utf-8\r\n",
+            ERROR_HEADER + b": " + _CAUSES.get(code, b"bad_request") + b"\r\n",
+            b"Content-Length: %d\r\n\r\n" % len(body),
+            body,
+        )
+    )
+
+
+def _checkToken(value: bytes, what: str) -> None:
+    if not value or not _TOKEN.issuperset(value):
+        raise BadMessage(400, f"invalid {what}")
+
+
+class _IdentityBody:
+    """
+    A body of known length.
+    """
+
+    def __init__(self, length: int, deliver: Callable[[bytes], None]) -> None:
+        self.remaining = length
+        self._deliver = deliver
+
+    def feed(self, data: bytes) -> Optional[bytes]:
+        """
+        @return: L{None} while more is due; the bytes after the body once it
+            is complete.
+        """
+        remaining = self.remaining
+        if len(data) < remaining:
+            self.remaining = remaining - len(data)
+            self._deliver(data)
+            return None
+        self.remaining = 0
+        if remaining:
+            self._deliver(data[:remaining])
+        return data[remaining:]
+
+
+class _ChunkedBody:
+    """
+    A chunked body (RFC 9112 section 7.1), parsed strictly: hex sizes,
+    extensions without bare CR or LF, CRLF after each chunk; trailers are
+    read and dropped.
+    """
+
+    def __init__(self, deliver: Callable[[bytes], None], maxLine: int, maxTrailers: int) -> None:
+        self._deliver = deliver
+        self._maxLine = maxLine
+        self._trailerBudget = maxTrailers
+        self._buffer = b""
+        self._state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailers
+        self._remaining = 0
+
+    def feed(self, data: bytes) -> Optional[bytes]:
+        buffer = self._buffer + data if self._buffer else data
+        self._buffer = b""
+        position, size = 0, len(buffer)
+        while position < size:
+            if self._state == 1:
+                take = min(self._remaining, size - position)
+                self._deliver(buffer[position : position + take])
+                position += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._state = 2
+                continue
+            end = buffer.find(b"\n", position)
+            if end < 0:
+                if size - position > self._maxLine:
+                    raise BadMessage(400, "chunk line too long")
+                self._buffer = buffer[position:]
+                return None
+            if end == position or buffer[end - 1] != 13:
+                raise BadMessage(400, "bare LF in chunked body")
+            line = buffer[position : end - 1]
+            position = end + 1
+            if len(line) > self._maxLine:
+                raise BadMessage(400, "chunk line too long")
+            if b"\r" in line:
+                raise BadMessage(400, "bare CR in chunked body")
+            if self._state == 0:
+                sizeText, _, extensions = line.partition(b";")
+                sizeText = sizeText.rstrip(b" \t")
+                if not sizeText or not _HEX.issuperset(sizeText) or len(sizeText) > 15:
+                    raise BadMessage(400, "invalid chunk size")
+                if len(extensions.translate(None, _CTL_BUT_TAB)) != len(extensions):
+                    raise BadMessage(400, "invalid chunk extension")
+                self._remaining = int(sizeText, 16)
+                self._state = 1 if self._remaining else 3
+            elif self._state == 2:
+                if line:
+                    raise BadMessage(400, "chunk longer than its size")
+                self._state = 0
+            else:
+                if not line:
+                    return buffer[position:]
+                self._trailerBudget -= 1
+                if self._trailerBudget < 0:
+                    raise BadMessage(431, "too many trailer fields")
+                if line[:1] in (b" ", b"\t") or b":" not in line:
+                    raise BadMessage(400, "invalid trailer field")
+        return None
+
+
+class DeadlineSweeper:
+    """
+    Once a second, time out the connections whose deadline has passed.
+    """
+
+    def __init__(self, clock: Any, interval: float = 1.0) -> None:
+        self.clock = clock
+        self.interval = interval
+        self._channels: set = set()
+        self._call: Any = None
+
+    def add(self, channel: "HTTP1Channel") -> None:
+        self._channels.add(channel)
+        if self._call is None:
+            self._call = self.clock.callLater(self.interval, self._sweep)
+
+    def remove(self, channel: "HTTP1Channel") -> None:
+        self._channels.discard(channel)
+
+    def _sweep(self) -> None:
+        self._call = None
+        now = self.clock.seconds()
+        expired = [c for c in self._channels if c.deadline is not None and c.deadline <= now]
+        for channel in expired:
+            try:
+                channel._timedOut()
+            except Exception:
+                _log.failure("Timing out {channel}", channel=channel)
+        if self._channels:
+            self._call = self.clock.callLater(self.interval, self._sweep)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+@implementer(IPushProducer)
+class HTTP1Channel(Protocol):
+    """
+    One client connection.  C{site}, C{requestFactory}, C{factory} and
+    C{callLater} are set by the L{Site} that builds it.
+    """
+
+    site: Any = None
+    requestFactory: Any = None
+    sweeper: Optional["DeadlineSweeper"] = None
+    deadline: Optional[float] = None
+    limits = EdgeLimits()
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._state = _HEAD
+        self._request: Any = None
+        self._body: Any = None
+        self._producer: Any = None
+        self._parsing = False
+        self._pausedFor: set = set()
+        self.persistent = True
+
+    # Connection.
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(True)
+        transport.registerProducer(self, True)
+        #: The client's and our addresses, and the scheme: fixed for the
+        #: connection, so looked up once.
+        self.peer = transport.getPeer()
+        self.local = transport.getHost()
+        self.scheme = b"https" if ISSLTransport.providedBy(transport) else b"http"
+        if self.sweeper is not None:
+            self.sweeper.add(self)
+        self._setTimer(self.limits.idleTimeout)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._state = _CLOSED
+        self._setTimer(None)
+        if self.sweeper is not None:
+            self.sweeper.remove(self)
+        request, self._request = self._request, None
+        if request is not None:
+            request.connectionLost(reason)
+
+    def getPeer(self) -> Any:
+        return self.peer
+
+    def getHost(self) -> Any:
+        return self.local
+
+    def isSecure(self) -> bool:
+        return self.scheme == b"https"
+
+    def loseConnection(self) -> None:
+        self._state = _CLOSED
+        self._setTimer(None)
+        self.transport.loseConnection()
+
+    # Timeouts: a deadline the site's sweeper checks, so that a request
+    # costs no timer of its own.
+
+    def _setTimer(self, seconds: Optional[float]) -> None:
+        sweeper = self.sweeper
+        if seconds is None or sweeper is None:
+            self.deadline = None
+        else:
+            self.deadline = sweeper.clock.seconds() + seconds
+
+    def _timedOut(self) -> None:
+        self.deadline = None
+        state = self._state
+        if state == _HEAD:
+            if self._buffer:
+                self._refuse(BadMessage(408, "request head not received in time"))
+            else:
+                self.loseConnection()
+        elif state == _BODY:
+            self._refuse(BadMessage(408, "request body stalled"))
+
+    # Reading.
+
+    def dataReceived(self, data: bytes) -> None:
+        state = self._state
+        if state == _BODY:
+            try:
+                rest = self._body.feed(data)
+            except BadMessage as e:
+                self._refuse(e)
+                return
+            if rest is None:
+                if self.deadline is not None:
+                    self._setTimer(self.limits.bodyTimeout)
+                return
+            self._buffer = rest
+            self._bodyComplete()
+            if self._state == _WAIT:
+                self._checkBuffered()
+            elif self._state == _HEAD:
+                self._parseHeads()
+        elif state == _HEAD:
+            if self._buffer:
+                self._buffer += data
+            else:
+                self._buffer = data
+                self._setTimer(self.limits.headTimeout)
+            self._parseHeads()
+        elif state == _WAIT:
+            self._buffer += data
+            self._checkBuffered()
+        # _DISCARD and _CLOSED: drop it.
+
+    def _checkBuffered(self) -> None:
+        if len(self._buffer) > self.limits.maxHeadSize:
+            # A pipelining client ahead of us: stop reading until we catch up.
+            self.pauseReading("pipeline")
+
+    def pauseReading(self, reason: str) -> None:
+        """
+        Stop reading from the client for C{reason} (the request body's
+        upstream is full, or pipelined requests are piling up).
+        """
+        if not self._pausedFor:
+            self.transport.pauseProducing()
+        self._pausedFor.add(reason)
+
+    def resumeReading(self, reason: str) -> None:
+        """
+        C{reason} no longer holds; read again once no other reason does.
+        """
+        if reason in self._pausedFor:
+            self._pausedFor.discard(reason)
+            if not self._pausedFor and self._state != _CLOSED:
+                self.transport.resumeProducing()
+
+    def _parseHeads(self) -> None:
+        if self._parsing:
+            return
+        self._parsing = True
+        try:
+            while self._state == _HEAD and self._buffer:
+                if not self._parseHead():
+                    break
+        finally:
+            self._parsing = False
+
+    def _parseHead(self) -> bool:
+        """
+        Parse one request head from the buffer, if it is all there.
+
+        @return: Whether a request was started.
+        """
+        buffer = self._buffer
+        limits = self.limits
+        if buffer[:1] in (b"\r", b"\n"):
+            # RFC 9112 section 2.2: ignore empty lines before a request line.
+            stripped = buffer.lstrip(b"\r\n")
+            if len(buffer) - len(stripped) > 4:
+                self._refuse(BadMessage(400, "empty lines before request"))
+                return False
+            self._buffer = buffer = stripped
+            if not buffer:
+                return False
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            lineEnd = buffer.find(b"\n")
+            if (lineEnd < 0 and len(buffer) > limits.maxRequestLine) or lineEnd > limits.maxRequestLine:
+                self._refuse(BadMessage(414, "request line too long"))
+            elif len(buffer) > limits.maxHeadSize:
+                self._refuse(BadMessage(431, "request head too large"))
+            elif b"\n\n" in buffer or (b"\n" in buffer and b"\r\n" not in buffer):
+                self._refuse(BadMessage(400, "bare LF in request head"))
+            return False
+        if end > limits.maxHeadSize:
+            self._refuse(BadMessage(431, "request head too large"))
+            return False
+        head = buffer[:end]
+        self._buffer = buffer[end + 4 :]
+        try:
+            request = self._startRequest(head)
+        except BadMessage as e:
+            self._refuse(e)
+            return False
+        return request
+
+    def _startRequest(self, head: bytes) -> bool:
+        limits = self.limits
+        bad = _FORBIDDEN_IN_HEAD.search(head)
+        if bad is not None:
+            raise BadMessage(400, _describeForbidden(bad.group()))
+        lines = head.split(b"\r\n")
+        requestLine = lines[0]
+        if len(requestLine) > limits.maxRequestLine:
+            raise BadMessage(414, "request line too long")
+        parts = requestLine.split(b" ")
+        if len(parts) != 3:
+            raise BadMessage(400, "invalid request line")
+        method, target, version = parts
+        _checkToken(method, "method")
+        if not target or len(target.translate(None, _CTL_AND_SPACE)) != len(target):
+            raise BadMessage(400, "invalid request target")
+        if version not in _VERSIONS:
+            if version[:5] == b"HTTP/" and len(version) == 8 and version[5:6].isdigit():
+                raise BadMessage(505, "HTTP version not supported")
+            raise BadMessage(400, "invalid HTTP version")
+        if len(lines) - 1 > limits.maxHeaders:
+            raise BadMessage(431, "too many header fields")
+        headers = Headers()
+        raw = headers._rawHeaders
+        canonical = canonicalName
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            key = canonical(name) if sep else None
+            if key is None:
+                # Covers obs-fold (a line starting with white space) and
+                # white space before the colon.
+                raise BadMessage(400, "invalid header field")
+            value = value.strip(b" \t")
+            values = raw.get(key)
+            if values is None:
+                raw[key] = [value]
+            else:
+                values.append(value)
+        hosts = raw.get(b"Host")
+        if hosts is not None:
+            if len(hosts) != 1 or not _HOST_CHARS.issuperset(hosts[0]):
+                raise BadMessage(400, "invalid Host")
+        elif version == b"HTTP/1.1":
+            raise BadMessage(400, "missing Host")
+        length: Optional[int] = 0
+        encodings = raw.get(b"Transfer-Encoding")
+        lengths = raw.get(b"Content-Length")
+        if encodings is not None:
+            if lengths is not None:
+                raise BadMessage(400, "both Content-Length and Transfer-Encoding")
+            if version != b"HTTP/1.1":
+                raise BadMessage(400, "Transfer-Encoding in an HTTP/1.0 request")
+            codings = [c.strip(b" \t").lower() for v in encodings for c in v.split(b",")]
+            if codings != [b"chunked"]:
+                if codings[-1:] == [b"chunked"]:
+                    raise BadMessage(501, "unsupported transfer coding")
+                raise BadMessage(400, "final transfer coding is not chunked")
+            length = None
+        elif lengths is not None:
+            values = {v.strip(b" \t") for item in lengths for v in item.split(b",")}
+            if len(values) != 1:
+                raise BadMessage(400, "conflicting Content-Length")
+            text = values.pop()
+            if not text.isdigit() or len(text) > 18:
+                raise BadMessage(400, "invalid Content-Length")
+            length = int(text)
+        if limits.maxBody is not None and length is not None and length > limits.maxBody:
+            raise BadMessage(413, "request body too large")
+        connection = raw.get(b"Connection")
+        if version == b"HTTP/1.1":
+            self.persistent = not (
+                connection and any(b"close" in t.strip().lower() for v in connection for t in v.split(b","))
+            )
+        else:
+            self.persistent = False
+
+        request = self.requestFactory(self)
+        request.requestHeaders = headers
+        request.method = method
+        request.uri = target
+        request.clientproto = version
+        request.path = target.split(b"?", 1)[0]
+        self._request = request
+        if length == 0:
+            self._state = _WAIT
+            self._setTimer(None)
+            request.gotLength(0)
+            request.requestReceived(method, target, version)
+            return True
+        self._state = _BODY
+        self._setTimer(limits.bodyTimeout)
+        deliver = request.handleContentChunk
+        if length is None:
+            self._body = _ChunkedBody(deliver, limits.maxChunkLine, limits.maxHeaders)
+        else:
+            self._body = _IdentityBody(length, deliver)
+        expect = raw.get(b"Expect")
+        if expect and version == b"HTTP/1.1" and expect[0].lower() == b"100-continue":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.gotLength(length)
+        request.bodyStarts()
+        if self._state == _BODY and self._buffer:
+            data, self._buffer = self._buffer, b""
+            self.dataReceived(data)
+        return True
+
+    def _bodyComplete(self) -> None:
+        self._body = None
+        self._state = _WAIT
+        self._setTimer(None)
+        request = self._request
+        request.requestReceived(request.method, request.uri, request.clientproto)
+
+    def discardBody(self) -> None:
+        """
+        The response to the current request is complete before its body:
+        drop the rest of the body and close once the response is written.
+        """
+        if self._state == _BODY:
+            self._state = _DISCARD
+            self._body = None
+            self.persistent = False
+
+    def _refuse(self, error: BadMessage) -> None:
+        """
+        Answer an unreadable request and close the connection.
+        """
+        request, self._request = self._request, None
+        self._state = _CLOSED
+        self._setTimer(None)
+        self._buffer = b""
+        if request is None or not request.startedWriting:
+            self.transport.write(_errorResponse(error.code, error.reason))
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()
+        if request is not None:
+            request.connectionLost(Failure(error))
+
+    # Writing, for the request.
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        if self._state == _CLOSED:
+            return
+        parts = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        if not self.persistent and version == b"HTTP/1.1" and not headers.hasHeader(b"connection"):
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        self.transport.writeSequence(parts)
+
+    def write(self, data: bytes) -> None:
+        if self._state != _CLOSED:
+            self.transport.write(data)
+
+    def writeSequence(self, data: List[bytes]) -> None:
+        if self._state != _CLOSED:
+            self.transport.writeSequence(data)
+
+    def requestDone(self, request: Any) -> None:
+        if request is not self._request:
+            return
+        self._request = None
+        if self._state == _CLOSED:
+            return
+        if not self.persistent or self._state in (_DISCARD, _BODY):
+            self.loseConnection()
+            return
+        self._state = _HEAD
+        self.resumeReading("pipeline")
+        if self._buffer:
+            self._setTimer(self.limits.headTimeout)
+            self._parseHeads()
+        else:
+            self._setTimer(self.limits.idleTimeout)
+
+    # The response's producer, paused when the client reads slowly.
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    def pauseProducing(self) -> None:
+        if self._producer is not None:
+            self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._producer is not None:
+            self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        if self._producer is not None:
+            self._producer.stopProducing()
