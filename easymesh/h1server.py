@@ -17,6 +17,7 @@ import re
 from typing import Any, Callable, List, Optional
 
 import attrs
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -211,7 +212,8 @@ class _ChunkedBody:
 
 class DeadlineSweeper:
     """
-    Once a second, time out the connections whose deadline has passed.
+    Once a second, time out the connections whose deadline has passed; and
+    keep the set of open connections, for a drain to close.
     """
 
     def __init__(self, clock: Any, interval: float = 1.0) -> None:
@@ -219,6 +221,7 @@ class DeadlineSweeper:
         self.interval = interval
         self._channels: set = set()
         self._call: Any = None
+        self._whenEmpty: List[Deferred[None]] = []
 
     def add(self, channel: "HTTP1Channel") -> None:
         self._channels.add(channel)
@@ -227,6 +230,38 @@ class DeadlineSweeper:
 
     def remove(self, channel: "HTTP1Channel") -> None:
         self._channels.discard(channel)
+        if not self._channels and self._whenEmpty:
+            waiting, self._whenEmpty = self._whenEmpty, []
+            for d in waiting:
+                d.callback(None)
+
+    def closeIdle(self) -> None:
+        """
+        Close the connections waiting for a request.
+        """
+        for channel in list(self._channels):
+            if channel.idle:
+                channel.loseConnection()
+
+    def closeAll(self) -> Deferred[None]:
+        """
+        Close every connection: gracefully (after what is written) if idle,
+        at once if a request is still being served.
+
+        @return: A L{Deferred} that fires once all are closed.
+        """
+        for channel in list(self._channels):
+            if channel.closing:
+                continue  # already closing, after what it is owed
+            if channel.idle:
+                channel.loseConnection()
+            else:
+                channel.transport.abortConnection()
+        if not self._channels:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._whenEmpty.append(d)
+        return d
 
     def _sweep(self) -> None:
         self._call = None
@@ -307,6 +342,20 @@ class HTTP1Channel(Protocol):
         self._state = _CLOSED
         self._setTimer(None)
         self.transport.loseConnection()
+
+    @property
+    def closing(self) -> bool:
+        """
+        Whether the connection is closing (or closed).
+        """
+        return self._state == _CLOSED
+
+    @property
+    def idle(self) -> bool:
+        """
+        Whether the connection is between requests.
+        """
+        return self._state == _HEAD and not self._buffer and self._request is None
 
     # Timeouts: a deadline the site's sweeper checks, so that a request
     # costs no timer of its own.

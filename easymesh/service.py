@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from easymesh.inflight import InFlight
@@ -33,10 +33,15 @@ class SidecarService(MultiService):
         self.drain = drain
         self.upstreams: List[IUpstream] = []
         self.listeners: List[Any] = []
+        self.sites: List[Any] = []
         self.backends: List[Any] = []
 
-    def addListener(self, service: Any) -> None:
+    def addListener(self, service: Any, site: Any) -> None:
+        """
+        Add a listener's service and its L{easymesh.listener.ProxySite}.
+        """
         self.listeners.append(service)
+        self.sites.append(site)
         service.setServiceParent(self)
 
     def addBackend(self, service: Any) -> None:
@@ -50,10 +55,35 @@ class SidecarService(MultiService):
         self.inflight.draining = True
         self.running = 0
         d = _stopAll(self.listeners)
+        for site in self.sites:
+            site.sweeper.closeIdle()
         d.addCallback(lambda _: self._waitForRequests())
-        d.addCallback(lambda _: gatherResults([u.close() for u in self.upstreams]))
+        d.addCallback(lambda _: self._closeConnections())
+        d.addCallback(lambda _: DeferredList([u.close() for u in self.upstreams], consumeErrors=True))
         d.addCallback(lambda _: _stopAll(self.backends))
+        d.addCallback(self._stopped)
         return d
+
+    def _closeConnections(self) -> Deferred[None]:
+        """
+        Close the clients' connections once what they are owed is written,
+        waiting at most a second for slow readers.
+        """
+        closing = DeferredList([site.sweeper.closeAll() for site in self.sites])
+        timer = self.clock.callLater(1.0, closing.cancel)
+
+        def done(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return closing.addBoth(done)
+
+    def _stopped(self, _: Any) -> None:
+        # twistd re-raises a stopping signal once the reactor has stopped, so
+        # that the exit status says "killed by SIGTERM"; after an orderly
+        # drain, the exit status is 0.
+        if getattr(self.clock, "_exitSignal", None) is not None:
+            self.clock._exitSignal = None
 
     def _waitForRequests(self) -> Deferred[None]:
         if self.inflight.count:

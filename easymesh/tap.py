@@ -144,7 +144,8 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             upstream,
         )
         resource = ProxyResource(listener.name, forwarder, reactor, inflight, accessLog)
-        service = strports.service(listener.endpoint, ProxySite(resource), reactor=reactor)
+        site = ProxySite(resource, reactor=reactor)
+        service = strports.service(listener.endpoint, site, reactor=reactor)
         service.setName(listener.name)
-        sidecar.addListener(service)
+        sidecar.addListener(service, site)
     return sidecar

@@ -78,6 +78,7 @@ class _Attempt:
         self._timer: Optional[IDelayedCall] = None
         self.timedOut = False
         self.bodyEnded = False
+        self.done = False
         self.deferred: Optional[Deferred[IResponse]] = None
 
     def endBody(self) -> None:
@@ -85,7 +86,9 @@ class _Attempt:
         self.startTimer()
 
     def startTimer(self) -> None:
-        if self._timer is None and self.deferred is not None and not self.deferred.called:
+        # Not "deferred.called": a Deferred waiting on the connection's own
+        # Deferred (a pooled connection) has been called already.
+        if self._timer is None and not self.done and self.deferred is not None:
             self._timer = self._clock.callLater(self._timeout, self._expire)
 
     def _expire(self) -> None:
@@ -99,6 +102,7 @@ class _Attempt:
         The response head arrived, or the request failed: stop the timer,
         and make a timeout's cancellation an L{UpstreamTimeout}.
         """
+        self.done = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
