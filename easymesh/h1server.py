@@ -13,7 +13,6 @@ is closed and nothing after the error is read.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, List, Optional
 
 import attrs
@@ -26,7 +25,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from easymesh.errors import ERROR_HEADER
-from easymesh.headers import TOKEN as _TOKEN, canonicalName
+from easymesh.headers import TOKEN as _TOKEN, canonicalName, forbiddenInHead
 
 _log = Logger()
 
@@ -39,19 +38,6 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 
 _HEAD, _BODY, _WAIT, _DISCARD, _CLOSED = range(5)
-
-#: Bytes no request head may hold: control characters other than HTAB, and
-#: CR or LF other than as CRLF.  (Checked once over the whole head.)
-_FORBIDDEN_IN_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
-
-
-def _describeForbidden(found: bytes) -> str:
-    if found == b"\n":
-        return "bare LF in request head"
-    if found == b"\r":
-        return "bare CR in request head"
-    return "control character in request head"
-
 
 @attrs.frozen
 class EdgeLimits:
@@ -151,10 +137,17 @@ class _ChunkedBody:
     read and dropped.
     """
 
-    def __init__(self, deliver: Callable[[bytes], None], maxLine: int, maxTrailers: int) -> None:
+    def __init__(
+        self,
+        deliver: Callable[[bytes], None],
+        maxLine: int,
+        maxTrailers: int,
+        maxBody: Optional[int] = None,
+    ) -> None:
         self._deliver = deliver
         self._maxLine = maxLine
         self._trailerBudget = maxTrailers
+        self._bodyBudget = maxBody
         self._buffer = b""
         self._state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailers
         self._remaining = 0
@@ -174,7 +167,7 @@ class _ChunkedBody:
                 continue
             end = buffer.find(b"\n", position)
             if end < 0:
-                if size - position > self._maxLine:
+                if size - position - (buffer[-1:] == b"\r") > self._maxLine:
                     raise BadMessage(400, "chunk line too long")
                 self._buffer = buffer[position:]
                 return None
@@ -194,6 +187,10 @@ class _ChunkedBody:
                 if len(extensions.translate(None, _CTL_BUT_TAB)) != len(extensions):
                     raise BadMessage(400, "invalid chunk extension")
                 self._remaining = int(sizeText, 16)
+                if self._bodyBudget is not None:
+                    self._bodyBudget -= self._remaining
+                    if self._bodyBudget < 0:
+                        raise BadMessage(413, "request body too large")
                 self._state = 1 if self._remaining else 3
             elif self._state == 2:
                 if line:
@@ -301,6 +298,8 @@ class HTTP1Channel(Protocol):
         self._body: Any = None
         self._producer: Any = None
         self._parsing = False
+        self._headStarted = False
+        self._emptyLines = 0
         self._pausedFor: set = set()
         self.persistent = True
 
@@ -403,7 +402,11 @@ class HTTP1Channel(Protocol):
                 self._buffer += data
             else:
                 self._buffer = data
-                self._setTimer(self.limits.headTimeout)
+                if not self._headStarted:
+                    # The head timeout runs from the first byte of a request
+                    # (empty lines before it included).
+                    self._headStarted = True
+                    self._setTimer(self.limits.headTimeout)
             self._parseHeads()
         elif state == _WAIT:
             self._buffer += data
@@ -452,24 +455,36 @@ class HTTP1Channel(Protocol):
         """
         buffer = self._buffer
         limits = self.limits
-        if buffer[:1] in (b"\r", b"\n"):
-            # RFC 9112 section 2.2: ignore empty lines before a request line.
-            stripped = buffer.lstrip(b"\r\n")
-            if len(buffer) - len(stripped) > 4:
+        while buffer[:1] in (b"\r", b"\n"):
+            # RFC 9112 section 2.2: ignore a few empty lines (CRLF) before a
+            # request line; nothing else.
+            if buffer == b"\r":
+                return False
+            if buffer[:2] != b"\r\n":
+                self._refuse(BadMessage(400, "bare CR or LF before request line"))
+                return False
+            self._emptyLines += 1
+            if self._emptyLines > 4:
                 self._refuse(BadMessage(400, "empty lines before request"))
                 return False
-            self._buffer = buffer = stripped
-            if not buffer:
-                return False
+            self._buffer = buffer = buffer[2:]
+        if not buffer:
+            return False
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
+            # Limits apply to content: a line end that is still arriving
+            # does not count against them.
             lineEnd = buffer.find(b"\n")
-            if (lineEnd < 0 and len(buffer) > limits.maxRequestLine) or lineEnd > limits.maxRequestLine:
+            if lineEnd < 0:
+                lineLength = len(buffer) - (buffer[-1:] == b"\r")
+            else:
+                lineLength = lineEnd - (buffer[lineEnd - 1 : lineEnd] == b"\r")
+            if lineLength > limits.maxRequestLine:
                 self._refuse(BadMessage(414, "request line too long"))
-            elif len(buffer) > limits.maxHeadSize:
+            elif len(buffer) > limits.maxHeadSize + 3:
                 self._refuse(BadMessage(431, "request head too large"))
-            elif b"\n\n" in buffer or (b"\n" in buffer and b"\r\n" not in buffer):
-                self._refuse(BadMessage(400, "bare LF in request head"))
+            elif forbiddenInHead(buffer.rstrip(b"\r")) is not None:
+                self._refuse(BadMessage(400, forbiddenInHead(buffer.rstrip(b"\r")) or ""))
             return False
         if end > limits.maxHeadSize:
             self._refuse(BadMessage(431, "request head too large"))
@@ -485,9 +500,9 @@ class HTTP1Channel(Protocol):
 
     def _startRequest(self, head: bytes) -> bool:
         limits = self.limits
-        bad = _FORBIDDEN_IN_HEAD.search(head)
+        bad = forbiddenInHead(head)
         if bad is not None:
-            raise BadMessage(400, _describeForbidden(bad.group()))
+            raise BadMessage(400, bad)
         lines = head.split(b"\r\n")
         requestLine = lines[0]
         if len(requestLine) > limits.maxRequestLine:
@@ -559,6 +574,8 @@ class HTTP1Channel(Protocol):
         else:
             self.persistent = False
 
+        self._headStarted = False
+        self._emptyLines = 0
         request = self.requestFactory(self)
         request.requestHeaders = headers
         request.method = method
@@ -576,7 +593,7 @@ class HTTP1Channel(Protocol):
         self._setTimer(limits.bodyTimeout)
         deliver = request.handleContentChunk
         if length is None:
-            self._body = _ChunkedBody(deliver, limits.maxChunkLine, limits.maxHeaders)
+            self._body = _ChunkedBody(deliver, limits.maxChunkLine, limits.maxHeaders, limits.maxBody)
         else:
             self._body = _IdentityBody(length, deliver)
         expect = raw.get(b"Expect")
@@ -654,6 +671,7 @@ class HTTP1Channel(Protocol):
             self.loseConnection()
             return
         self._state = _HEAD
+        self.resumeReading("body")
         self.resumeReading("pipeline")
         if self._buffer:
             self._setTimer(self.limits.headTimeout)

@@ -59,6 +59,25 @@ def canonicalName(name: bytes) -> Optional[bytes]:
     return found
 
 
+_CONTROLS = bytes(c for c in range(32) if c != 9) + b"\x7f"
+
+
+def forbiddenInHead(head: bytes) -> Optional[str]:
+    """
+    Why a message head (lines joined by CRLF, without the final blank line)
+    cannot be read, if it holds a control character other than HTAB, or a
+    CR or LF that is not part of a CRLF; else L{None}.
+    """
+    lineEnds = head.count(b"\r\n")
+    if len(head.translate(None, _CONTROLS)) == len(head) - 2 * lineEnds:
+        return None
+    if head.count(b"\n") != lineEnds:
+        return "bare LF in message head"
+    if head.count(b"\r") != lineEnds:
+        return "bare CR in message head"
+    return "control character in message head"
+
+
 def _commaList(values: Iterable[bytes]) -> List[bytes]:
     return [t.strip() for v in values for t in v.split(b",") if t.strip()]
 
@@ -141,9 +160,6 @@ class HeaderPolicy:
             if len(parts) >= 2 and parts[1] == self.pseudonym:
                 raise RequestLoop()
 
-    def _via(self, version: bytes) -> bytes:
-        return version + b" " + self.pseudonym
-
     def prepareRequest(
         self, headers: Headers, clientAddress: str, scheme: bytes, version: bytes
     ) -> None:
@@ -152,24 +168,35 @@ class HeaderPolicy:
 
         @raise RequestLoop: The request has been through this listener.
         """
-        self.checkLoop(headers)
+        # This runs for every request: it works on the canonical names that
+        # Headers stores, rather than through its name-encoding methods.
+        raw = headers._rawHeaders
+        if b"Via" in raw:
+            self.checkLoop(headers)
         _remove(headers, _REQUEST_DROPPED, True)
         client = clientAddress.encode("ascii")
-        forwarded = headers.getRawHeaders(b"x-forwarded-for")
+        forwarded = raw.get(b"X-Forwarded-For")
         if forwarded:
-            headers.setRawHeaders(
-                b"x-forwarded-for", [b", ".join(_commaList(forwarded) + [client])]
-            )
+            raw[b"X-Forwarded-For"] = [b", ".join(_commaList(forwarded) + [client])]
         else:
-            headers.setRawHeaders(b"x-forwarded-for", [client])
-        headers.setRawHeaders(b"x-forwarded-proto", [scheme])
-        headers.addRawHeader(b"via", self._via(version))
-        if not headers.hasHeader(REQUEST_ID):
-            headers.setRawHeaders(REQUEST_ID, [newRequestId()])
+            raw[b"X-Forwarded-For"] = [client]
+        raw[b"X-Forwarded-Proto"] = [scheme]
+        via = raw.get(b"Via")
+        if via is None:
+            raw[b"Via"] = [version + b" " + self.pseudonym]
+        else:
+            via.append(version + b" " + self.pseudonym)
+        if b"X-Request-Id" not in raw:
+            raw[b"X-Request-Id"] = [newRequestId()]
 
     def prepareResponse(self, headers: Headers, version: bytes) -> None:
         """
         Rewrite upstream response headers in place for relaying.
         """
-        removeHopByHop(headers)
-        headers.addRawHeader(b"via", self._via(version))
+        _remove(headers, _HOP_BY_HOP, False)
+        raw = headers._rawHeaders
+        via = raw.get(b"Via")
+        if via is None:
+            raw[b"Via"] = [version + b" " + self.pseudonym]
+        else:
+            via.append(version + b" " + self.pseudonym)
