@@ -31,7 +31,8 @@ def _optParameters() -> list:
 class Options(usage.Options):
     """
     The options of C{twistd easymesh}.  After parsing, C{self.config} holds
-    the checked L{SidecarConfig} and C{self.chains} each listener's filters.
+    the checked L{SidecarConfig} and C{self.chains} the filter chains as
+    checked.
     """
 
     synopsis = "[options]"
@@ -80,11 +81,17 @@ class Options(usage.Options):
                 self._flag(setting.name, self[setting.name])
         try:
             values: Dict[str, Any] = {}
+            lines: Dict[str, int] = {}
             if self["config"] is not None:
-                values.update(readConfigFile(self["config"]))
+                fromFile = readConfigFile(self["config"])
+                values.update(fromFile)
+                lines = {k: n for k, n in fromFile.lines.items() if k not in self.flags}
             # Flags override the file; repeatable flags replace its list.
             values.update(self.flags)
-            self.config = buildConfig(values, self["config"] or "")
+            self.config = buildConfig(values, self["config"] or "", lines)
+            # Build the filters once now, so that bad filter arguments are
+            # refused before anything is bound; makeService builds them anew
+            # with its own reactor.
             self.chains = buildChains(self.config)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
@@ -130,6 +137,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         from twisted.internet import reactor
     config = options.config
     assert config is not None, "parseOptions() first"
+    chains = buildChains(config, reactor)
     inflight = InFlight()
     sidecar = SidecarService(reactor, inflight, config.drain)
     accessLog = AccessLog(config.access_log) if config.access_log != "off" else None
@@ -140,7 +148,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         sidecar.upstreams.append(upstream)
         forwarder = Forwarder(
             HeaderPolicy(config.nodeId, listener.name),
-            options.chains[listener.name],
+            chains[listener.name],
             upstream,
         )
         resource = ProxyResource(listener.name, forwarder, reactor, inflight, accessLog)

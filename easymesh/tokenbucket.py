@@ -57,6 +57,7 @@ class TokenBucket:
         self._updated = clock.seconds()
         self._waiters: Deque[Deferred[None]] = deque()
         self._timer: Optional[IDelayedCall] = None
+        self._dueAt = 0.0
 
     def _refill(self) -> float:
         now = self._clock.seconds()
@@ -117,11 +118,17 @@ class TokenBucket:
         self._timer = None
         if self._waiters:
             delay = max(0.0, (1.0 - self._refill()) / self.rate)
+            self._dueAt = self._clock.seconds() + delay
             self._timer = self._clock.callLater(delay, self._release)
 
     def _release(self) -> None:
         self._timer = None
         tokens = self._refill()
+        if self._waiters and self._clock.seconds() >= self._dueAt:
+            # The timer ran when the head's token was due: float rounding
+            # (clock values near 1.7e9 carry about 2e-7 s) must not leave
+            # it just short, re-arming the timer at the same instant.
+            tokens = max(tokens, 1.0)
         ready = []
         while self._waiters and tokens >= 1.0 - _EPSILON:
             tokens -= 1.0

@@ -64,7 +64,7 @@ def tcpPortOf(description: str) -> Optional[Tuple[str, int]]:
     The loopback-reachable host and port of a C{tcp:} server endpoint string,
     or L{None} for other kinds.
     """
-    parts = description.split(":")
+    parts = _splitEndpoint(description)
     if parts[0] not in ("tcp", "tcp6") or len(parts) < 2:
         return None
     port = None
@@ -80,10 +80,31 @@ def tcpPortOf(description: str) -> Optional[Tuple[str, int]]:
     if port is None:
         return None
     if interface in ("", "0.0.0.0"):
-        interface = "127.0.0.1"
-    elif interface in ("::",):
+        interface = "::1" if parts[0] == "tcp6" else "127.0.0.1"
+    elif interface == "::":
         interface = "::1"
     return interface, port
+
+
+def _splitEndpoint(description: str) -> list:
+    """
+    Split an endpoint string on its unescaped colons, removing the
+    backslash escapes (as C{tcp6:8083:interface=\\:\\:1} needs).
+    """
+    parts, current, escaped = [], [], False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
 
 
 @attrs.frozen

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import yaml
-
 from easymesh.config.model import ConfigError
 from easymesh.config.settings import BY_NAME
 
 
-def readConfigFile(path: str) -> Dict[str, Any]:
+class ConfigValues(Dict[str, Any]):
+    """
+    Checked values keyed by setting name, with the line each was read from
+    (C{lines}), so that later checks can name it too.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: Dict[str, int] = {}
+
+
+def readConfigFile(path: str) -> ConfigValues:
     """
     Read and check a config file: a mapping whose keys are setting names.
 
@@ -30,10 +39,11 @@ def readConfigFile(path: str) -> Dict[str, Any]:
     return parseConfigText(text, path)
 
 
-def parseConfigText(text: str, name: str) -> Dict[str, Any]:
+def parseConfigText(text: str, name: str) -> ConfigValues:
     """
     Check the text of a config file; see L{readConfigFile}.
     """
+    import yaml
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
@@ -43,14 +53,14 @@ def parseConfigText(text: str, name: str) -> Dict[str, Any]:
     except yaml.YAMLError as e:
         raise ConfigError(name, f"not valid YAML: {e}") from None
     if root is None:
-        return {}
+        return ConfigValues()
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(
             f"{name}:{root.start_mark.line + 1}",
             "the file must be a mapping of setting names to values",
         )
     constructor = yaml.SafeLoader("")
-    values: Dict[str, Any] = {}
+    values = ConfigValues()
     for keyNode, valueNode in root.value:
         where = f"{name}:{keyNode.start_mark.line + 1}"
         key = keyNode.value
@@ -70,4 +80,5 @@ def parseConfigText(text: str, name: str) -> Dict[str, Any]:
             values[key] = setting.kind.fromValue(raw)
         except ValueError as e:
             raise ConfigError(where, f"key {key!r}: {e}") from None
+        values.lines[key] = keyNode.start_mark.line + 1
     return values

@@ -83,6 +83,21 @@ class Text(Kind):
 
 
 @attrs.frozen
+class Endpoint(Text):
+    """
+    A Twisted endpoint string; a config file may give a bare port as a
+    number.
+    """
+
+    expected: str = "a Twisted endpoint string"
+
+    def fromValue(self, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        return super().fromValue(value)
+
+
+@attrs.frozen
 class Choice(Kind):
     """
     One of a few words.

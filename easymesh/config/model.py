@@ -62,8 +62,8 @@ class RateLimit:
 
     def asArgs(self) -> str:
         return (
-            f"rate={self.rate:g},burst={self.burst},"
-            f"max_wait={self.maxWait:g},max_queue={self.maxQueue}"
+            f"rate={self.rate!r},burst={self.burst},"
+            f"max_wait={self.maxWait!r},max_queue={self.maxQueue}"
         )
 
 

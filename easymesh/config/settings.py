@@ -6,25 +6,26 @@ of the same name in the YAML config file.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 from easymesh.config.addresses import checkFilterSpec, checkURL, endpointNormaliser
-from easymesh.config.kinds import Choice, ListOf, Number, Setting, Text
+from easymesh.config.kinds import Choice, Endpoint, ListOf, Number, Setting, Text
 from easymesh.config.model import ConfigError, SidecarConfig
 
 _defaults = SidecarConfig()
+_NODE_ID_EXPECTED = "a name of ASCII letters, digits and -._~"
 
 SETTINGS = (
     Setting(
         "outbound",
-        Text("a Twisted endpoint string", endpointNormaliser("127.0.0.1")),
+        Endpoint(check=endpointNormaliser("127.0.0.1")),
         "Where the outbound proxy listens, as a Twisted endpoint string (a bare "
         "port means loopback only).",
         _defaults.outbound,
     ),
     Setting(
         "inbound",
-        Text("a Twisted endpoint string", endpointNormaliser(None)),
+        Endpoint(check=endpointNormaliser(None)),
         "Where the inbound proxy listens, as a Twisted endpoint string.",
         _defaults.inbound,
     ),
@@ -43,7 +44,7 @@ SETTINGS = (
     ),
     Setting(
         "demo",
-        Text("a Twisted endpoint string", endpointNormaliser("127.0.0.1")),
+        Endpoint(check=endpointNormaliser("127.0.0.1")),
         "Where the built-in demo app listens when no --upstream is given.",
         _defaults.demo,
     ),
@@ -126,7 +127,7 @@ SETTINGS = (
     ),
     Setting(
         "node-id",
-        Text("a name without spaces", lambda s: _checkToken(s)),
+        Text(_NODE_ID_EXPECTED, lambda s: _checkToken(s)),
         "This sidecar's name in Via headers.",
         "the host name",
     ),
@@ -135,22 +136,37 @@ SETTINGS = (
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 
 
+_NODE_ID_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~"
+)
+
+
 def _checkToken(text: str) -> str:
-    if any(c.isspace() or c in ",;\"" for c in text):
-        raise ValueError(f"must be {'a name without spaces'}, not {text!r}")
+    if not _NODE_ID_CHARS.issuperset(text):
+        raise ValueError(f"must be {_NODE_ID_EXPECTED}, not {text!r}")
     return text
 
 
-def buildConfig(values: Mapping[str, Any], where: str = "") -> SidecarConfig:
+def buildConfig(
+    values: Mapping[str, Any], where: str = "", lines: Optional[Mapping[str, int]] = None
+) -> SidecarConfig:
     """
     Make a L{SidecarConfig} from already-checked values keyed by setting
     name; settings not given keep their defaults.
 
+    @param where: The config file the values came from, if any.
+    @param lines: The line of each setting read from that file.
     @raise ConfigError: The values do not fit together.
     """
+    if lines is None:
+        lines = getattr(values, "lines", None)
     kwargs: Dict[str, Any] = {BY_NAME[k].attribute: v for k, v in values.items()}
     try:
         return SidecarConfig(**kwargs)
     except ConfigError as e:
+        key = e.where.replace("_", "-")
+        line = (lines or {}).get(key)
+        if where and line is not None:
+            raise ConfigError(f"{where}:{line}", f"key {key!r}: {e.reason}") from None
         prefix = f"{where}: " if where else ""
         raise ConfigError(f"{prefix}{e.where}", e.reason) from None
