@@ -25,7 +25,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from easymesh.errors import ERROR_HEADER
-from easymesh.headers import TOKEN as _TOKEN, canonicalName, forbiddenInHead
+from easymesh.headers import TOKEN as _TOKEN, BadField, forbiddenInHead, parseFields
 
 _log = Logger()
 
@@ -520,22 +520,11 @@ class HTTP1Channel(Protocol):
             raise BadMessage(400, "invalid HTTP version")
         if len(lines) - 1 > limits.maxHeaders:
             raise BadMessage(431, "too many header fields")
-        headers = Headers()
+        try:
+            headers = parseFields(lines[1:])
+        except BadField:
+            raise BadMessage(400, "invalid header field") from None
         raw = headers._rawHeaders
-        canonical = canonicalName
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            key = canonical(name) if sep else None
-            if key is None:
-                # Covers obs-fold (a line starting with white space) and
-                # white space before the colon.
-                raise BadMessage(400, "invalid header field")
-            value = value.strip(b" \t")
-            values = raw.get(key)
-            if values is None:
-                raw[key] = [value]
-            else:
-                values.append(value)
         hosts = raw.get(b"Host")
         if hosts is not None:
             if len(hosts) != 1 or not _HOST_CHARS.issuperset(hosts[0]):

@@ -59,6 +59,37 @@ def canonicalName(name: bytes) -> Optional[bytes]:
     return found
 
 
+class BadField(ValueError):
+    """
+    A header field line that is not C{name: value} with a valid name.
+    """
+
+
+def parseFields(lines: Iterable[bytes]) -> Headers:
+    """
+    Parse header field lines (already checked by L{forbiddenInHead}) into
+    L{Headers}, keeping repeated fields in order.
+
+    @raise BadField: A line has no colon or an invalid name (which covers
+        white space before the colon, and obs-fold lines).
+    """
+    headers = Headers()
+    raw = headers._rawHeaders
+    canonical = canonicalName
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        key = canonical(name) if sep else None
+        if key is None:
+            raise BadField(line)
+        value = value.strip(b" \t")
+        values = raw.get(key)
+        if values is None:
+            raw[key] = [value]
+        else:
+            values.append(value)
+    return headers
+
+
 _CONTROLS = bytes(c for c in range(32) if c != 9) + b"\x7f"
 
 

@@ -12,7 +12,6 @@ import os
 import sys
 from typing import Any, Iterator, List, Optional
 
-import pytest
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase

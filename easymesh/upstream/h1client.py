@@ -33,7 +33,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from easymesh.headers import canonicalName, forbiddenInHead
+from easymesh.headers import BadField, forbiddenInHead, parseFields
 
 #: Largest response head (status line and headers) accepted.
 MAX_HEAD = 64 * 1024
@@ -326,21 +326,12 @@ class H1Connection(Protocol):
         if bad is not None:
             self._fail(_parseError(bad, head))
             return
-        headers = Headers()
+        try:
+            headers = parseFields(lines[1:])
+        except BadField as e:
+            self._fail(_parseError("bad response header", e.args[0]))
+            return
         raw = headers._rawHeaders
-        canonical = canonicalName
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            key = canonical(name) if sep else None
-            if key is None:
-                self._fail(_parseError("bad response header", line))
-                return
-            value = value.strip(b" \t")
-            values = raw.get(key)
-            if values is None:
-                raw[key] = [value]
-            else:
-                values.append(value)
         if 100 <= code < 200:
             # Informational: drop it and read the final response.
             if code == 101:

@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 
-import pytest
 
 from tests.integration.harness import (
     TACFILE,
