@@ -208,8 +208,8 @@ def wrk(port: int, connections: int, duration: float) -> Dict[str, float]:
     }
 
 
-def measure(proc: Optional[Proc], port: int, duration: float) -> Dict[str, float]:
-    wrk(port, 50, 1.0)  # warm up: pools filled, code paths hot
+def measure(proc: Optional[Proc], port: int, duration: float, warmup: float = 1.0) -> Dict[str, float]:
+    wrk(port, 50, warmup)  # warm up: pools filled, code paths hot (PyPy: JIT-compiled)
     before = proc.cpuSeconds() if proc else 0.0
     loaded = wrk(port, 50, duration)
     cpu = (proc.cpuSeconds() - before) if proc else 0.0
@@ -244,10 +244,10 @@ def small(args: argparse.Namespace, directory: str) -> "tuple[List[Dict], str]":
                     if row == "backend":
                         port = backendPort
                     elif row.startswith("easymesh"):
-                        proc, port = startEasymesh(backendPort, int(row[-4]))
+                        proc, port = startEasymesh(backendPort, int(row[-4]), args.easymesh_python)
                     else:
                         proc, port = startReference(row, backendPort, directory)
-                    results[row].append(measure(proc, port, args.duration))
+                    results[row].append(measure(proc, port, args.duration, args.warmup))
                 finally:
                     if proc is not None:
                         proc.stop()
@@ -355,7 +355,7 @@ def large(args: argparse.Namespace, directory: str) -> List[Dict]:
         candidates = ["easymesh-2hop"] + (["nginx-2hop"] if shutil.which("nginx") else [])
         for name in candidates:
             if name == "easymesh-2hop":
-                proc, port = startEasymesh(backendPort, 2)
+                proc, port = startEasymesh(backendPort, 2, args.easymesh_python)
                 procs = [proc]
             else:
                 inner, innerPort = startReference("nginx", backendPort, directory)
@@ -382,7 +382,7 @@ def large(args: argparse.Namespace, directory: str) -> List[Dict]:
     return rows
 
 
-def versions(backendName: str) -> str:
+def versions(backendName: str, args: argparse.Namespace) -> str:
     def version(argv: List[str]) -> str:
         with contextlib.suppress(Exception):
             out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -395,7 +395,8 @@ def versions(backendName: str) -> str:
         [
             f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
             f"- machine: {platform.machine()}, {CORES} cores, {platform.processor() or platform.uname().release}",
-            f"- Python: {platform.python_implementation()} {platform.python_version()}, Twisted {twisted.__version__}",
+            f"- Python: {platform.python_implementation()} {platform.python_version()}, Twisted {twisted.__version__}"
+            + (f"; easymesh on {version([args.easymesh_python, '--version'])}" if args.easymesh_python != PYTHON else ""),
             f"- backend: {backendName}; wrk: {version(['wrk', '-v'])}; nginx: {version(['nginx', '-v'])}",
             f"- pinning: {'proxy on core 0, wrk and backend on core 1' if CORES >= 2 else 'none (one core)'}",
         ]
@@ -404,7 +405,7 @@ def versions(backendName: str) -> str:
 
 def render(table: List[Dict], largeRows: List[Dict], args: argparse.Namespace, backendName: str) -> str:
     lines = [
-        "## Environment", "", versions(backendName), "",
+        "## Environment", "", versions(backendName, args), "",
         f"## Small requests (wrk -c50 for {args.duration:g}s, medians of {args.rounds} interleaved rounds)", "",
         "| row | req/s | p50 ms | p99 ms | added ms (c1 p50) | CPU µs/req | peak RSS MB |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -434,6 +435,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rows", help="comma-separated rows to run (default: all)")
+    parser.add_argument(
+        "--easymesh-python", default=PYTHON,
+        help="the interpreter easymesh runs on (e.g. a PyPy venv's python); references run on this one",
+    )
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
     parser.add_argument("--large", action="store_true")
     parser.add_argument("--large-size", type=int, default=2**30)
     parser.add_argument("--write", action="store_true", help="write benchmarks/RESULTS.md")

@@ -640,7 +640,8 @@ class HTTP1Channel(Protocol):
         if not self.persistent and version == b"HTTP/1.1" and not headers.hasHeader(b"connection"):
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
-        self.transport.writeSequence(parts)
+        # One joined write: the transport checks every piece of a sequence.
+        self.transport.write(b"".join(parts))
 
     def write(self, data: bytes) -> None:
         if self._state != _CLOSED:
