@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional
 
-import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Protocol
@@ -24,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from easymesh.config.model import EdgeLimits
 from easymesh.errors import ERROR_HEADER
 from easymesh.headers import TOKEN as _TOKEN, BadField, forbiddenInHead, parseFields
 
@@ -38,31 +38,6 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 
 _HEAD, _BODY, _WAIT, _DISCARD, _CLOSED = range(5)
-
-@attrs.frozen
-class EdgeLimits:
-    """
-    Limits on what a client may send, and how slowly.
-
-    @ivar maxRequestLine: Longest request line (then 414).
-    @ivar maxHeadSize: Largest request head (then 431).
-    @ivar maxHeaders: Most header fields (then 431).
-    @ivar maxBody: Largest body, or L{None} for no limit (then 413).
-    @ivar headTimeout: Seconds from a request's first byte to its complete
-        head (then 408).
-    @ivar bodyTimeout: Seconds without a byte while reading a body (then 408).
-    @ivar idleTimeout: Seconds a connection may wait for its next request.
-    """
-
-    maxRequestLine: int = 8 * 1024
-    maxHeadSize: int = 64 * 1024
-    maxHeaders: int = 100
-    maxBody: Optional[int] = None
-    headTimeout: float = 10.0
-    bodyTimeout: float = 30.0
-    idleTimeout: float = 60.0
-    maxChunkLine: int = 4 * 1024
-
 
 class BadMessage(Exception):
     """
@@ -224,6 +199,13 @@ class DeadlineSweeper:
         self._channels.add(channel)
         if self._call is None:
             self._call = self.clock.callLater(self.interval, self._sweep)
+
+    @property
+    def open(self) -> int:
+        """
+        Connections open now.
+        """
+        return len(self._channels)
 
     def remove(self, channel: "HTTP1Channel") -> None:
         self._channels.discard(channel)

@@ -13,9 +13,10 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.client import ResponseDone
+from twisted.web._newclient import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
@@ -23,15 +24,17 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from easymesh.accesslog import AccessLog
+from easymesh.config.model import EdgeLimits
 from easymesh.errors import ERROR_HEADER, BadRequest
 from easymesh.forwarder import Forwarder
-from easymesh.h1server import DeadlineSweeper, EdgeLimits, HTTP1Channel
+from easymesh.h1server import DeadlineSweeper, HTTP1Channel
 from easymesh.headers import REQUEST_ID
 from easymesh.inflight import InFlight
 from easymesh.message import LocalReply, ProxyRequest
 from easymesh.requestbody import EmptyBody, RequestBodyStream
 
 _EMPTY = EmptyBody()
+_log = Logger()
 
 
 class StreamingRequest(server.Request):
@@ -336,8 +339,20 @@ class ProxySite(server.Site):
         super().__init__(resource, **kwargs)
         self.limits = limits
         self.sweeper = DeadlineSweeper(self.reactor)
+        self._overflowing = False
 
     def buildProtocol(self, addr: Any) -> Any:
+        if self.sweeper.open >= self.limits.maxConnections:
+            # Refused: Twisted closes the accepted socket at once.
+            if not self._overflowing:
+                self._overflowing = True
+                _log.warn(
+                    "{site} has {count} connections open, its limit: refusing more",
+                    site=self,
+                    count=self.sweeper.open,
+                )
+            return None
+        self._overflowing = False
         channel = super().buildProtocol(addr)
         channel.limits = self.limits
         channel.sweeper = self.sweeper

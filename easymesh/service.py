@@ -44,6 +44,10 @@ class SidecarService(MultiService):
         self.sites.append(site)
         service.setServiceParent(self)
 
+    def startService(self) -> None:
+        raiseFileLimit()
+        super().startService()
+
     def addBackend(self, service: Any) -> None:
         """
         Add a service that must outlive the drain (the demo app).
@@ -113,3 +117,23 @@ def _stopAll(services: List[Any]) -> Deferred[None]:
     stopping = [s.stopService() for s in reversed(services)]
     waits = [x for x in stopping if isinstance(x, Deferred)]
     return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+
+
+def raiseFileLimit() -> None:
+    """
+    Raise this process's soft limit on open files to its hard limit: a
+    proxied request holds two descriptors, and the usual soft limit of 1024
+    would cap a sidecar at a few hundred connections.  (The systemd unit
+    sets C{LimitNOFILE}.)
+    """
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass

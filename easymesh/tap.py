@@ -152,7 +152,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             upstream,
         )
         resource = ProxyResource(listener.name, forwarder, reactor, inflight, accessLog)
-        site = ProxySite(resource, reactor=reactor)
+        site = ProxySite(resource, config.edgeLimits, reactor=reactor)
         service = strports.service(listener.endpoint, site, reactor=reactor)
         service.setName(listener.name)
         sidecar.addListener(service, site)

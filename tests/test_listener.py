@@ -21,6 +21,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
 from easymesh.accesslog import AccessLog
+from easymesh.config.model import EdgeLimits
 from easymesh.config.addresses import UpstreamURL
 from easymesh.filters.chain import FilterChain
 from easymesh.forwarder import Forwarder
@@ -268,3 +269,28 @@ class ListenerTests(SynchronousTestCase):
         self.assertEqual(access[0]["status"], 200)
         self.assertEqual(access[0]["path"], "/p")
         self.assertNotIn("s3cret", repr(access))
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    def test_refusedBeyondLimit(self) -> None:
+        """
+        Beyond C{maxConnections} open connections, the site refuses new ones
+        (L{None} from buildProtocol, so the reactor closes them at once); a
+        closed connection frees its place.
+        """
+        clock = Clock()
+        forwarder = Forwarder(HeaderPolicy("web-1", "inbound"), FilterChain(), FakeUpstream())
+        site = ProxySite(
+            ProxyResource("inbound", forwarder, clock),
+            EdgeLimits(maxConnections=2),
+            reactor=clock,
+        )
+        address = IPv4Address("TCP", "10.0.0.1", 1)
+        channels = []
+        for _ in range(2):
+            channel = site.buildProtocol(address)
+            channel.makeConnection(StringTransport(peerAddress=address))
+            channels.append(channel)
+        self.assertIsNone(site.buildProtocol(address))
+        channels[0].connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(site.buildProtocol(address))

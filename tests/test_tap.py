@@ -21,6 +21,7 @@ from twisted.python.usage import UsageError
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
+from easymesh.config.model import EdgeLimits
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.model import SidecarConfig
 from easymesh.demo import HelloWorld
@@ -92,6 +93,14 @@ def test_defaults() -> None:
         "access_log": "off",
         "drain": 5.0,
         "node_id": None,
+        "max_request_line": 8192,
+        "max_head_size": 65536,
+        "max_headers": 100,
+        "max_body": None,
+        "head_timeout": 10.0,
+        "body_timeout": 30.0,
+        "idle_timeout": 60.0,
+        "max_connections": 8192,
     }
     assert options["config"] is None
     assert sorted(options.chains) == ["inbound", "outbound"]
@@ -120,6 +129,14 @@ def test_everyFlag() -> None:
         "--access-log", "json",
         "--drain", "0",
         "--node-id", "web-1",
+        "--max-request-line", "1000",
+        "--max-head-size", "4096",
+        "--max-headers", "20",
+        "--max-body", "5",
+        "--head-timeout", "2",
+        "--body-timeout", "3",
+        "--idle-timeout", "4",
+        "--max-connections", "50",
     )  # fmt: skip
     assert config == {
         "outbound": "tcp:9000:interface=127.0.0.1",
@@ -141,6 +158,14 @@ def test_everyFlag() -> None:
         "access_log": "json",
         "drain": 0.0,
         "node_id": "web-1",
+        "max_request_line": 1000,
+        "max_head_size": 4096,
+        "max_headers": 20,
+        "max_body": 5,
+        "head_timeout": 2.0,
+        "body_timeout": 3.0,
+        "idle_timeout": 4.0,
+        "max_connections": 50,
     }
 
 
@@ -472,3 +497,22 @@ def test_pluginsDoNotImportReactor() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"reactor": False, "ratelimit": False}
+
+
+def test_edgeLimitFlags() -> None:
+    """
+    The HTTP/1.1 edge's limits are flags, and reach every listener's site.
+    """
+    flags = (
+        "--max-request-line", "1000", "--max-head-size", "4096", "--max-headers", "20",
+        "--max-body", "1048576", "--head-timeout", "2", "--body-timeout", "3",
+        "--idle-timeout", "4", "--max-connections", "50",
+    )
+    service, _, options = serviceFor(*flags)
+    expected = EdgeLimits(
+        maxRequestLine=1000, maxHeadSize=4096, maxHeaders=20, maxBody=1048576,
+        headTimeout=2.0, bodyTimeout=3.0, idleTimeout=4.0, maxConnections=50,
+    )
+    assert options.config.edgeLimits == expected
+    for name in ("outbound", "inbound"):
+        assert service.getServiceNamed(name).factory.limits == expected

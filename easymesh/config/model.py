@@ -80,6 +80,34 @@ class PoolSettings:
 
 
 @attrs.frozen
+class EdgeLimits:
+    """
+    Limits on what a client may send, and how slowly.
+
+    @ivar maxRequestLine: Longest request line (then 414).
+    @ivar maxHeadSize: Largest request head (then 431).
+    @ivar maxHeaders: Most header fields (then 431).
+    @ivar maxBody: Largest body, or L{None} for no limit (then 413).
+    @ivar headTimeout: Seconds from a request's first byte to its complete
+        head (then 408).
+    @ivar bodyTimeout: Seconds without a byte while reading a body (then 408).
+    @ivar idleTimeout: Seconds a connection may wait for its next request.
+    @ivar maxConnections: Most client connections open at once on one
+        listener; beyond it, new connections are closed at once.
+    """
+
+    maxRequestLine: int = 8 * 1024
+    maxHeadSize: int = 64 * 1024
+    maxHeaders: int = 100
+    maxBody: Optional[int] = None
+    headTimeout: float = 10.0
+    bodyTimeout: float = 30.0
+    idleTimeout: float = 60.0
+    maxConnections: int = 8192
+    maxChunkLine: int = 4 * 1024
+
+
+@attrs.frozen
 class ListenerConfig:
     """
     One proxy listener: where it listens, where it forwards, and its filters.
@@ -117,6 +145,14 @@ class SidecarConfig:
     access_log: str = "off"
     drain: float = 5.0
     node_id: Optional[str] = None
+    max_request_line: int = 8 * 1024
+    max_head_size: int = 64 * 1024
+    max_headers: int = 100
+    max_body: Optional[int] = None
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    max_connections: int = 8192
 
     def __attrs_post_init__(self) -> None:
         if self.burst is not None and self.rate is None:
@@ -151,6 +187,22 @@ class SidecarConfig:
             return None
         burst = self.burst if self.burst is not None else max(1, math.ceil(self.rate))
         return RateLimit(self.rate, burst, self.max_wait, self.max_queue)
+
+    @property
+    def edgeLimits(self) -> EdgeLimits:
+        """
+        The limits every listener puts on its clients.
+        """
+        return EdgeLimits(
+            maxRequestLine=self.max_request_line,
+            maxHeadSize=self.max_head_size,
+            maxHeaders=self.max_headers,
+            maxBody=self.max_body,
+            headTimeout=self.head_timeout,
+            bodyTimeout=self.body_timeout,
+            idleTimeout=self.idle_timeout,
+            maxConnections=self.max_connections,
+        )
 
     @property
     def pool(self) -> PoolSettings:

@@ -126,6 +126,58 @@ SETTINGS = (
         _defaults.drain,
     ),
     Setting(
+        "max-request-line",
+        Number(256, integer=True),
+        "Longest request line a client may send (then 414).",
+        _defaults.max_request_line,
+    ),
+    Setting(
+        "max-head-size",
+        Number(1024, integer=True),
+        "Largest request head (request line and headers) a client may send "
+        "(then 431).",
+        _defaults.max_head_size,
+    ),
+    Setting(
+        "max-headers",
+        Number(1, integer=True),
+        "Most header fields in a request (then 431).",
+        _defaults.max_headers,
+    ),
+    Setting(
+        "max-body",
+        Number(0, integer=True),
+        "Largest request body in bytes (then 413; checked before reading when "
+        "the length is declared).",
+        "no limit: bodies stream and the app decides",
+    ),
+    Setting(
+        "head-timeout",
+        Number(0, exclusiveMinimum=True),
+        "Seconds from a request's first byte to its complete head (then 408 "
+        "and close).",
+        _defaults.head_timeout,
+    ),
+    Setting(
+        "body-timeout",
+        Number(0, exclusiveMinimum=True),
+        "Seconds a request body may go without a byte (then 408 and close).",
+        _defaults.body_timeout,
+    ),
+    Setting(
+        "idle-timeout",
+        Number(0, exclusiveMinimum=True),
+        "Seconds a client connection may wait for its next request.",
+        _defaults.idle_timeout,
+    ),
+    Setting(
+        "max-connections",
+        Number(1, integer=True),
+        "Client connections open at once per listener; beyond it, new ones "
+        "are closed at once.",
+        _defaults.max_connections,
+    ),
+    Setting(
         "node-id",
         Text(_NODE_ID_EXPECTED, lambda s: _checkToken(s)),
         "This sidecar's name in Via headers.",
