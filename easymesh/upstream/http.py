@@ -133,12 +133,16 @@ def _endpointFor(url: UpstreamURL, reactor: Any, connectTimeout: float) -> IStre
     return endpoint
 
 
-def requestHead(method: bytes, target: bytes, headers: Headers) -> bytes:
+def requestHead(method: bytes, target: bytes, headers: Headers, authority: bytes) -> bytes:
     """
     The request line and header lines of a request, without framing
-    headers and without the final blank line.
+    headers and without the final blank line.  HTTP/1.1 requires C{Host}:
+    a request without one (from an HTTP/1.0 client) is sent with the
+    upstream's C{authority}.
     """
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    if b"Host" not in headers._rawHeaders:
+        parts += (b"Host: ", authority, b"\r\n")
     for name, values in headers.getAllRawHeaders():
         for value in values:
             parts += (name, b": ", value, b"\r\n")
@@ -164,6 +168,7 @@ class HTTPUpstream:
         self.pool._factory = H1ConnectionFactory
         self._endpoint = _endpointFor(url, reactor, settings.connectTimeout)
         self._key = (url.scheme, url.host, url.port)
+        self._authority = url.authority.encode("ascii")
 
     def request(self, request: ProxyRequest) -> Deferred[IResponse]:
         attempt = _Attempt(self._reactor, self._timeout)
@@ -171,7 +176,9 @@ class HTTPUpstream:
         if body is not None:
             body = _BodyEndWatch(body, attempt.endBody)
         upstreamRequest = UpstreamRequest(
-            request.method, requestHead(request.method, request.target, request.headers), body
+            request.method,
+            requestHead(request.method, request.target, request.headers, self._authority),
+            body,
         )
         d = self.pool.getConnection(self._key, self._endpoint)
         d.addCallback(_send, upstreamRequest)
