@@ -107,6 +107,10 @@ class EdgeLimits:
     maxChunkLine: int = 4 * 1024
 
 
+_EDGE = EdgeLimits()
+_POOL = PoolSettings()
+
+
 @attrs.frozen
 class ListenerConfig:
     """
@@ -131,10 +135,10 @@ class SidecarConfig:
     peer: Optional[str] = None
     upstream: Optional[str] = None
     demo: str = "tcp:6060:interface=127.0.0.1"
-    timeout: float = 15.0
-    connect_timeout: float = 5.0
-    pool_size: int = 128
-    pool_idle: float = 4.0
+    timeout: float = _POOL.responseTimeout
+    connect_timeout: float = _POOL.connectTimeout
+    pool_size: int = _POOL.size
+    pool_idle: float = _POOL.idle
     rate: Optional[float] = None
     burst: Optional[int] = None
     max_wait: float = 0.0
@@ -145,14 +149,14 @@ class SidecarConfig:
     access_log: str = "off"
     drain: float = 5.0
     node_id: Optional[str] = None
-    max_request_line: int = 8 * 1024
-    max_head_size: int = 64 * 1024
-    max_headers: int = 100
-    max_body: Optional[int] = None
-    head_timeout: float = 10.0
-    body_timeout: float = 30.0
-    idle_timeout: float = 60.0
-    max_connections: int = 8192
+    max_request_line: int = _EDGE.maxRequestLine
+    max_head_size: int = _EDGE.maxHeadSize
+    max_headers: int = _EDGE.maxHeaders
+    max_body: Optional[int] = _EDGE.maxBody
+    head_timeout: float = _EDGE.headTimeout
+    body_timeout: float = _EDGE.bodyTimeout
+    idle_timeout: float = _EDGE.idleTimeout
+    max_connections: int = _EDGE.maxConnections
 
     def __attrs_post_init__(self) -> None:
         if self.burst is not None and self.rate is None:
