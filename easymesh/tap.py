@@ -10,8 +10,9 @@ from typing import Any, Dict, Optional
 from twisted.application import strports
 from twisted.python import usage
 
+from easymesh.config.addresses import withBacklog
 from easymesh.config.files import readConfigFile
-from easymesh.config.model import ConfigError, SidecarConfig
+from easymesh.config.model import INBOUND, ConfigError, SidecarConfig
 from easymesh.config.settings import BY_NAME, SETTINGS, buildConfig
 
 
@@ -142,7 +143,9 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     sidecar = SidecarService(reactor, inflight, config.drain)
     accessLog = AccessLog(config.access_log) if config.access_log != "off" else None
     if config.runsDemo:
-        sidecar.addBackend(strports.service(config.demo, demoSite(), reactor=reactor))
+        sidecar.addBackend(
+            strports.service(withBacklog(config.demo), demoSite(), reactor=reactor)
+        )
     for listener in config.listeners():
         upstream = upstreamFor(listener.target, config.pool, reactor)
         sidecar.upstreams.append(upstream)
@@ -152,8 +155,11 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             upstream,
         )
         resource = ProxyResource(listener.name, forwarder, reactor, inflight, accessLog)
-        site = ProxySite(resource, config.edgeLimits, reactor=reactor)
-        service = strports.service(listener.endpoint, site, reactor=reactor)
+        limits = config.edgeLimits
+        if listener.name == INBOUND:
+            limits = limits.withSidecarHeadroom()
+        site = ProxySite(resource, limits, reactor=reactor)
+        service = strports.service(withBacklog(listener.endpoint), site, reactor=reactor)
         service.setName(listener.name)
         sidecar.addListener(service, site)
     return sidecar

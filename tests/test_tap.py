@@ -514,5 +514,8 @@ def test_edgeLimitFlags() -> None:
         headTimeout=2.0, bodyTimeout=3.0, idleTimeout=4.0, maxConnections=50,
     )
     assert options.config.edgeLimits == expected
-    for name in ("outbound", "inbound"):
-        assert service.getServiceNamed(name).factory.limits == expected
+    assert service.getServiceNamed("outbound").factory.limits == expected
+    # The inbound allows for what the caller's outbound sidecar added.
+    assert service.getServiceNamed("inbound").factory.limits == expected.withSidecarHeadroom()
+    assert expected.withSidecarHeadroom().maxHeaders > expected.maxHeaders
+    assert expected.withSidecarHeadroom().maxHeadSize > expected.maxHeadSize

@@ -107,6 +107,22 @@ def _splitEndpoint(description: str) -> list:
     return parts
 
 
+#: The listen backlog a proxy listener gets unless its endpoint names one:
+#: Twisted's default of 50 overflows under a burst of new connections.
+LISTEN_BACKLOG = 1024
+
+
+def withBacklog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
+    """
+    A C{tcp:} or C{tcp6:} server endpoint string with a listen backlog of
+    C{backlog}, unless it names its own; other kinds unchanged.
+    """
+    parts = _splitEndpoint(description)
+    if parts[0] not in ("tcp", "tcp6") or any(p.startswith("backlog=") for p in parts[1:]):
+        return description
+    return f"{description}:backlog={backlog}"
+
+
 @attrs.frozen
 class UpstreamURL:
     """

@@ -106,6 +106,25 @@ class EdgeLimits:
     maxConnections: int = 8192
     maxChunkLine: int = 4 * 1024
 
+    def withSidecarHeadroom(self) -> "EdgeLimits":
+        """
+        These limits, widened by what a sidecar hop adds to a request
+        (C{X-Forwarded-For}, C{X-Forwarded-Proto}, C{Via}, C{X-Request-Id}):
+        for an inbound listener, so that a request within the limits at the
+        caller's outbound is within them here too.
+        """
+        return attrs.evolve(
+            self,
+            maxHeaders=self.maxHeaders + SIDECAR_HEADROOM_FIELDS,
+            maxHeadSize=self.maxHeadSize + SIDECAR_HEADROOM_BYTES,
+        )
+
+
+#: What one sidecar hop may add to a request head: four fields, and bytes
+#: for them (a node name in Via, an address list in X-Forwarded-For).
+SIDECAR_HEADROOM_FIELDS = 8
+SIDECAR_HEADROOM_BYTES = 1024
+
 
 _EDGE = EdgeLimits()
 _POOL = PoolSettings()
