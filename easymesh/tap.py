@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from twisted.application import strports
 from twisted.python import usage
 
-from easymesh.config.addresses import withBacklog
 from easymesh.config.files import readConfigFile
 from easymesh.config.model import INBOUND, ConfigError, SidecarConfig
 from easymesh.config.settings import BY_NAME, SETTINGS, buildConfig
@@ -131,6 +129,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     from easymesh.headers import HeaderPolicy
     from easymesh.inflight import InFlight
     from easymesh.listener import ProxyResource, ProxySite
+    from easymesh.ports import listeningService
     from easymesh.service import SidecarService
     from easymesh.upstream import upstreamFor
 
@@ -143,9 +142,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     sidecar = SidecarService(reactor, inflight, config.drain)
     accessLog = AccessLog(config.access_log) if config.access_log != "off" else None
     if config.runsDemo:
-        sidecar.addBackend(
-            strports.service(withBacklog(config.demo), demoSite(), reactor=reactor)
-        )
+        sidecar.addBackend(listeningService(config.demo, demoSite(), reactor))
     for listener in config.listeners():
         upstream = upstreamFor(listener.target, config.pool, reactor)
         sidecar.upstreams.append(upstream)
@@ -159,7 +156,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         if listener.name == INBOUND:
             limits = limits.withSidecarHeadroom()
         site = ProxySite(resource, limits, reactor=reactor)
-        service = strports.service(withBacklog(listener.endpoint), site, reactor=reactor)
+        service = listeningService(listener.endpoint, site, reactor)
         service.setName(listener.name)
         sidecar.addListener(service, site)
     return sidecar
