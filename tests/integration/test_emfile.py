@@ -54,7 +54,8 @@ def test_outOfDescriptors(launch) -> None:
     assert reply.status == 200, sidecar.log()
     assert reply.body == b"hello world\n"
     assert sidecar.running
-    # One line for the burst, then (once it is over) how many were shed.
+    # One line per listener for the burst (outbound, inbound and the demo
+    # app may each run out), then (once it is over) how many were shed.
     deadline = time.monotonic() + 20
     while "were shed" not in sidecar.log():
         assert time.monotonic() < deadline, sidecar.log()
@@ -64,5 +65,5 @@ def test_outOfDescriptors(launch) -> None:
     # spare descriptor because a connection took the slot first (a race
     # under exhaustion); nothing else may.
     rereserve = log.count("Could not re-reserve EMFILE")
-    assert log.count("EMFILE") - rereserve <= 2, log
+    assert log.count("EMFILE") - rereserve <= 3, log
     assert log.count("Traceback") == rereserve, log

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import socket
 import threading
 import time
@@ -20,6 +21,10 @@ from .harness import POLL
 
 MiB = 1024 * 1024
 BODY = 200 * MiB
+#: How much peak RSS may grow while 200 MiB stream through: a few buffers on
+#: CPython; PyPy's JIT and garbage collector (its nursery, and objects freed
+#: only at major collections) take more, still nothing like the body's size.
+GROWTH = 64 * MiB if platform.python_implementation() == "PyPy" else 32 * MiB
 BLOCK = bytes(range(256)) * 4096  # 1 MiB, not all one byte
 
 
@@ -178,7 +183,7 @@ def test_uploadStreamsEarlyWithoutTempFiles(launch, streamApp, tmp_path: Path) -
     assert list(tmpdir.iterdir()) == []
     assert [f for f in files if not f.endswith(".log")] == []
     growth = peakRSS(pid) - baseline
-    assert growth < 32 * MiB, f"peak RSS grew by {growth / MiB:.1f} MiB"
+    assert growth < GROWTH, f"peak RSS grew by {growth / MiB:.1f} MiB"
 
 
 def test_slowReaderPausesDownload(launch, streamApp) -> None:
@@ -206,7 +211,7 @@ def test_slowReaderPausesDownload(launch, streamApp) -> None:
             last = current
             time.sleep(POLL * 5)
         assert streamApp.sent < 64 * MiB, f"app sent {streamApp.sent / MiB:.0f} MiB to a reader that read nothing"
-        assert peakRSS(pid) - baseline < 32 * MiB
+        assert peakRSS(pid) - baseline < GROWTH
 
         digest = hashlib.sha256()
         received = 0
@@ -223,4 +228,4 @@ def test_slowReaderPausesDownload(launch, streamApp) -> None:
             received += len(chunk)
     assert received == BODY
     assert digest.hexdigest() == expectedDigest(BODY)
-    assert peakRSS(pid) - baseline < 32 * MiB
+    assert peakRSS(pid) - baseline < GROWTH
