@@ -84,12 +84,6 @@ class TooManyRequests(ProxyError):
         return ((b"retry-after", b"%d" % (seconds,)),)
 
 
-class FilterFailed(ProxyError):
-    code = 500
-    cause = "filter_error"
-    message = "a filter failed"
-
-
 class ClientClosed(ProxyError):
     """
     The client went away and its request was abandoned; nobody sees this

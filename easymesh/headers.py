@@ -145,16 +145,6 @@ def _remove(headers: Headers, dropped: frozenset, own: bool) -> None:
                 raw.pop(key, None)
 
 
-def removeOwn(headers: Headers) -> None:
-    """
-    Remove the sidecar's own C{x-easymesh-*} fields, which nobody outside may
-    set.
-    """
-    raw = headers._rawHeaders
-    for name in [n for n in raw if n.startswith(_OWN_PREFIX)]:
-        del raw[name]
-
-
 def newRequestId() -> bytes:
     """
     A random version 4 UUID, as text.
