@@ -33,10 +33,17 @@ class AccessLog:
         bytesIn: int,
         bytesOut: int,
         duration: float,
-        upstream: str,
+        proxied: Any,
         requestId: Optional[bytes],
         cause: Optional[str],
     ) -> None:
+        """
+        Log one request.
+
+        @param proxied: Its L{easymesh.message.ProxyRequest} (for the route,
+            cluster, upstream host and attempts), or L{None} if it was
+            refused before one was made.
+        """
         entry: Dict[str, Any] = {
             "listener": listener,
             "method": method.decode("latin-1"),
@@ -45,7 +52,10 @@ class AccessLog:
             "bytes_in": bytesIn,
             "bytes_out": bytesOut,
             "duration_ms": round(duration * 1000, 3),
-            "upstream": upstream,
+            "route": getattr(proxied, "route", None),
+            "cluster": getattr(proxied, "cluster", None),
+            "upstream": getattr(proxied, "upstreamHost", None),
+            "attempts": getattr(proxied, "attempts", 0),
             "request_id": requestId.decode("latin-1") if requestId else None,
             "error": cause,
         }
@@ -54,7 +64,8 @@ class AccessLog:
         else:
             _log.info(
                 "{listener} {method} {path} {status} {bytes_out}B "
-                "{duration_ms}ms upstream={upstream} error={error} "
+                "{duration_ms}ms route={route} upstream={upstream} "
+                "attempts={attempts} error={error} "
                 "request_id={request_id}",
                 **entry,
             )

@@ -119,6 +119,33 @@ class UpstreamReset(ProxyError):
     message = "upstream closed the connection before responding"
 
 
+class Overflow(ProxyError):
+    """
+    A cluster's circuit breaker is open: the request fails at once instead
+    of queueing.  C{breaker} names the limit reached.
+    """
+
+    code = 503
+    cause = "overflow"
+    message = "upstream overflow: too many requests to this cluster"
+
+    def __init__(self, breaker: str = "") -> None:
+        super().__init__(f"{self.message} ({breaker})" if breaker else "")
+        self.breaker = breaker
+
+
+class NoRoute(ProxyError):
+    code = 404
+    cause = "no_route"
+    message = "no route matches this request"
+
+
+class NoHealthyUpstream(ProxyError):
+    code = 503
+    cause = "no_healthy_upstream"
+    message = "no upstream endpoint is available"
+
+
 _CONNECT_ERRORS: Tuple[Type[BaseException], ...] = (
     ierror.ConnectError,
     ierror.DNSLookupError,

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_forwarder -*-
 """
 The request path of one listener, independent of its HTTP implementation:
-header policy, filter chain, upstream, and the mapping of failures to
-replies.
+header policy, filter chain, routing (to clusters and their upstreams), and
+the mapping of failures to replies.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from twisted.web.iweb import IResponse
 from easymesh.errors import ClientClosed, ProxyError, classify
 from easymesh.filters.chain import FilterChain
 from easymesh.headers import HeaderPolicy
-from easymesh.interfaces import IUpstream
 from easymesh.message import LocalReply, ProxyRequest
 
 Reply = Union[IResponse, LocalReply]
@@ -25,19 +24,20 @@ Reply = Union[IResponse, LocalReply]
 
 class Forwarder:
     """
-    Forward requests arriving on one listener to its upstream.
+    Forward requests arriving on one listener along its routes.
 
-    @ivar upstream: The L{IUpstream} requests go to.
+    @ivar routes: Holds the current L{easymesh.routing.router.Router} of
+        each listener (C{routes.routers}); read for each request, so that
+        a reload takes effect for the next one.
     """
 
     log = Logger()
 
-    def __init__(
-        self, policy: HeaderPolicy, chain: FilterChain, upstream: IUpstream
-    ) -> None:
+    def __init__(self, policy: HeaderPolicy, chain: FilterChain, routes: Any, listener: str) -> None:
         self.policy = policy
         self.chain = chain
-        self.upstream = upstream
+        self.routes = routes
+        self.listener = listener
 
     def forward(self, request: ProxyRequest) -> Deferred[Reply]:
         """
@@ -58,7 +58,7 @@ class Forwarder:
             d.addCallback(self._filtered, request)
             d.addCallback(self._responded, request)
             return d.addErrback(self._failed, request)
-        d = self.upstream.request(request)
+        d = self.routes.routers[self.listener].route(request)
         return d.addCallbacks(
             self._relayed, self._failed, callbackArgs=(request,), errbackArgs=(request,)
         )
@@ -66,10 +66,12 @@ class Forwarder:
     def _filtered(self, reply: Any, request: ProxyRequest) -> Any:
         if reply is not None:
             return reply
-        return self.upstream.request(request).addCallback(self._relayed, request)
+        d = self.routes.routers[self.listener].route(request)
+        return d.addCallback(self._relayed, request)
 
-    def _relayed(self, response: IResponse, request: ProxyRequest) -> IResponse:
-        self.policy.prepareResponse(response.headers, request.version)
+    def _relayed(self, response: Reply, request: ProxyRequest) -> Reply:
+        if not isinstance(response, LocalReply):
+            self.policy.prepareResponse(response.headers, request.version)
         return response
 
     def _responded(self, response: Reply, request: ProxyRequest) -> Deferred[Reply]:

@@ -109,7 +109,7 @@ def forbiddenInHead(head: bytes) -> Optional[str]:
     return "control character in message head"
 
 
-def _commaList(values: Iterable[bytes]) -> List[bytes]:
+def commaList(values: Iterable[bytes]) -> List[bytes]:
     return [t.strip() for v in values for t in v.split(b",") if t.strip()]
 
 
@@ -139,7 +139,7 @@ def _remove(headers: Headers, dropped: frozenset, own: bool) -> None:
     for name in doomed:
         del raw[name]
     if named:
-        for token in _commaList(named):
+        for token in commaList(named):
             key = canonicalName(token)
             if key is not None:
                 raw.pop(key, None)
@@ -176,7 +176,7 @@ class HeaderPolicy:
         via = headers.getRawHeaders(b"via")
         if not via:
             return
-        for entry in _commaList(via):
+        for entry in commaList(via):
             parts = entry.split()
             if len(parts) >= 2 and parts[1] == self.pseudonym:
                 raise RequestLoop()
@@ -198,7 +198,7 @@ class HeaderPolicy:
         client = clientAddress.encode("ascii")
         forwarded = raw.get(b"X-Forwarded-For")
         if forwarded:
-            raw[b"X-Forwarded-For"] = [b", ".join(_commaList(forwarded) + [client])]
+            raw[b"X-Forwarded-For"] = [b", ".join(commaList(forwarded) + [client])]
         else:
             raw[b"X-Forwarded-For"] = [client]
         raw[b"X-Forwarded-Proto"] = [scheme]

@@ -210,6 +210,7 @@ class _Exchange:
         self.pending: Optional[Deferred[Any]] = None
         self.relay: Optional[_BodyRelay] = None
         self.cause: Optional[str] = None
+        self.proxied: Optional[ProxyRequest] = None
 
     def respond(self, reply: Union[IResponse, LocalReply]) -> None:
         self.pending = None
@@ -261,6 +262,7 @@ class _Exchange:
         if resource.accessLog is not None:
             request = self.request
             ids = request.requestHeaders.getRawHeaders(REQUEST_ID)
+            proxied = self.proxied
             resource.accessLog.record(
                 resource.name,
                 request.method,
@@ -269,7 +271,7 @@ class _Exchange:
                 request.bytesReceived,
                 request.sentLength,
                 resource.clock.seconds() - self.started,
-                str(resource.forwarder.upstream.url),
+                proxied,
                 ids[0] if ids else None,
                 self.cause,
             )
@@ -317,6 +319,7 @@ class ProxyResource(Resource):
             request.clientproto[5:],
             self.name,
         )
+        exchange.proxied = proxied
         d = self.forwarder.forward(proxied)
         if not d.called:
             exchange.pending = d

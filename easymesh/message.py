@@ -25,6 +25,14 @@ class ProxyRequest:
     @ivar scheme: C{b"http"} or C{b"https"}: how the request arrived.
     @ivar version: The protocol version, e.g. C{b"1.1"}.
     @ivar listener: The receiving listener's name.
+    @ivar peerIdentity: The caller's verified identity (mTLS), or L{None}.
+
+    What happened to it, for logs and metrics:
+
+    @ivar route: The name of the route it took, or L{None}.
+    @ivar cluster: The cluster it was sent to, or L{None}.
+    @ivar upstreamHost: The endpoint (C{host:port}) of its last try.
+    @ivar attempts: How many times it was sent upstream.
     """
 
     __slots__ = (
@@ -36,6 +44,11 @@ class ProxyRequest:
         "scheme",
         "version",
         "listener",
+        "peerIdentity",
+        "route",
+        "cluster",
+        "upstreamHost",
+        "attempts",
     )
 
     def __init__(
@@ -48,6 +61,7 @@ class ProxyRequest:
         scheme: bytes = b"http",
         version: bytes = b"1.1",
         listener: str = "",
+        peerIdentity: Optional[str] = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -57,6 +71,11 @@ class ProxyRequest:
         self.scheme = scheme
         self.version = version
         self.listener = listener
+        self.peerIdentity = peerIdentity
+        self.route: Optional[str] = None
+        self.cluster: Optional[str] = None
+        self.upstreamHost: Optional[str] = None
+        self.attempts = 0
 
     def __repr__(self) -> str:
         return f"<ProxyRequest {self.listener} {self.method!r} {self.target!r}>"

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_service -*-
 """
 The sidecar's service tree and its orderly stop: stop accepting, let
-in-flight requests finish for up to the drain period, close the upstream
-pools, then stop the demo app.
+in-flight requests finish for up to the drain period, stop the clusters
+(closing their pools), then stop the demo app.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from easymesh.inflight import InFlight
-from easymesh.interfaces import IUpstream
 
 
 class SidecarService(MultiService):
@@ -22,16 +21,21 @@ class SidecarService(MultiService):
     The listeners (children added with L{addListener}) and what they share.
 
     @param drain: Seconds to wait for in-flight requests when stopping.
+    @param runtime: The routes and clusters.
+    @ivar reloader: Reloads routes and clusters from the config file, if
+        there is one.
     """
 
     log = Logger()
 
-    def __init__(self, clock: Any, inflight: InFlight, drain: float) -> None:
+    def __init__(self, clock: Any, inflight: InFlight, drain: float, runtime: Any) -> None:
         super().__init__()
         self.clock = clock
         self.inflight = inflight
         self.drain = drain
-        self.upstreams: List[IUpstream] = []
+        self.runtime = runtime
+        self.reloader: Optional[Any] = None
+        self._restoreSighup: Optional[Any] = None
         self.listeners: List[Any] = []
         self.sites: List[Any] = []
         self.backends: List[Any] = []
@@ -46,7 +50,13 @@ class SidecarService(MultiService):
 
     def startService(self) -> None:
         raiseFileLimit()
+        self.runtime.start()
         super().startService()
+        if self.reloader is not None:
+            from easymesh.reload import installSighup
+
+            self.reloader.start()
+            self._restoreSighup = installSighup(self.reloader.reload, self.clock)
 
     def addBackend(self, service: Any) -> None:
         """
@@ -58,12 +68,17 @@ class SidecarService(MultiService):
     def stopService(self) -> Deferred[None]:
         self.inflight.draining = True
         self.running = 0
+        if self.reloader is not None:
+            self.reloader.stop()
+        if self._restoreSighup is not None:
+            self._restoreSighup()
+            self._restoreSighup = None
         d = _stopAll(self.listeners)
         for site in self.sites:
             site.sweeper.closeIdle()
         d.addCallback(lambda _: self._waitForRequests())
         d.addCallback(lambda _: self._closeConnections())
-        d.addCallback(lambda _: DeferredList([u.close() for u in self.upstreams], consumeErrors=True))
+        d.addCallback(lambda _: self.runtime.stop())
         d.addCallback(lambda _: _stopAll(self.backends))
         d.addCallback(self._stopped)
         return d

@@ -5,11 +5,11 @@ C{twistd easymesh}: command-line options and the service tree.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from twisted.python import usage
 
-from easymesh.config.files import readConfigFile
+from easymesh.config.files import ConfigValues, readConfigFile
 from easymesh.config.model import INBOUND, ConfigError, SidecarConfig
 from easymesh.config.settings import BY_NAME, SETTINGS, buildConfig
 
@@ -79,21 +79,28 @@ class Options(usage.Options):
             if not setting.repeatable and self[setting.name] is not None:
                 self._flag(setting.name, self[setting.name])
         try:
-            values: Dict[str, Any] = {}
-            lines: Dict[str, int] = {}
-            if self["config"] is not None:
-                fromFile = readConfigFile(self["config"])
-                values.update(fromFile)
-                lines = {k: n for k, n in fromFile.lines.items() if k not in self.flags}
-            # Flags override the file; repeatable flags replace its list.
-            values.update(self.flags)
-            self.config = buildConfig(values, self["config"] or "", lines)
+            self.config = loadConfig(self["config"], self.flags)
             # Build the filters once now, so that bad filter arguments are
             # refused before anything is bound; makeService builds them anew
             # with its own reactor.
             self.chains = buildChains(self.config)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+
+def loadConfig(path: Optional[str], flags: Mapping[str, Any]) -> SidecarConfig:
+    """
+    The config from a file (if any) and flags; flags override the file, and
+    a repeatable flag replaces the file's list.
+
+    @raise ConfigError: The file or a flag is refused.
+    """
+    values = ConfigValues()
+    if path is not None:
+        values = readConfigFile(path)
+        values.lines = {k: n for k, n in values.lines.items() if k not in flags}
+    values.update(flags)
+    return buildConfig(values, path or "", values.lines)
 
 
 def buildChains(config: SidecarConfig, reactor: Any = None) -> Dict[str, Any]:
@@ -131,7 +138,8 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     from easymesh.listener import ProxyResource, ProxySite
     from easymesh.ports import listeningService
     from easymesh.service import SidecarService
-    from easymesh.upstream import upstreamFor
+    from easymesh.reload import ConfigReloader
+    from easymesh.runtime import MeshRuntime
 
     if reactor is None:
         from twisted.internet import reactor
@@ -139,17 +147,23 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     assert config is not None, "parseOptions() first"
     chains = buildChains(config, reactor)
     inflight = InFlight()
-    sidecar = SidecarService(reactor, inflight, config.drain)
+    runtime = MeshRuntime(reactor)
+    runtime.apply(config.mesh())
+    sidecar = SidecarService(reactor, inflight, config.drain, runtime)
+    if options["config"] is not None:
+        path, flags = options["config"], dict(options.flags)
+        sidecar.reloader = ConfigReloader(
+            path, lambda: loadConfig(path, flags), runtime, config, reactor
+        )
     accessLog = AccessLog(config.access_log) if config.access_log != "off" else None
     if config.runsDemo:
         sidecar.addBackend(listeningService(config.demo, demoSite(), reactor))
     for listener in config.listeners():
-        upstream = upstreamFor(listener.target, config.pool, reactor)
-        sidecar.upstreams.append(upstream)
         forwarder = Forwarder(
             HeaderPolicy(config.nodeId, listener.name),
             chains[listener.name],
-            upstream,
+            runtime,
+            listener.name,
         )
         resource = ProxyResource(listener.name, forwarder, reactor, inflight, accessLog)
         limits = config.edgeLimits

@@ -82,6 +82,18 @@ class TokenBucket:
         """
         return len(self._waiters)
 
+    def take(self) -> Optional[float]:
+        """
+        Take one token now if one is free and nobody is queued.
+
+        @return: L{None} if taken, else the seconds until one would be free.
+        """
+        tokens = self._refill()
+        if not self._waiters and tokens >= 1.0 - _EPSILON:
+            self._tokens = max(0.0, tokens - 1.0)
+            return None
+        return (len(self._waiters) + 1.0 - tokens) / self.rate
+
     def acquire(self) -> Deferred[None]:
         """
         Take one token.

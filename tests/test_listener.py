@@ -91,13 +91,34 @@ class FakeUpstream:
         return succeed(None)
 
 
+class RoutesTo:
+    """
+    A stand-in for L{easymesh.runtime.MeshRuntime}: every listener's one
+    route sends to C{upstream}.
+    """
+
+    def __init__(self, upstream: FakeUpstream) -> None:
+        self.upstream = upstream
+        self.routers = self
+
+    def __getitem__(self, listener: str) -> "RoutesTo":
+        return self
+
+    def route(self, request: ProxyRequest) -> Deferred[Any]:
+        request.upstreamHost = self.upstream.url.authority
+        request.attempts = 1
+        return self.upstream.request(request)
+
+
 class ListenerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.upstream = FakeUpstream()
         self.inflight = InFlight()
         self.events: List[dict] = []
-        forwarder = Forwarder(HeaderPolicy("web-1", "outbound"), FilterChain(), self.upstream)
+        forwarder = Forwarder(
+            HeaderPolicy("web-1", "outbound"), FilterChain(), RoutesTo(self.upstream), "outbound"
+        )
         self.resource = ProxyResource(
             "outbound", forwarder, self.clock, self.inflight, AccessLog("json")
         )
@@ -105,7 +126,7 @@ class ListenerTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
         client = IPv4Address("TCP", "10.1.2.3", 5555)
         self.transport = StringTransport(peerAddress=client)
-        self.channel = ProxySite(self.resource).buildProtocol(client)
+        self.channel = ProxySite(self.resource, reactor=self.clock).buildProtocol(client)
         self.channel.makeConnection(self.transport)
 
     def send(self, data: bytes) -> None:
@@ -279,7 +300,9 @@ class ConnectionLimitTests(SynchronousTestCase):
         closed connection frees its place.
         """
         clock = Clock()
-        forwarder = Forwarder(HeaderPolicy("web-1", "inbound"), FilterChain(), FakeUpstream())
+        forwarder = Forwarder(
+            HeaderPolicy("web-1", "inbound"), FilterChain(), RoutesTo(FakeUpstream()), "inbound"
+        )
         site = ProxySite(
             ProxyResource("inbound", forwarder, clock),
             EdgeLimits(maxConnections=2),

@@ -30,7 +30,16 @@ from easymesh.message import ProxyRequest
 from easymesh.service import SidecarService
 from easymesh.tap import Options, makeService
 
-DEFAULTS: Dict[str, Any] = attrs.asdict(SidecarConfig())
+def _settings(config: SidecarConfig) -> Dict[str, Any]:
+    """
+    The values of a config's settings (not the file's mesh sections).
+    """
+    values = attrs.asdict(config)
+    del values["meshFile"]
+    return values
+
+
+DEFAULTS: Dict[str, Any] = _settings(SidecarConfig())
 
 
 def parse(*args: str) -> Options:
@@ -45,7 +54,7 @@ def configOf(*args: str) -> Dict[str, Any]:
     """
     options = parse(*args)
     assert isinstance(options.config, SidecarConfig)
-    return attrs.asdict(options.config)
+    return _settings(options.config)
 
 
 def expected(**changes: Any) -> Dict[str, Any]:
@@ -73,7 +82,7 @@ def usageError(*args: str) -> str:
 
 def test_defaults() -> None:
     options = parse()
-    assert attrs.asdict(options.config) == {
+    assert _settings(options.config) == {
         "outbound": "tcp:8082:interface=127.0.0.1",
         "inbound": "tcp:8083",
         "peer": None,
@@ -188,7 +197,7 @@ def test_repeatableFilters() -> None:
         "--outbound-filter", "ratelimit:rate=6",
         "--rate", "7",
     )  # fmt: skip
-    assert attrs.asdict(options.config) == expected(
+    assert _settings(options.config) == expected(
         filter=("ratelimit:rate=1", "ratelimit:rate=3"),
         inbound_filter=("ratelimit:rate=2", "ratelimit:rate=5"),
         outbound_filter=("ratelimit:rate=4", "ratelimit:rate=6"),
@@ -206,7 +215,7 @@ def test_configFile(tmp_path: Any) -> None:
     for flag in ("--config", "-c"):
         options = parse(flag, path)
         assert options["config"] == path
-        assert attrs.asdict(options.config) == expected(
+        assert _settings(options.config) == expected(
             timeout=3.0, pool_size=4, access_log="text"
         )
 
@@ -222,7 +231,7 @@ def test_flagsOverrideConfigFile(tmp_path: Any) -> None:
         "inbound-filter: [ratelimit:rate=8]\n",
     )
     options = parse("--timeout", "7", "-c", path, "--filter", "ratelimit:rate=9")
-    assert attrs.asdict(options.config) == expected(
+    assert _settings(options.config) == expected(
         timeout=7.0,
         pool_size=4,
         filter=("ratelimit:rate=9",),
@@ -366,10 +375,11 @@ def test_serviceTree() -> None:
     assert service.backends == [demo]
     for listener in (outbound, inbound):
         assert isinstance(listener.factory, ProxySite)
-    assert [u.url for u in service.upstreams] == [
-        UpstreamURL("http", "127.0.0.1", 8083),
-        UpstreamURL("http", "127.0.0.1", 6060),
-    ]
+    clusters = service.runtime.clusters
+    assert sorted(clusters) == ["local", "peer"]
+    assert [e.url for e in clusters["peer"].endpoints] == [UpstreamURL("http", "127.0.0.1", 8083)]
+    assert [e.url for e in clusters["local"].endpoints] == [UpstreamURL("http", "127.0.0.1", 6060)]
+    assert service.reloader is None
     assert service.drain == 5.0
     assert service.clock is reactor
 
@@ -378,7 +388,8 @@ def test_serviceTreeWithUpstream() -> None:
     service, _, _ = serviceFor("--upstream", "http://127.0.0.1:5000", "--drain", "2")
     assert [child.name for child in service] == ["outbound", "inbound"]
     assert service.backends == []
-    assert service.upstreams[1].url == UpstreamURL("http", "127.0.0.1", 5000)
+    local = service.runtime.clusters["local"]
+    assert [e.url for e in local.endpoints] == [UpstreamURL("http", "127.0.0.1", 5000)]
     assert service.drain == 2.0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from easymesh.config.meshfile import MESH_KEYS, Node, readMesh
 from easymesh.config.model import ConfigError
 from easymesh.config.settings import BY_NAME
 
@@ -15,12 +16,15 @@ from easymesh.config.settings import BY_NAME
 class ConfigValues(Dict[str, Any]):
     """
     Checked values keyed by setting name, with the line each was read from
-    (C{lines}), so that later checks can name it too.
+    (C{lines}), so that later checks can name it too; and the routes,
+    clusters and path options read by L{easymesh.config.meshfile}
+    (C{mesh}: keyword arguments for L{easymesh.config.mesh.MeshConfig}).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.lines: Dict[str, int] = {}
+        self.mesh: Dict[str, Any] = {}
 
 
 def readConfigFile(path: str) -> ConfigValues:
@@ -61,14 +65,21 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
         )
     constructor = yaml.SafeLoader("")
     values = ConfigValues()
+    meshNodes: Dict[str, Node] = {}
     for keyNode, valueNode in root.value:
         where = f"{name}:{keyNode.start_mark.line + 1}"
         key = keyNode.value
+        if key in MESH_KEYS:
+            if key in meshNodes:
+                raise ConfigError(where, f"key {key!r} is given twice")
+            meshNodes[key] = Node(valueNode, name, key)
+            continue
         setting = BY_NAME.get(key) if isinstance(keyNode, yaml.ScalarNode) else None
         if setting is None:
             raise ConfigError(
                 where,
-                f"unknown key {key!r} (known keys: {', '.join(sorted(BY_NAME))})",
+                f"unknown key {key!r} (known keys: "
+                f"{', '.join(sorted(set(BY_NAME) | MESH_KEYS))})",
             )
         if key in values:
             raise ConfigError(where, f"key {key!r} is given twice")
@@ -81,4 +92,5 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
         except ValueError as e:
             raise ConfigError(where, f"key {key!r}: {e}") from None
         values.lines[key] = keyNode.start_mark.line + 1
+    values.mesh = readMesh(meshNodes)
     return values

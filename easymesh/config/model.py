@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import math
 import socket
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple
 
 import attrs
 
 from easymesh.config.addresses import UpstreamURL, tcpPortOf
 
+if TYPE_CHECKING:
+    from easymesh.config.mesh import MeshConfig
+
 OUTBOUND = "outbound"
 INBOUND = "inbound"
+
+#: The cluster each listener forwards to when configured by flags: the
+#: peer sidecar (C{--peer}) and the local app (C{--upstream}).
+DEFAULT_CLUSTERS = {OUTBOUND: "peer", INBOUND: "local"}
 
 
 class ConfigError(ValueError):
@@ -176,6 +183,9 @@ class SidecarConfig:
     body_timeout: float = _EDGE.bodyTimeout
     idle_timeout: float = _EDGE.idleTimeout
     max_connections: int = _EDGE.maxConnections
+    #: What the config file's mesh sections gave: keyword arguments for
+    #: L{easymesh.config.mesh.MeshConfig}.
+    meshFile: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.burst is not None and self.rate is None:
@@ -266,3 +276,33 @@ class SidecarConfig:
             ),
             ListenerConfig(INBOUND, self.inbound, upstream, inbound),
         )
+
+    def mesh(self) -> "MeshConfig":
+        """
+        Routes and clusters: the file's, over a default cluster per listener
+        made from the flags (C{peer} and C{local}) and, for a listener the
+        file gives no routes, one route to its default cluster.
+        """
+        from easymesh.config.mesh import ClusterConfig, MeshConfig, Route
+
+        pool = self.pool
+        clusters = {}
+        for listener in self.listeners():
+            name = DEFAULT_CLUSTERS[listener.name]
+            clusters[name] = ClusterConfig(
+                name,
+                endpoints=(listener.target,),
+                weights=(1,),
+                connectTimeout=pool.connectTimeout,
+                timeout=pool.responseTimeout,
+                poolSize=pool.size,
+                poolIdle=pool.idle,
+            )
+        clusters.update(self.meshFile.get("clusters", {}))
+        routes = {
+            listener: (Route(f"{listener}-default", cluster=cluster),)
+            for listener, cluster in DEFAULT_CLUSTERS.items()
+        }
+        routes.update(self.meshFile.get("routes", {}))
+        rest = {k: v for k, v in self.meshFile.items() if k not in ("clusters", "routes")}
+        return MeshConfig(clusters=clusters, routes=routes, **rest)

@@ -213,6 +213,7 @@ def buildConfig(
     if lines is None:
         lines = getattr(values, "lines", None)
     kwargs: Dict[str, Any] = {BY_NAME[k].attribute: v for k, v in values.items()}
+    kwargs["meshFile"] = getattr(values, "mesh", {})
     try:
         return SidecarConfig(**kwargs)
     except ConfigError as e:

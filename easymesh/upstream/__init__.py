@@ -13,7 +13,9 @@ from easymesh.config.model import PoolSettings
 from easymesh.interfaces import IUpstream
 from easymesh.upstream.http import HTTPUpstream
 
-UpstreamFactory = Callable[[UpstreamURL, PoolSettings, Any], IUpstream]
+#: Makes an upstream from its URL, pool settings, reactor and (optionally)
+#: its cluster's circuit breakers.
+UpstreamFactory = Callable[..., IUpstream]
 
 SCHEMES: Dict[str, UpstreamFactory] = {
     "http": HTTPUpstream,
@@ -21,8 +23,13 @@ SCHEMES: Dict[str, UpstreamFactory] = {
 }
 
 
-def upstreamFor(url: UpstreamURL, settings: PoolSettings, reactor: Any) -> IUpstream:
+def upstreamFor(
+    url: UpstreamURL, settings: PoolSettings, reactor: Any, breakers: Any = None
+) -> IUpstream:
     """
     Make the upstream for C{url} from the implementation for its scheme.
+
+    @param breakers: The L{easymesh.cluster.breakers.Breakers} of the
+        upstream's cluster, told of connections and pending requests.
     """
-    return SCHEMES[url.scheme](url, settings, reactor)
+    return SCHEMES[url.scheme](url, settings, reactor, breakers)

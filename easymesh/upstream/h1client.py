@@ -177,6 +177,10 @@ class H1Connection(Protocol):
         C{"BUSY"} or C{"CLOSED"}.
     """
 
+    #: Told of this connection's opening and closing
+    #: (C{connectionOpened()}, C{connectionClosed()}), if set.
+    observer: Any = None
+
     def __init__(self, quiescentCallback: Callable[["H1Connection"], None]) -> None:
         self._quiescentCallback = quiescentCallback
         self.state = "QUIESCENT"
@@ -492,7 +496,13 @@ class H1Connection(Protocol):
         self.transport.resumeProducing()
         self._quiescentCallback(self)
 
+    def connectionMade(self) -> None:
+        if self.observer is not None:
+            self.observer.connectionOpened()
+
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        if self.observer is not None and self.state != "CLOSED":
+            self.observer.connectionClosed()
         self.state = "CLOSED"
         parse, self._parse = self._parse, None
         d, self._responseDeferred = self._responseDeferred, None
@@ -537,8 +547,16 @@ class H1ConnectionFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(self, quiescentCallback: Callable[[H1Connection], None], metadata: Any = None) -> None:
+    def __init__(
+        self,
+        quiescentCallback: Callable[[H1Connection], None],
+        metadata: Any = None,
+        observer: Any = None,
+    ) -> None:
         self._quiescentCallback = quiescentCallback
+        self._observer = observer
 
     def buildProtocol(self, addr: Any) -> H1Connection:
-        return H1Connection(self._quiescentCallback)
+        connection = H1Connection(self._quiescentCallback)
+        connection.observer = self._observer
+        return connection

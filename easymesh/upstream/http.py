@@ -12,9 +12,10 @@ URL and build an endpoint (with IDNA encoding) on every request.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.python.failure import Failure
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -30,9 +31,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
+from easymesh.cluster.breakers import MAX_CONNECTIONS, MAX_PENDING_REQUESTS
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.model import PoolSettings
-from easymesh.errors import UpstreamTimeout
+from easymesh.errors import Overflow, UpstreamTimeout
 from easymesh.interfaces import IUpstream
 from easymesh.message import ProxyRequest
 from easymesh.upstream.h1client import H1ConnectionFactory, UpstreamRequest
@@ -157,21 +159,46 @@ class HTTPUpstream:
     connection when a reused one turns out to be closed.
     """
 
-    def __init__(self, url: UpstreamURL, settings: PoolSettings, reactor: Any) -> None:
+    def __init__(
+        self, url: UpstreamURL, settings: PoolSettings, reactor: Any, breakers: Any = None
+    ) -> None:
         self.url = url
+        self._breakers = breakers
         self._reactor = reactor
         self._timeout = settings.responseTimeout
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = settings.size
         self.pool.cachedConnectionTimeout = settings.idle
         self.pool.retryAutomatically = True
-        self.pool._factory = H1ConnectionFactory
+        self.pool._factory = (
+            H1ConnectionFactory
+            if breakers is None
+            else partial(H1ConnectionFactory, observer=breakers)
+        )
         self._endpoint = _endpointFor(url, reactor, settings.connectTimeout)
         self._key = (url.scheme, url.host, url.port)
         self._authority = url.authority.encode("ascii")
 
-    def request(self, request: ProxyRequest) -> Deferred[IResponse]:
-        attempt = _Attempt(self._reactor, self._timeout)
+    def request(
+        self, request: ProxyRequest, timeout: Optional[float] = None
+    ) -> Deferred[IResponse]:
+        """
+        Send C{request}; see L{IUpstream.request}.
+
+        @param timeout: Seconds to wait for the response head after the body
+            is sent, instead of the pool settings' response timeout.
+        """
+        breakers = self._breakers
+        pending = False
+        if breakers is not None and not self.pool._connections.get(self._key):
+            # No idle connection: this request waits for a new one.
+            if not breakers.canConnect():
+                breakers.overflowed(MAX_CONNECTIONS)
+                return fail(Overflow(MAX_CONNECTIONS))
+            if not breakers.tryPending():
+                return fail(Overflow(MAX_PENDING_REQUESTS))
+            pending = True
+        attempt = _Attempt(self._reactor, timeout if timeout is not None else self._timeout)
         body = request.body
         if body is not None:
             body = _BodyEndWatch(body, attempt.endBody)
@@ -181,6 +208,8 @@ class HTTPUpstream:
             body,
         )
         d = self.pool.getConnection(self._key, self._endpoint)
+        if pending:
+            d.addBoth(_pendingDone, breakers)
         d.addCallback(_send, upstreamRequest)
         attempt.deferred = d
         if body is None or attempt.bodyEnded:
@@ -190,6 +219,11 @@ class HTTPUpstream:
 
     def close(self) -> Deferred[None]:
         return self.pool.closeCachedConnections()
+
+
+def _pendingDone(result: Any, breakers: Any) -> Any:
+    breakers.pendingDone()
+    return result
 
 
 def _send(connection: Any, request: UpstreamRequest) -> Deferred[IResponse]:

@@ -37,6 +37,7 @@ import json
 import random
 import socket
 import socketserver
+import struct
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -384,3 +385,112 @@ class TestApp:
         )
         sock.sendall(head if req["method"] == "HEAD" else head + body)
         return True
+
+
+class NamedApp(TestApp):
+    """
+    A backend for traffic-management tests that says who it is: every
+    answer carries C{X-App: <name>}, and by default it is a 200 whose body
+    is the name.  Requests are recorded as by L{TestApp}.
+
+    What it does with a request (other than those below)
+    is its L{behaviour}, unless a scripted behaviour is queued
+    (L{script}); a behaviour is one of:
+
+      C{"ok"}              200, the name as the body
+      an C{int}            that status, the name as the body
+      C{"hang"}            no answer until L{release} is set (then 200) or
+                           the app closes
+      C{"reset"}           the connection is reset (RST) without an answer
+      C{("slow", secs)}    200 after C{secs} seconds
+
+    C{/healthz} answers 200 while L{healthy} is true, 503 otherwise; a path
+    ending in C{/status/NNN} answers NNN, one ending in C{/sleep/SECONDS}
+    answers 200 after that long (at most 5 s).
+    """
+
+    def __init__(self, name: str, behaviour: Any = "ok") -> None:
+        super().__init__()
+        self.name = name
+        self.behaviour = behaviour
+        self.healthy = True
+        self.release = threading.Event()
+        self._scripted: List[Any] = []
+
+    def script(self, *behaviours: Any) -> None:
+        """
+        Answer the next requests (not health checks) with C{behaviours}, in
+        order, then with L{behaviour} again.
+        """
+        with self.lock:
+            self._scripted.extend(behaviours)
+
+    def served(self, prefix: str = "/") -> List[Dict[str, Any]]:
+        """
+        The requests read so far whose target starts with C{prefix},
+        health checks left out.
+        """
+        with self.lock:
+            return [
+                r
+                for r in self.requests
+                if r["target"].startswith(prefix) and r["target"].split("?")[0] != "/healthz"
+            ]
+
+    def reset(self) -> None:
+        """
+        Forget the requests read so far and any scripted behaviours.
+        """
+        with self.lock:
+            self.requests.clear()
+            self._scripted.clear()
+
+    def _answer(self, sock: socket.socket, status: int, closing: bool) -> bool:
+        body = self.name.encode("utf-8")
+        reasons = {200: "OK", 404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
+        sock.sendall(
+            _head(
+                f"{status} {reasons.get(status, 'Status')}",
+                [("X-App", self.name), ("Content-Length", str(len(body)))],
+            )
+            + body
+        )
+        return not closing
+
+    def respond(self, sock: socket.socket, req: Dict[str, Any]) -> bool:
+        closing = any(
+            n.lower() == "connection" and "close" in v.lower() for n, v in req["headers"]
+        )
+        path = req["target"].split("?")[0]
+        if path == "/healthz":
+            return self._answer(sock, 200 if self.healthy else 503, closing)
+        _, marker, code = path.rpartition("/status/")
+        if marker and code.isdigit():
+            return self._answer(sock, int(code), closing)
+        _, marker, seconds = path.rpartition("/sleep/")
+        if marker:
+            self.stopping.wait(min(5.0, float(seconds)))
+            return self._answer(sock, 200, closing)
+        with self.lock:
+            behaviour = self._scripted.pop(0) if self._scripted else self.behaviour
+        if behaviour == "ok":
+            return self._answer(sock, 200, closing)
+        if isinstance(behaviour, int):
+            return self._answer(sock, behaviour, closing)
+        if behaviour == "hang":
+            deadline = time.monotonic() + 30
+            while not self.release.is_set() and not self.stopping.is_set():
+                if time.monotonic() > deadline:
+                    return False
+                self.release.wait(0.05)
+            if self.stopping.is_set():
+                return False
+            return self._answer(sock, 200, closing)
+        if behaviour == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            return False
+        if isinstance(behaviour, tuple) and behaviour[0] == "slow":
+            self.stopping.wait(float(behaviour[1]))
+            return self._answer(sock, 200, closing)
+        raise ValueError(f"unknown behaviour {behaviour!r}")

@@ -311,3 +311,54 @@ def request(
         return Reply(response, data, time.monotonic() - started)
     finally:
         conn.close()
+
+
+class Session:
+    """
+    Requests on one keep-alive connection to 127.0.0.1:port, opened again
+    whenever the previous one was closed (by either side or by an error).
+    """
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.port = port
+        self.timeout = timeout
+        self._conn: Optional[http.client.HTTPConnection] = None
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[Tuple[str, str]] = (),
+        body: Optional[bytes] = None,
+    ) -> Reply:
+        """
+        One request, read to the end; on an error the connection is closed
+        and the error raised.
+        """
+        if self._conn is None:
+            self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+        started = time.monotonic()
+        try:
+            send(self._conn, method, target, headers, body)
+            response = self._conn.getresponse()
+            data = response.read()
+        except BaseException:
+            self.close()
+            raise
+        if response.will_close:
+            self.close()
+        return Reply(response, data, time.monotonic() - started)
+
+    def get(self, target: str, headers: Sequence[Tuple[str, str]] = ()) -> Reply:
+        return self.request("GET", target, headers)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

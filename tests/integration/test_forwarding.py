@@ -43,7 +43,7 @@ def test_default_path_hello_world(launch):
 @pytest.mark.parametrize(
     "method, target",
     [
-        ("GET", "/echo/a/b%2Fc/./d/../e;p=1?x=1&y=%20z&y=2&&flag&q=a%26b"),
+        ("GET", "/echo/a/b%3Bc/./d/../e;p=1?x=1&y=%20z&y=2&&flag&q=a%26b%2F"),
         ("PROPFIND", "/echo/odd-method?depth=1"),
         ("DELETE", "/echo/Caps/MiXeD?A=B"),
         ("GET", "/echo//double//slash//?a=//b&c=%7e%7E"),
@@ -54,6 +54,19 @@ def test_method_and_target_byte_exact(mesh, method, target):
     seen = _echoed(request(sidecar.outbound, method, target, timeout=5))
     assert seen["method"] == method
     assert seen["target"] == target
+
+
+def test_encoded_slash_refused_by_default(mesh):
+    """
+    A path with an encoded slash cannot be matched safely: 400, and the app
+    sees nothing.
+    """
+    sidecar = mesh.sidecar
+    before = len(mesh.app.requests)
+    reply = request(sidecar.outbound, "GET", "/echo/a%2Fb", timeout=5)
+    assert reply.status == 400
+    assert reply.header("x-easymesh-error") == "bad_request"
+    assert len(mesh.app.requests) == before
 
 
 def test_empty_query_kept_byte_exact(mesh):

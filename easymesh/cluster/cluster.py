@@ -1,0 +1,242 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""
+A cluster: its endpoints, how one is chosen for each request, and what
+guards them (circuit breakers, outlier detection, health checks).
+"""
+
+from __future__ import annotations
+
+import random as _random
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from easymesh.cluster.balancers import balancerFor
+from easymesh.cluster.breakers import MAX_REQUESTS, Breakers
+from easymesh.cluster.discovery import DnsHosts, Hosts
+from easymesh.cluster.endpoint import Endpoint
+from easymesh.cluster.health import HealthChecker
+from easymesh.cluster.outlier import OutlierDetector
+from easymesh.config.mesh import ClusterConfig, HealthCheck
+from easymesh.config.model import PoolSettings
+from easymesh.errors import NoHealthyUpstream, Overflow, classify
+from easymesh.message import ProxyRequest
+from easymesh.routing.retry import RetryBudgetState
+from easymesh.upstream import upstreamFor
+
+#: Statuses that count as gateway failures for outlier detection.
+GATEWAY_ERRORS = frozenset((502, 503, 504))
+
+
+class Cluster:
+    """
+    A named set of endpoints with a balancer.
+
+    @ivar active: Requests now in flight to the cluster.
+    @ivar retriesActive: Retries now in flight.
+    @ivar retries: Retries made so far.
+    @ivar retryBudget: Caps retries across the cluster (see
+        L{easymesh.routing.retry}).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        reactor: Any,
+        random: Optional[_random.Random] = None,
+        resolver: Any = None,
+        makeUpstream: Callable[..., Any] = upstreamFor,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._reactor = reactor
+        self._makeUpstream = makeUpstream
+        self._random = random if random is not None else _random.Random()
+        self.pool = PoolSettings(
+            config.poolSize, config.poolIdle, config.connectTimeout, config.timeout
+        )
+        self.endpoints: List[Endpoint] = []
+        self.balancer = balancerFor(config.lbPolicy, self._random, reactor)
+        self.breakers = Breakers(config.circuitBreakers)
+        self.active = 0
+        self.retriesActive = 0
+        self.retries = 0
+        self.retryBudget = RetryBudgetState(reactor)
+        self._panicking = False
+        self.outlier = (
+            OutlierDetector(config.outlierDetection, reactor, self.name, lambda: self.endpoints)
+            if config.outlierDetection is not None
+            else None
+        )
+        self.health = (
+            HealthChecker(
+                config.healthCheck,
+                reactor,
+                self.name,
+                lambda: self.endpoints,
+                self._probe,
+                rng=self._random,
+            )
+            if config.healthCheck is not None
+            else None
+        )
+        self.discovery: Optional[DnsHosts] = None
+        if config.dns is not None:
+            if resolver is None:
+                resolver = reactor.nameResolver
+            self.discovery = DnsHosts(config.dns, resolver, reactor, self.setHosts, self.name)
+        else:
+            self.setHosts(list(zip(config.endpoints, config.weights or [1] * len(config.endpoints))))
+
+    def setHosts(self, hosts: Hosts) -> None:
+        """
+        Replace the endpoints; those that stay keep their state and
+        connections, those that go have their idle connections closed.
+        """
+        old: Dict[Tuple[str, str, int], Endpoint] = {
+            (e.url.scheme, e.url.host, e.url.port): e for e in self.endpoints
+        }
+        endpoints = []
+        for url, weight in hosts:
+            endpoint = old.pop((url.scheme, url.host, url.port), None)
+            if endpoint is None:
+                endpoint = Endpoint(
+                    url, self._makeUpstream(url, self.pool, self._reactor, self.breakers), weight
+                )
+            endpoint.weight = weight
+            endpoints.append(endpoint)
+        self.endpoints = endpoints
+        self.balancer.update(endpoints)
+        for gone in old.values():
+            gone.upstream.close()
+        if self.config.dns is not None:
+            self.log.info(
+                "Cluster {cluster}: endpoints now {endpoints}",
+                cluster=self.name,
+                endpoints=", ".join(e.key for e in endpoints),
+            )
+
+    def pick(self, hashKey: Optional[bytes] = None) -> Endpoint:
+        """
+        The endpoint for a request: an available one, or, when none is
+        (panic mode), any.
+
+        @raise NoHealthyUpstream: The cluster has no endpoints.
+        """
+        endpoints = self.endpoints
+        if not endpoints:
+            raise NoHealthyUpstream(f"cluster {self.name} has no endpoints")
+        candidates = [e for e in endpoints if e.available]
+        if candidates:
+            if self._panicking:
+                self._panicking = False
+                self.log.info("Cluster {cluster}: endpoints available again; panic over", cluster=self.name)
+        else:
+            candidates = endpoints
+            if not self._panicking:
+                self._panicking = True
+                self.log.warn(
+                    "Cluster {cluster}: every endpoint is ejected or unhealthy; "
+                    "panic mode: balancing over all {count}",
+                    cluster=self.name,
+                    count=len(endpoints),
+                )
+        return self.balancer.pick(candidates, hashKey)
+
+    def request(
+        self,
+        request: ProxyRequest,
+        timeout: Optional[float] = None,
+        hashKey: Optional[bytes] = None,
+    ) -> Deferred[IResponse]:
+        """
+        Send a request to one endpoint.
+
+        @param timeout: Seconds to wait for the response head once the body
+            is sent, instead of the cluster's timeout.
+        @return: A L{Deferred} firing with the response, or failing with a
+            L{easymesh.errors.ProxyError} (or a failure
+            L{easymesh.errors.classify} maps to one); C{request.upstreamHost}
+            is set to the endpoint chosen.
+        """
+        if not self.breakers.tryRequest():
+            return fail(Overflow(MAX_REQUESTS))
+        try:
+            endpoint = self.pick(hashKey)
+        except NoHealthyUpstream:
+            self.breakers.requestDone()
+            return fail()
+        request.upstreamHost = endpoint.key
+        self.active += 1
+        endpoint.started()
+        started = self._reactor.seconds()
+        d = endpoint.upstream.request(request, timeout)
+        return d.addBoth(self._finished, endpoint, started)
+
+    def _finished(self, result: Any, endpoint: Endpoint, started: float) -> Any:
+        self.active -= 1
+        self.breakers.requestDone()
+        now = self._reactor.seconds()
+        if isinstance(result, Failure):
+            endpoint.finished(now, None)
+            error = classify(result)
+            if self.outlier is not None and error is not None and error.code >= 502 and not isinstance(error, Overflow):
+                self.outlier.record(endpoint, None, True)
+        else:
+            endpoint.finished(now, now - started)
+            if self.outlier is not None:
+                code = result.code
+                self.outlier.record(endpoint, code, code in GATEWAY_ERRORS)
+        return result
+
+    def _probe(self, endpoint: Endpoint, check: HealthCheck) -> Deferred[int]:
+        headers = Headers()
+        headers.setRawHeaders(b"host", [(check.host or endpoint.url.authority).encode("ascii")])
+        headers.setRawHeaders(b"user-agent", [b"easymesh-health-check"])
+        probe = ProxyRequest(b"GET", check.path.encode("ascii"), headers, listener="health")
+        d = endpoint.upstream.request(probe, check.timeout)
+        return d.addCallback(_drainStatus)
+
+    def start(self) -> None:
+        if self.discovery is not None:
+            self.discovery.start()
+        if self.outlier is not None:
+            self.outlier.start()
+        if self.health is not None:
+            self.health.start()
+
+    def stop(self) -> Deferred[Any]:
+        """
+        Stop discovery and checks, and close idle connections.
+        """
+        if self.discovery is not None:
+            self.discovery.stop()
+        if self.outlier is not None:
+            self.outlier.stop()
+        if self.health is not None:
+            self.health.stop()
+        return DeferredList([e.upstream.close() for e in self.endpoints], consumeErrors=True)
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.name} {len(self.endpoints)} endpoint(s)>"
+
+
+class _Drain(Protocol):
+    """
+    Read a body and forget it, so that its connection can be reused.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+def _drainStatus(response: IResponse) -> int:
+    response.deliverBody(_Drain())
+    return response.code

@@ -1,0 +1,126 @@
+# -*- test-case-name: tests.test_discovery -*-
+"""
+Where a cluster's endpoints come from: a fixed list, or a DNS name
+resolved again every few seconds through the reactor's name resolver
+(which never blocks the reactor).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IResolutionReceiver
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from easymesh.config.addresses import UpstreamURL
+from easymesh.config.mesh import DnsDiscovery
+
+#: Endpoint URLs with their weights.
+Hosts = Sequence[Tuple[UpstreamURL, int]]
+
+
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """
+    Collect the addresses one name resolution finds.
+    """
+
+    def __init__(self) -> None:
+        self.addresses: List[Tuple[str, int]] = []
+        self.done: Deferred[List[Tuple[str, int]]] = Deferred()
+
+    def resolutionBegan(self, resolutionInProgress: Any) -> None:
+        pass
+
+    def addressResolved(self, address: Any) -> None:
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            entry = (address.host, address.port)
+            if entry not in self.addresses:
+                self.addresses.append(entry)
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.addresses)
+
+
+def resolveAll(resolver: Any, name: str, port: int) -> Deferred[List[Tuple[str, int]]]:
+    """
+    Every TCP address of C{name}, through an
+    L{twisted.internet.interfaces.IHostnameResolver}.
+    """
+    receiver = _Addresses()
+    resolver.resolveHostName(receiver, name, port, transportSemantics="TCP")
+    return receiver.done
+
+
+class DnsHosts:
+    """
+    Resolve a name every C{refresh} seconds and report the endpoints found;
+    a failed or empty resolution keeps the last good set.
+
+    @param update: Called with the new L{Hosts} whenever they change.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: DnsDiscovery,
+        resolver: Any,
+        clock: Any,
+        update: Callable[[Hosts], None],
+        cluster: str = "",
+    ) -> None:
+        self.config = config
+        self._resolver = resolver
+        self._update = update
+        self._cluster = cluster
+        self._loop = LoopingCall(self.refresh)
+        self._loop.clock = clock
+        self._current: Optional[List[Tuple[str, int]]] = None
+        self._failing = False
+
+    def start(self) -> None:
+        self._loop.start(self.config.refresh, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def refresh(self) -> Deferred[None]:
+        """
+        Resolve now; the loop waits for this before the next refresh.
+        """
+        d = resolveAll(self._resolver, self.config.name, self.config.port)
+        return d.addCallbacks(self._resolved, self._failed)
+
+    def _resolved(self, addresses: List[Tuple[str, int]]) -> None:
+        if not addresses:
+            self._failed(None)
+            return
+        if self._failing:
+            self._failing = False
+            self.log.info(
+                "Cluster {cluster}: {name} resolves again", cluster=self._cluster, name=self.config.name
+            )
+        addresses = sorted(addresses)
+        if addresses == self._current:
+            return
+        self._current = addresses
+        scheme = self.config.scheme
+        self._update([(UpstreamURL(scheme, host, port), 1) for host, port in addresses])
+
+    def _failed(self, failure: Any) -> None:
+        if not self._failing:
+            self._failing = True
+            self.log.warn(
+                "Cluster {cluster}: resolving {name} failed ({reason}); keeping the "
+                "last {count} endpoint(s)",
+                cluster=self._cluster,
+                name=self.config.name,
+                reason="no addresses" if failure is None else failure.getErrorMessage(),
+                count=len(self._current or ()),
+            )

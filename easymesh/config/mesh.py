@@ -1,0 +1,279 @@
+# -*- test-case-name: tests.test_mesh_config -*-
+"""
+Routes and clusters as typed objects, in Envoy's vocabulary.
+
+The YAML file's C{clusters} and C{routes} sections (see
+L{easymesh.config.meshfile}) and the flags of the sidecar pair (a single
+default cluster per listener) both produce a L{MeshConfig}.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Tuple
+
+import attrs
+
+from easymesh.config.addresses import UpstreamURL
+
+ROUND_ROBIN = "round_robin"
+RANDOM = "random"
+LEAST_REQUEST = "least_request"
+EWMA = "ewma"
+RING_HASH = "ring_hash"
+LB_POLICIES = (ROUND_ROBIN, RANDOM, LEAST_REQUEST, EWMA, RING_HASH)
+
+
+@attrs.frozen
+class CircuitBreakers:
+    """
+    Limits past which a cluster fails requests at once (503, C{overflow}).
+    """
+
+    maxConnections: int = 1024
+    maxPendingRequests: int = 1024
+    maxRequests: int = 1024
+    maxRetries: int = 3
+
+
+@attrs.frozen
+class OutlierDetection:
+    """
+    Eject an endpoint after consecutive failures.
+
+    @ivar consecutive5xx: 5xx responses (and gateway failures) in a row
+        that eject; 0 disables.
+    @ivar consecutiveGatewayFailure: 502/503/504 and connection failures in
+        a row that eject; 0 disables.
+    @ivar interval: Seconds between sweeps that return ejected endpoints.
+    @ivar baseEjectionTime: Seconds of the first ejection; the n-th lasts
+        n times as long.
+    @ivar maxEjectionPercent: Most of the cluster ever ejected at once.
+    """
+
+    consecutive5xx: int = 5
+    consecutiveGatewayFailure: int = 5
+    interval: float = 10.0
+    baseEjectionTime: float = 30.0
+    maxEjectionPercent: float = 10.0
+
+
+@attrs.frozen
+class HealthCheck:
+    """
+    Active HTTP health checks: C{GET path} to each endpoint every
+    C{interval} seconds; a 2xx within C{timeout} is a success.
+    """
+
+    path: str = "/healthz"
+    interval: float = 5.0
+    timeout: float = 1.0
+    healthyThreshold: int = 2
+    unhealthyThreshold: int = 3
+    host: Optional[str] = None
+
+
+@attrs.frozen
+class DnsDiscovery:
+    """
+    Endpoints found by resolving C{name} every C{refresh} seconds.
+    """
+
+    name: str
+    port: int
+    refresh: float = 5.0
+    scheme: str = "http"
+
+
+@attrs.frozen
+class HashOn:
+    """
+    What ring-hash balancing hashes: exactly one of a header, a cookie or
+    the source IP.
+    """
+
+    header: Optional[str] = None
+    cookie: Optional[str] = None
+    sourceIp: bool = False
+
+
+@attrs.frozen
+class ClusterConfig:
+    """
+    A named cluster of endpoints.
+    """
+
+    name: str
+    endpoints: Tuple[UpstreamURL, ...] = ()
+    weights: Tuple[int, ...] = ()
+    dns: Optional[DnsDiscovery] = None
+    lbPolicy: str = ROUND_ROBIN
+    hashOn: Optional[HashOn] = None
+    connectTimeout: float = 5.0
+    timeout: float = 15.0
+    poolSize: int = 128
+    poolIdle: float = 4.0
+    circuitBreakers: CircuitBreakers = CircuitBreakers()
+    outlierDetection: Optional[OutlierDetection] = None
+    healthCheck: Optional[HealthCheck] = None
+
+
+@attrs.frozen
+class HeaderMatch:
+    """
+    A condition on a request header: exactly one of C{exact}, C{prefix},
+    C{regex} or C{present}.
+    """
+
+    name: str
+    exact: Optional[str] = None
+    prefix: Optional[str] = None
+    regex: Optional[str] = None
+    present: Optional[bool] = None
+
+
+@attrs.frozen
+class RouteMatch:
+    """
+    What a request must have for a route to apply; every given condition
+    must hold.  C{host} is exact or C{*.suffix}.
+    """
+
+    prefix: Optional[str] = None
+    path: Optional[str] = None
+    regex: Optional[str] = None
+    host: Optional[str] = None
+    headers: Tuple[HeaderMatch, ...] = ()
+    methods: Tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Backoff:
+    base: float = 0.025
+    max: float = 0.25
+
+
+@attrs.frozen
+class RetryBudget:
+    """
+    Retries in flight are capped at C{percent} of the cluster's active
+    requests, but at least C{minRetriesPerSecond} a second are allowed.
+    """
+
+    percent: float = 20.0
+    minRetriesPerSecond: float = 10.0
+
+
+RETRY_CONDITIONS = (
+    "connect-failure",
+    "reset",
+    "gateway-error",
+    "5xx",
+    "retriable-4xx",
+    "timeout",
+)
+
+
+@attrs.frozen
+class RetryPolicy:
+    """
+    When and how often a route's requests are tried again.
+
+    @ivar retryOn: Conditions from L{RETRY_CONDITIONS}.
+    @ivar retryStatuses: Status codes that are retried as well.
+    """
+
+    retryOn: Tuple[str, ...] = ("connect-failure",)
+    retryStatuses: Tuple[int, ...] = ()
+    numRetries: int = 1
+    perTryTimeout: Optional[float] = None
+    backoff: Backoff = Backoff()
+    budget: RetryBudget = RetryBudget()
+
+
+@attrs.frozen
+class RateLimitKey:
+    """
+    What a per-key rate limit counts by: a header, the source IP, or the
+    caller's verified identity (exactly one).
+    """
+
+    header: Optional[str] = None
+    sourceIp: bool = False
+    identity: bool = False
+
+
+@attrs.frozen
+class RouteRateLimit:
+    """
+    Token buckets for a route: one per key (or one for the route, without a
+    key), at most C{maxKeys} kept (least recently used dropped first).
+    """
+
+    rate: float
+    burst: int
+    key: Optional[RateLimitKey] = None
+    maxKeys: int = 10000
+
+
+@attrs.frozen
+class DirectResponse:
+    status: int
+    body: bytes = b""
+
+
+@attrs.frozen
+class Route:
+    """
+    A route: a match and one action (a cluster, weighted clusters or a
+    direct response), with optional rewrites, timeout, retries and rate
+    limit.
+
+    @ivar name: For logs and metrics; the listener and index by default.
+    @ivar timeout: Seconds for the whole request, retries included (then
+        504); L{None}: the cluster's per-try timeout only.
+    """
+
+    name: str
+    match: RouteMatch = RouteMatch(prefix="/")
+    cluster: Optional[str] = None
+    weightedClusters: Tuple[Tuple[str, int], ...] = ()
+    directResponse: Optional[DirectResponse] = None
+    prefixRewrite: Optional[str] = None
+    hostRewrite: Optional[str] = None
+    timeout: Optional[float] = None
+    retryPolicy: Optional[RetryPolicy] = None
+    rateLimit: Optional[RouteRateLimit] = None
+
+    def clusterNames(self) -> Tuple[str, ...]:
+        if self.cluster is not None:
+            return (self.cluster,)
+        return tuple(name for name, _ in self.weightedClusters)
+
+
+ESCAPED_SLASHES = ("reject", "keep", "unescape")
+
+
+@attrs.frozen
+class PathOptions:
+    """
+    How request paths are normalised for matching (Envoy's
+    C{normalize_path}, C{merge_slashes} and
+    C{path_with_escaped_slashes_action}).
+    """
+
+    normalize: bool = True
+    mergeSlashes: bool = False
+    escapedSlashes: str = "reject"
+
+
+@attrs.frozen
+class MeshConfig:
+    """
+    Every listener's routes and every cluster they use.
+    """
+
+    clusters: Mapping[str, ClusterConfig] = attrs.field(factory=dict)
+    routes: Mapping[str, Tuple[Route, ...]] = attrs.field(factory=dict)
+    paths: PathOptions = PathOptions()
+    xffNumTrustedHops: int = 0
+    retryBufferLimit: int = 64 * 1024

@@ -1,0 +1,4 @@
+"""
+Operations: service-manager notification (L{sdnotify}) and Prometheus
+metrics (L{metrics}).
+"""

@@ -1,0 +1,338 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Prometheus metrics, through C{prometheus_client}.
+
+Import this module only when metrics are on: it imports C{prometheus_client}
+(but never C{prometheus_client.twisted}, which imports the reactor).  Each
+L{Metrics} owns its own registry, never the library's global one.
+
+Label values are whatever the caller passes, and every distinct value is a
+new time series kept for the life of the process.  Pass only names from the
+configuration (listener, route, cluster, breaker): never a raw request path,
+a host name taken from a request, or any id.
+
+Counters and histograms are exposed without their C{*_created} series.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics import Counter, Gauge, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import REGISTRY, CollectorRegistry
+from twisted.logger import Logger
+
+from easymesh import __version__
+
+_log = Logger()
+
+#: Each metric: name, type, label names, help.  Registration and the
+#: README's table (L{markdownTable}) are both made from it.
+METRIC_DOCS: List[Tuple[str, str, Tuple[str, ...], str]] = [
+    (
+        "easymesh_requests_total",
+        "counter",
+        ("listener", "route", "cluster", "code_class"),
+        "Requests finished, by response status class (2xx, ...; none: no response was sent).",
+    ),
+    (
+        "easymesh_request_duration_seconds",
+        "histogram",
+        ("listener", "route", "cluster"),
+        "Time from a request's arrival to the end of its response.",
+    ),
+    (
+        "easymesh_upstream_request_duration_seconds",
+        "histogram",
+        ("cluster",),
+        "Time an upstream took to answer a request.",
+    ),
+    (
+        "easymesh_downstream_connections_active",
+        "gauge",
+        ("listener",),
+        "Client connections open now.",
+    ),
+    (
+        "easymesh_downstream_connections_total",
+        "counter",
+        ("listener",),
+        "Client connections accepted.",
+    ),
+    (
+        "easymesh_upstream_connections_active",
+        "gauge",
+        ("cluster",),
+        "Upstream connections open now.",
+    ),
+    (
+        "easymesh_upstream_connections_total",
+        "counter",
+        ("cluster",),
+        "Upstream connections opened.",
+    ),
+    (
+        "easymesh_upstream_pool_connections",
+        "gauge",
+        ("cluster", "state"),
+        "Upstream pool connections when scraped, idle or active.",
+    ),
+    (
+        "easymesh_rate_limited_total",
+        "counter",
+        ("listener", "route"),
+        "Requests refused by a rate limit.",
+    ),
+    (
+        "easymesh_retries_total",
+        "counter",
+        ("cluster",),
+        "Upstream requests retried.",
+    ),
+    (
+        "easymesh_timeouts_total",
+        "counter",
+        ("cluster",),
+        "Upstream requests timed out.",
+    ),
+    (
+        "easymesh_ejections_total",
+        "counter",
+        ("cluster",),
+        "Upstream hosts ejected from load balancing.",
+    ),
+    (
+        "easymesh_overflow_total",
+        "counter",
+        ("cluster", "breaker"),
+        "Requests refused because a circuit breaker was full.",
+    ),
+    (
+        "easymesh_config_reloads_total",
+        "counter",
+        ("result",),
+        "Configuration reloads, by result (success or failure).",
+    ),
+    (
+        "easymesh_build_info",
+        "gauge",
+        ("version", "python"),
+        "Always 1; the labels name the easymesh and Python versions.",
+    ),
+]
+
+#: Read from L{Metrics.setPoolSource}'s callable at collection time.
+POOL_METRIC = "easymesh_upstream_pool_connections"
+
+#: Histogram buckets, in seconds.
+DURATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+
+_DOCS = {name: (kind, labels, text) for name, kind, labels, text in METRIC_DOCS}
+_CODE_CLASSES = {n: f"{n}xx" for n in range(1, 10)}
+
+PoolSource = Callable[[], Iterable[Tuple[str, int, int]]]
+
+
+def markdownTable() -> str:
+    """
+    The metrics as a Markdown table, for the README.
+    """
+    lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for name, kind, labels, text in METRIC_DOCS:
+        names = ", ".join(f"`{label}`" for label in labels)
+        lines.append(f"| `{name}` | {kind} | {names} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+def codeClass(status: Optional[int]) -> str:
+    """
+    C{"2xx"} for 200 and the like; C{"none"} when no response was sent.
+    """
+    if status is None or not 100 <= status <= 999:
+        return "none"
+    return _CODE_CLASSES[status // 100]
+
+
+class _Children(Dict[Tuple[str, ...], Any]):
+    """
+    A metric's label children by label values, made on first use.
+    """
+
+    def __init__(self, metric: Any) -> None:
+        super().__init__()
+        self._metric = metric
+
+    def __missing__(self, key: Tuple[str, ...]) -> Any:
+        child = self[key] = self._metric.labels(*key)
+        return child
+
+
+class _PoolCollector:
+    """
+    C{easymesh_upstream_pool_connections}, read from a callable on each
+    scrape.
+    """
+
+    def __init__(self) -> None:
+        self.source: Optional[PoolSource] = None
+
+    def _family(self) -> GaugeMetricFamily:
+        _, labels, text = _DOCS[POOL_METRIC]
+        return GaugeMetricFamily(POOL_METRIC, text, labels=labels)
+
+    def describe(self) -> List[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        if self.source is not None:
+            try:
+                pools = [(str(c), float(idle), float(active)) for c, idle, active in self.source()]
+            except Exception:
+                _log.failure("Reading upstream pool sizes for metrics")
+                pools = []
+            for cluster, idle, active in pools:
+                family.add_metric((cluster, "idle"), idle)
+                family.add_metric((cluster, "active"), active)
+        yield family
+
+
+class _WithoutCreated:
+    """
+    A registry's metrics without the C{*_created} samples of counters and
+    histograms.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            if metric.type in ("counter", "histogram", "summary"):
+                kept = [s for s in metric.samples if not s.name.endswith("_created")]
+                if len(kept) != len(metric.samples):
+                    metric = copy.copy(metric)
+                    metric.samples = kept
+            yield metric
+
+
+class Metrics:
+    """
+    The sidecar's metrics, fed by the event methods below.
+
+    @param registry: Where to register; a new registry if L{None}.  Never
+        C{prometheus_client}'s global one, which other code shares.
+    @param processMetrics: Also expose C{process_*} (CPU, memory, open
+        files) on Linux.
+    """
+
+    def __init__(
+        self, registry: Optional[CollectorRegistry] = None, processMetrics: bool = True
+    ) -> None:
+        if registry is REGISTRY:
+            raise ValueError("Metrics needs a registry of its own")
+        self.registry = registry if registry is not None else CollectorRegistry()
+        metrics: Dict[str, Any] = {}
+        for name, kind, labels, text in METRIC_DOCS:
+            if name == POOL_METRIC:
+                continue
+            if kind == "counter":
+                metrics[name] = Counter(name, text, labels, registry=self.registry)
+            elif kind == "gauge":
+                metrics[name] = Gauge(name, text, labels, registry=self.registry)
+            else:
+                metrics[name] = Histogram(
+                    name, text, labels, registry=self.registry, buckets=DURATION_BUCKETS
+                )
+        self._pools = _PoolCollector()
+        self.registry.register(self._pools)
+        if processMetrics:
+            ProcessCollector(registry=self.registry)
+        self._exposed = _WithoutCreated(self.registry)
+
+        self._requests = _Children(metrics["easymesh_requests_total"])
+        self._requestDurations = _Children(metrics["easymesh_request_duration_seconds"])
+        self._upstreamDurations = _Children(metrics["easymesh_upstream_request_duration_seconds"])
+        self._downstreamActive = _Children(metrics["easymesh_downstream_connections_active"])
+        self._downstreamTotal = _Children(metrics["easymesh_downstream_connections_total"])
+        self._upstreamActive = _Children(metrics["easymesh_upstream_connections_active"])
+        self._upstreamTotal = _Children(metrics["easymesh_upstream_connections_total"])
+        self._rateLimited = _Children(metrics["easymesh_rate_limited_total"])
+        self._retries = _Children(metrics["easymesh_retries_total"])
+        self._timeouts = _Children(metrics["easymesh_timeouts_total"])
+        self._ejections = _Children(metrics["easymesh_ejections_total"])
+        self._overflows = _Children(metrics["easymesh_overflow_total"])
+        self._reloads = _Children(metrics["easymesh_config_reloads_total"])
+        for result in ("success", "failure"):
+            self._reloads[(result,)]
+        python = f"{platform.python_implementation()} {platform.python_version()}"
+        metrics["easymesh_build_info"].labels(__version__, python).set(1)
+
+    def requestFinished(
+        self, listener: str, route: str, cluster: str, status: Optional[int], duration: float
+    ) -> None:
+        """
+        A request is done after C{duration} seconds; C{status} is the
+        response's status code, or L{None} (or 0) if none was sent.
+        """
+        self._requests[(listener, route, cluster, codeClass(status))].inc()
+        self._requestDurations[(listener, route, cluster)].observe(duration)
+
+    def upstreamRequest(self, cluster: str, duration: float) -> None:
+        """
+        An upstream of C{cluster} answered a request in C{duration} seconds.
+        """
+        self._upstreamDurations[(cluster,)].observe(duration)
+
+    def downstreamConnectionOpened(self, listener: str) -> None:
+        self._downstreamActive[(listener,)].inc()
+        self._downstreamTotal[(listener,)].inc()
+
+    def downstreamConnectionClosed(self, listener: str) -> None:
+        self._downstreamActive[(listener,)].dec()
+
+    def upstreamConnectionOpened(self, cluster: str) -> None:
+        self._upstreamActive[(cluster,)].inc()
+        self._upstreamTotal[(cluster,)].inc()
+
+    def upstreamConnectionClosed(self, cluster: str) -> None:
+        self._upstreamActive[(cluster,)].dec()
+
+    def setPoolSource(self, source: Optional[PoolSource]) -> None:
+        """
+        Read C{(cluster, idle, active)} for each upstream pool from
+        C{source()} at every scrape; L{None} to stop.
+        """
+        self._pools.source = source
+
+    def requestRateLimited(self, listener: str, route: str) -> None:
+        self._rateLimited[(listener, route)].inc()
+
+    def upstreamRetried(self, cluster: str) -> None:
+        self._retries[(cluster,)].inc()
+
+    def upstreamTimedOut(self, cluster: str) -> None:
+        self._timeouts[(cluster,)].inc()
+
+    def hostEjected(self, cluster: str) -> None:
+        self._ejections[(cluster,)].inc()
+
+    def breakerOverflowed(self, cluster: str, breaker: str) -> None:
+        self._overflows[(cluster, breaker)].inc()
+
+    def configReloaded(self, success: bool) -> None:
+        self._reloads[("success" if success else "failure",)].inc()
+
+    def exposition(self) -> Tuple[bytes, str]:
+        """
+        The metrics in Prometheus' text format, and its content type.
+        """
+        return generate_latest(self._exposed), CONTENT_TYPE_LATEST

@@ -1,0 +1,1 @@
+"""Routing: matching requests to routes and what routes do."""

@@ -1,0 +1,243 @@
+# -*- test-case-name: tests.test_routing -*-
+"""
+What a listener does with a request once its headers are prepared and its
+filters have run: match a route, apply its rate limit, answer directly or
+choose a cluster, rewrite, and send it, retrying under the route's policy
+within its timeout.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from typing import Any, Dict, Mapping, Optional, Union
+
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from easymesh.cluster.cluster import Cluster
+from easymesh.config.mesh import MeshConfig, Route
+from easymesh.errors import NoRoute, Overflow, ProxyError, UpstreamTimeout, classify
+from easymesh.message import LocalReply, ProxyRequest
+from easymesh.routing.matcher import RouteTable
+from easymesh.routing.paths import normalisePath
+from easymesh.routing.ratelimit import KeyedRateLimiter, sourceAddress
+from easymesh.routing.retry import backoffDelay, keepForReplay, shouldRetry
+
+Reply = Union[IResponse, LocalReply]
+
+ATTEMPTS_HEADER = b"x-easymesh-attempts"
+
+
+class Router:
+    """
+    One listener's routes over a set of clusters.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        listener: str,
+        mesh: MeshConfig,
+        clusters: Mapping[str, Cluster],
+        clock: Any,
+        random: Optional[_random.Random] = None,
+    ) -> None:
+        self.listener = listener
+        self.mesh = mesh
+        self.table = RouteTable(mesh.routes.get(listener, ()))
+        self.clusters = clusters
+        self._clock = clock
+        self._random = random if random is not None else _random.Random()
+        self._limiters: Dict[str, KeyedRateLimiter] = {
+            route.name: KeyedRateLimiter(route.rateLimit, clock, mesh.xffNumTrustedHops)
+            for route in self.table.routes
+            if route.rateLimit is not None
+        }
+
+    def route(self, request: ProxyRequest) -> Deferred[Reply]:
+        """
+        Route and send a request.
+
+        @return: A L{Deferred} firing with the reply, or failing with a
+            L{ProxyError} (or a failure L{classify} maps to one).
+        """
+        try:
+            path = normalisePath(request.target, self.mesh.paths)
+            route = self.table.match(request.method, path, request.headers)
+            if route is None:
+                raise NoRoute(f"no route for {path[:200]!r}")
+            request.route = route.name
+            limiter = self._limiters.get(route.name)
+            if limiter is not None:
+                refused = limiter.check(request)
+                if refused is not None:
+                    raise refused
+        except ProxyError:
+            return fail()
+        if route.directResponse is not None:
+            return succeed(_direct(route))
+        cluster = self.clusters[self._clusterName(route)]
+        request.cluster = cluster.name
+        _rewrite(request, route)
+        hashKey = self._hashKey(request, cluster)
+        policy = route.retryPolicy
+        if policy is None or policy.numRetries == 0:
+            request.attempts = 1
+            d = cluster.request(request, policy.perTryTimeout if policy else None, hashKey)
+        else:
+            d = Deferred.fromCoroutine(self._withRetries(request, route, cluster, hashKey))
+        if route.timeout is not None:
+            d = _within(d, route.timeout, self._clock)
+        return d
+
+    def _clusterName(self, route: Route) -> str:
+        if route.cluster is not None:
+            return route.cluster
+        weighted = route.weightedClusters
+        total = sum(w for _, w in weighted)
+        point = self._random.random() * total
+        for name, weight in weighted:
+            point -= weight
+            if point < 0:
+                return name
+        return next(name for name, w in reversed(weighted) if w > 0)
+
+    def _hashKey(self, request: ProxyRequest, cluster: Cluster) -> Optional[bytes]:
+        hashOn = cluster.config.hashOn
+        if hashOn is None:
+            return None
+        if hashOn.header is not None:
+            values = request.headers.getRawHeaders(hashOn.header.encode("ascii"))
+            return values[0] if values else None
+        if hashOn.cookie is not None:
+            return _cookie(request.headers, hashOn.cookie.encode("latin-1"))
+        return sourceAddress(request, self.mesh.xffNumTrustedHops).encode("latin-1")
+
+    async def _withRetries(
+        self, request: ProxyRequest, route: Route, cluster: Cluster, hashKey: Optional[bytes]
+    ) -> Reply:
+        policy = route.retryPolicy
+        assert policy is not None
+        body, replayable = await keepForReplay(request.body, self.mesh.retryBufferLimit)
+        attempt = 0
+        while True:
+            attempt += 1
+            request.attempts = attempt
+            request.body = body
+            retrying = attempt > 1
+            try:
+                outcome: Any = await cluster.request(request, policy.perTryTimeout, hashKey)
+            except CancelledError:
+                raise
+            except Exception:
+                outcome = classify(Failure())
+                if outcome is None:
+                    raise
+            finally:
+                if retrying:
+                    cluster.retriesActive -= 1
+                    cluster.breakers.retryDone()
+            failed = isinstance(outcome, ProxyError)
+            if (
+                attempt > policy.numRetries
+                or not replayable
+                or isinstance(outcome, Overflow)
+                or not shouldRetry(policy, outcome)
+            ):
+                if failed:
+                    raise outcome
+                _setAttempts(outcome, attempt)
+                return outcome
+            if not cluster.retryBudget.allow(policy.budget, cluster.active, cluster.retriesActive):
+                cluster.breakers.overflowed("retry_budget")
+                self.log.debug("{cluster}: retry budget exhausted", cluster=cluster.name)
+                if failed:
+                    raise outcome
+                _setAttempts(outcome, attempt)
+                return outcome
+            if not cluster.breakers.tryRetry():
+                if failed:
+                    raise outcome
+                _setAttempts(outcome, attempt)
+                return outcome
+            if not failed:
+                _discard(outcome)
+            cluster.retriesActive += 1
+            cluster.retries += 1
+            try:
+                await deferLater(self._clock, backoffDelay(attempt, policy.backoff, self._random))
+            except BaseException:
+                cluster.retriesActive -= 1
+                cluster.breakers.retryDone()
+                raise
+
+
+def _setAttempts(response: IResponse, attempts: int) -> None:
+    response.headers.setRawHeaders(ATTEMPTS_HEADER, [b"%d" % (attempts,)])
+
+
+def _discard(response: IResponse) -> None:
+    from easymesh.listener import _Discard
+
+    response.deliverBody(_Discard())
+
+
+def _direct(route: Route) -> LocalReply:
+    response = route.directResponse
+    assert response is not None
+    headers = Headers()
+    if response.body:
+        headers.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+    return LocalReply(response.status, response.body, headers)
+
+
+def _rewrite(request: ProxyRequest, route: Route) -> None:
+    if route.prefixRewrite is not None:
+        prefix = route.match.prefix or "/"
+        target = request.target
+        raw = prefix.encode("latin-1")
+        if target.startswith(raw):
+            request.target = route.prefixRewrite.encode("latin-1") + target[len(raw):]
+            if not request.target.startswith(b"/"):
+                request.target = b"/" + request.target
+    if route.hostRewrite is not None:
+        request.headers.setRawHeaders(b"host", [route.hostRewrite.encode("ascii")])
+
+
+def _cookie(headers: Headers, name: bytes) -> Optional[bytes]:
+    for value in headers.getRawHeaders(b"cookie") or ():
+        for pair in value.split(b";"):
+            key, _, cookie = pair.strip().partition(b"=")
+            if key == name:
+                return cookie
+    return None
+
+
+def _within(d: Deferred[Any], seconds: float, clock: Any) -> Deferred[Any]:
+    """
+    C{d}, failed with L{UpstreamTimeout} if it has not fired within
+    C{seconds}.
+    """
+    if d.called:
+        return d
+    expired = []
+
+    def expire() -> None:
+        expired.append(True)
+        d.cancel()
+
+    timer = clock.callLater(seconds, expire)
+
+    def done(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        if expired and isinstance(result, Failure):
+            return Failure(UpstreamTimeout(f"route timeout of {seconds:g}s"))
+        return result
+
+    return d.addBoth(done)

@@ -1,0 +1,333 @@
+# -*- test-case-name: tests.test_tls_contexts,tests.test_tls_rotation -*-
+"""
+TLS for the sidecar's listeners (L{ServerTLS}) and for its connections to
+peers (L{ClientTLS}), made from PEM files that are re-read when they change.
+
+Both sides speak TLS 1.2 or newer, with ECDHE and AEAD ciphers for 1.2 and
+OpenSSL's defaults for 1.3, offer ALPN (C{http/1.1} unless told
+otherwise), and verify the peer's chain against the CA bundle alone, never
+the system's trust store.  Sessions are never resumed, so every connection
+is verified in full against the CA bundle in force when it starts.
+
+Every C{checkEvery} seconds after L{start} the three files' modification
+time, size and inode are compared with those last seen; on a change they
+are read again, checked (each parses, the key is the certificate's) and a
+new L{SSL.Context} is made for new connections.  A set that fails is
+logged with the file and the reason and the previous context stays in use.
+Open connections keep the context they started with.
+
+A certificate and its key are two files, replaced one after the other: a
+check that falls between sees them disagree, keeps the old pair and logs
+it; the next check, after the second file has changed, loads the new pair.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Callable, List, Optional, Sequence, Union
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IReactorTime,
+)
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from easymesh.tls.credentials import (
+    CredentialError,
+    Credentials,
+    StrPath,
+    fileStamp,
+    loadCredentials,
+)
+from easymesh.tls.identity import (
+    IdentityMismatch,
+    IdentityPattern,
+    identitiesOf,
+    parsePatterns,
+    requireMatch,
+)
+
+#: TLS 1.2 cipher suites: forward secret and authenticated encryption only.
+CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20"
+
+#: ALPN protocols offered unless others are given, most preferred first.
+PROTOCOLS = (b"http/1.1",)
+
+_OPTIONS = (
+    SSL.OP_NO_COMPRESSION
+    | SSL.OP_CIPHER_SERVER_PREFERENCE
+    | SSL.OP_NO_TICKET
+    | getattr(SSL, "OP_NO_RENEGOTIATION", 0)
+)
+_REQUIRE = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+
+_log = Logger()
+
+
+def _context(creds: Credentials) -> SSL.Context:
+    """
+    A context presenting C{creds}' chain and trusting C{creds}' CAs only.
+    """
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(_OPTIONS)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_cipher_list(CIPHERS)
+    ctx.use_certificate(creds.leaf)
+    for cert in creds.chain[1:]:
+        ctx.add_extra_chain_cert(cert)
+    ctx.use_privatekey(creds.key)
+    ctx.check_privatekey()
+    store = ctx.get_cert_store()
+    assert store is not None
+    for ca in creds.authorities:
+        store.add_cert(crypto.X509.from_cryptography(ca))
+    return ctx
+
+
+class _Reloading:
+    """
+    Holds the current L{SSL.Context} made from three files, and makes a new
+    one when they change.
+    """
+
+    def __init__(
+        self,
+        certPath: StrPath,
+        keyPath: StrPath,
+        caPath: StrPath,
+        clock: IReactorTime,
+        checkEvery: float,
+    ) -> None:
+        self.paths = (certPath, keyPath, caPath)
+        self.checkEvery = checkEvery
+        self._stamp = fileStamp(self.paths)
+        self.credentials = loadCredentials(*self.paths)
+        self._context = self._build(self.credentials)
+        self._poll = LoopingCall(self._check)
+        self._poll.clock = clock
+
+    def _makeContext(self, creds: Credentials) -> SSL.Context:
+        raise NotImplementedError()
+
+    def _build(self, creds: Credentials) -> SSL.Context:
+        try:
+            return self._makeContext(creds)
+        except (SSL.Error, crypto.Error, ValueError, TypeError) as e:
+            raise CredentialError(self.paths[0], f"OpenSSL refused the credentials ({e})") from None
+
+    def reload(self) -> bool:
+        """
+        Read the files again and use them for new connections.
+
+        @return: Whether they were good; if not, the reason is logged and
+            the previous ones stay in use.
+        """
+        self._stamp = fileStamp(self.paths)
+        try:
+            creds = loadCredentials(*self.paths)
+            context = self._build(creds)
+        except CredentialError as e:
+            _log.error(
+                "TLS credentials not reloaded, keeping the current ones: {path}: {reason}",
+                path=e.path,
+                reason=e.reason,
+            )
+            return False
+        self.credentials, self._context = creds, context
+        _log.info(
+            "TLS credentials reloaded from {path}: {identities}, serial {serial:x}",
+            path=str(self.paths[0]),
+            identities=", ".join(identitiesOf(creds.leaf)),
+            serial=creds.leaf.serial_number,
+        )
+        return True
+
+    def _check(self) -> None:
+        try:
+            if fileStamp(self.paths) != self._stamp:
+                self.reload()
+        except Exception:
+            _log.failure("While checking TLS credential files")
+
+    def start(self) -> None:
+        """
+        Check the files every C{checkEvery} seconds.
+        """
+        if not self._poll.running:
+            self._poll.start(self.checkEvery, now=False)
+
+    def stop(self) -> None:
+        """
+        Stop checking the files.
+        """
+        if self._poll.running:
+            self._poll.stop()
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS(_Reloading):
+    """
+    TLS for a listener: a C{contextFactory} for L{SSL4ServerEndpoint} or
+    L{TLSMemoryBIOFactory}.
+
+    @param requireClientCert: Refuse clients without a certificate from the
+        CA bundle.  If false a client certificate is asked for, and checked
+        if one is sent, but none is needed.
+    @param protocols: ALPN protocols, most preferred first.  A client that
+        offers ALPN but none of these is refused.
+    """
+
+    def __init__(
+        self,
+        certPath: StrPath,
+        keyPath: StrPath,
+        caPath: StrPath,
+        clock: IReactorTime,
+        requireClientCert: bool = True,
+        checkEvery: float = 1.0,
+        protocols: Sequence[bytes] = PROTOCOLS,
+    ) -> None:
+        self.requireClientCert = requireClientCert
+        self.protocols = tuple(protocols)
+        super().__init__(certPath, keyPath, caPath, clock, checkEvery)
+
+    def _makeContext(self, creds: Credentials) -> SSL.Context:
+        ctx = _context(creds)
+        ctx.set_verify(_REQUIRE if self.requireClientCert else SSL.VERIFY_PEER)
+        for ca in creds.authorities:
+            ctx.add_client_ca(ca)
+        ctx.set_alpn_select_callback(self._selectProtocol)
+        return ctx
+
+    def _selectProtocol(self, connection: SSL.Connection, offered: List[bytes]) -> bytes:
+        # b"" makes OpenSSL end the handshake (with an internal_error alert).
+        return next((p for p in self.protocols if p in offered), b"")
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self._context, None)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ClientTLS(_Reloading):
+    """
+    TLS for connections to a peer: a creator for L{wrapClientTLS}.
+
+    Presents its own certificate, verifies the server's chain against the
+    CA bundle, then its identity against C{expected}; a server that is not
+    expected fails the connection with L{IdentityMismatch}.
+
+    @param expected: Identity patterns (text or L{IdentityPattern}), at
+        least one (C{"*"} accepts any identity).
+    @param serverName: Sent as SNI, unless it is an IP address.  Only
+        C{expected} decides which server is acceptable.
+    """
+
+    def __init__(
+        self,
+        certPath: StrPath,
+        keyPath: StrPath,
+        caPath: StrPath,
+        expected: Sequence[Union[str, IdentityPattern]],
+        serverName: Optional[str],
+        clock: IReactorTime,
+        checkEvery: float = 1.0,
+        protocols: Sequence[bytes] = PROTOCOLS,
+    ) -> None:
+        self.expected = parsePatterns(expected)
+        if not self.expected:
+            raise ValueError("no expected server identity given ('*' accepts any)")
+        self.serverName = serverName
+        self._sni = _sniName(serverName)
+        self.protocols = tuple(protocols)
+        super().__init__(certPath, keyPath, caPath, clock, checkEvery)
+
+    def _makeContext(self, creds: Credentials) -> SSL.Context:
+        ctx = _context(creds)
+        ctx.set_alpn_protos(list(self.protocols))
+        return ctx
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        if self._sni is not None:
+            connection.set_tlsext_host_name(self._sni)
+        connection.set_verify(_REQUIRE, _identityCheck(tlsProtocol, self.expected))
+        return connection
+
+
+def _sniName(serverName: Optional[str]) -> Optional[bytes]:
+    if not serverName:
+        return None
+    try:
+        ipaddress.ip_address(serverName)
+    except ValueError:
+        return serverName.encode("idna")
+    return None
+
+
+def _identityCheck(
+    tlsProtocol: Any, expected: Sequence[IdentityPattern]
+) -> Callable[[SSL.Connection, crypto.X509, int, int, int], bool]:
+    """
+    A verify callback that, once OpenSSL has verified the chain, fails the
+    connection unless the server's certificate has an expected identity
+    (as L{twisted.internet._sslverify.ClientTLSOptions} does for host
+    names).
+    """
+
+    def verify(
+        connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+    ) -> bool:
+        if depth != 0 or not ok:
+            return bool(ok)
+        try:
+            requireMatch(expected, cert)
+        except IdentityMismatch:
+            tlsProtocol.failVerification(Failure())
+            return False
+        except BaseException:
+            # Raised out of an OpenSSL callback, it would be lost.
+            _log.failure("While checking the server's identity")
+            return False
+        return True
+
+    return verify
+
+
+def peerCertificate(transport: Any) -> Optional[x509.Certificate]:
+    """
+    The certificate the peer of a TLS transport presented (verified by the
+    handshake), or L{None} if there is none (yet).
+    """
+    getPeerCertificate = getattr(transport, "getPeerCertificate", None)
+    if getPeerCertificate is None:
+        return None
+    try:
+        cert = getPeerCertificate()
+    except AttributeError:
+        # The connection is gone.
+        return None
+    return None if cert is None else cert.to_cryptography()
+
+
+def peerIdentities(transport: Any) -> List[str]:
+    """
+    The identities in the peer's certificate: its URI subjectAltNames, then
+    its DNS subjectAltNames; none if it presented no certificate.
+    """
+    cert = peerCertificate(transport)
+    return [] if cert is None else identitiesOf(cert)
+
+
+def peerIdentity(transport: Any) -> Optional[str]:
+    """
+    The peer's first identity (its SPIFFE ID, for a workload certificate),
+    or L{None}.
+    """
+    return next(iter(peerIdentities(transport)), None)

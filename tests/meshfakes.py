@@ -1,0 +1,246 @@
+"""
+Stand-ins shared by the tests of clusters, routing, retries and the
+runtime: upstreams that record what they are sent and answer as told,
+responses, requests, and a host name resolver.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+
+from easymesh.config.addresses import UpstreamURL
+from easymesh.message import ProxyRequest
+
+
+class FakeResponse:
+    """
+    An upstream response whose body nobody reads; C{delivered} holds the
+    protocols it was handed to.
+    """
+
+    def __init__(self, code: int = 200, headers: Optional[Headers] = None, body: bytes = b"") -> None:
+        self.code = code
+        self.phrase = b"Whatever"
+        self.version = (b"HTTP", 1, 1)
+        self.headers = headers if headers is not None else Headers()
+        self.length = len(body)
+        self.body = body
+        self.delivered: List[Any] = []
+
+    def deliverBody(self, protocol: Any) -> None:
+        self.delivered.append(protocol)
+
+    def __repr__(self) -> str:
+        return f"<FakeResponse {self.code}>"
+
+
+class Sent:
+    """
+    One request as an upstream received it: the request, the timeout it
+    was given, the body bytes it has read so far, and the L{Deferred} to
+    answer it with.
+    """
+
+    def __init__(self, request: ProxyRequest, timeout: Optional[float]) -> None:
+        self.request = request
+        self.target = request.target
+        self.host = (request.headers.getRawHeaders(b"host") or [None])[0]
+        self.timeout = timeout
+        self.cancelled = False
+        self.chunks: List[bytes] = []
+        self.bodyDone: Optional[Deferred[None]] = None
+        self.bodyEnded = False
+        self.deferred: Deferred[Any] = Deferred(self._cancel)
+        if request.body is not None:
+            self.bodyDone = request.body.startProducing(self)
+            self.bodyDone.addBoth(self._ended)
+
+    def _cancel(self, d: Deferred[Any]) -> None:
+        self.cancelled = True
+
+    def _ended(self, result: Any) -> None:
+        self.bodyEnded = not isinstance(result, Failure)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+    # IConsumer, for the request body.
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def respond(self, code: int = 200, headers: Optional[Headers] = None) -> FakeResponse:
+        response = FakeResponse(code, headers)
+        self.deferred.callback(response)
+        return response
+
+    def fail(self, error: BaseException) -> None:
+        self.deferred.errback(Failure(error))
+
+    def answer(self, outcome: Any) -> None:
+        """
+        Answer with a status code (a response) or an exception (a failure).
+        """
+        if isinstance(outcome, BaseException):
+            self.fail(outcome)
+        else:
+            self.respond(outcome)
+
+
+class FakeUpstream:
+    """
+    An L{easymesh.interfaces.IUpstream} for one endpoint.  Each request is
+    recorded in C{sent}; it is answered at once with what C{answer}
+    returns for it (a status code or an exception), or left pending when
+    C{answer} is L{None} or returns L{None}.
+    """
+
+    def __init__(self, url: UpstreamURL, settings: Any = None, reactor: Any = None, breakers: Any = None) -> None:
+        self.url = url
+        self.settings = settings
+        self.breakers = breakers
+        self.sent: List[Sent] = []
+        self.answer: Optional[Callable[[ProxyRequest], Any]] = None
+        self.closed = 0
+
+    def request(self, request: ProxyRequest, timeout: Optional[float] = None) -> Deferred[Any]:
+        sent = Sent(request, timeout)
+        self.sent.append(sent)
+        if self.answer is not None:
+            outcome = self.answer(request)
+            if outcome is not None:
+                sent.answer(outcome)
+        return sent.deferred
+
+    @property
+    def pending(self) -> List[Sent]:
+        return [s for s in self.sent if not s.deferred.called]
+
+    def close(self) -> Deferred[None]:
+        self.closed += 1
+        return succeed(None)
+
+    def __repr__(self) -> str:
+        return f"<FakeUpstream {self.url}>"
+
+
+class Upstreams:
+    """
+    Makes L{FakeUpstream}s (pass C{make} as C{makeUpstream}) and keeps
+    every one made, by endpoint authority, newest last.
+    """
+
+    def __init__(self) -> None:
+        self.made: List[FakeUpstream] = []
+        #: Given to every upstream made from now on.
+        self.answer: Optional[Callable[[ProxyRequest], Any]] = None
+
+    def make(self, url: UpstreamURL, settings: Any, reactor: Any, breakers: Any = None) -> FakeUpstream:
+        upstream = FakeUpstream(url, settings, reactor, breakers)
+        upstream.answer = self.answer
+        self.made.append(upstream)
+        return upstream
+
+    def __getitem__(self, authority: str) -> FakeUpstream:
+        matching = [u for u in self.made if u.url.authority == authority]
+        if not matching:
+            raise KeyError(authority)
+        return matching[-1]
+
+    def allSent(self) -> List[Sent]:
+        return [s for u in self.made for s in u.sent]
+
+
+def makeRequest(
+    target: bytes = b"/",
+    method: bytes = b"GET",
+    host: Optional[bytes] = b"svc.example",
+    headers: Sequence[Tuple[bytes, bytes]] = (),
+    clientAddress: str = "10.9.9.9",
+    body: Any = None,
+    listener: str = "outbound",
+    peerIdentity: Optional[str] = None,
+) -> ProxyRequest:
+    h = Headers()
+    if host is not None:
+        h.setRawHeaders(b"host", [host])
+    for name, value in headers:
+        h.addRawHeader(name, value)
+    return ProxyRequest(
+        method,
+        target,
+        h,
+        body=body,
+        clientAddress=clientAddress,
+        listener=listener,
+        peerIdentity=peerIdentity,
+    )
+
+
+class FakeResolver:
+    """
+    An L{twisted.internet.interfaces.IHostnameResolver}: C{answers[name]}
+    is a list of IP addresses, or an exception to report as a failed
+    resolution (no addresses), or missing for no addresses.  With
+    C{hold} set, resolutions wait in C{held} until L{release}.
+    """
+
+    def __init__(self) -> None:
+        self.answers: Dict[str, Any] = {}
+        self.calls: List[Tuple[str, int, str]] = []
+        self.hold = False
+        self.held: List[Tuple[Any, str, int]] = []
+        self.raiseError: Optional[BaseException] = None
+
+    def resolveHostName(
+        self,
+        receiver: Any,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> Any:
+        self.calls.append((hostName, portNumber, transportSemantics))
+        if self.raiseError is not None:
+            raise self.raiseError
+        if self.hold:
+            self.held.append((receiver, hostName, portNumber))
+            return receiver
+        self._answer(receiver, hostName, portNumber)
+        return receiver
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for receiver, name, port in held:
+            self._answer(receiver, name, port)
+
+    def _answer(self, receiver: Any, name: str, port: int) -> None:
+        receiver.resolutionBegan(None)
+        answer = self.answers.get(name, [])
+        if not isinstance(answer, BaseException):
+            for address in answer:
+                kind = IPv6Address if ":" in address else IPv4Address
+                receiver.addressResolved(kind("TCP", address, port))
+        receiver.resolutionComplete()
+
+
+def logged(events: List[dict], namespace: str, text: str) -> List[dict]:
+    """
+    The log events from C{namespace} whose format contains C{text}.
+    """
+    return [
+        e
+        for e in events
+        if e.get("log_namespace", "").startswith(namespace) and text in (e.get("log_format") or "")
+    ]
