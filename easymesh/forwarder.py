@@ -7,7 +7,7 @@ the mapping of failures to replies.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -16,7 +16,7 @@ from twisted.web.iweb import IResponse
 
 from easymesh.errors import ClientClosed, ProxyError, classify
 from easymesh.filters.chain import FilterChain
-from easymesh.headers import HeaderPolicy
+from easymesh.headers import PEER_IDENTITY, HeaderPolicy
 from easymesh.message import LocalReply, ProxyRequest
 
 Reply = Union[IResponse, LocalReply]
@@ -38,6 +38,7 @@ class Forwarder:
         self.chain = chain
         self.routes = routes
         self.listener = listener
+        self._authorizer: Any = None
 
     def forward(self, request: ProxyRequest) -> Deferred[Reply]:
         """
@@ -53,6 +54,13 @@ class Forwarder:
             )
         except ProxyError as e:
             return succeed(e.reply())
+        refused = self._authorize(request)
+        if refused is not None:
+            return succeed(refused.reply())
+        if request.peerIdentity is not None:
+            # Any such header from the caller has just been removed with
+            # every other x-easymesh-* header, so this one cannot be forged.
+            request.headers.setRawHeaders(PEER_IDENTITY, [request.peerIdentity.encode("utf-8")])
         if self.chain:
             d = self.chain.requestReceived(request)
             d.addCallback(self._filtered, request)
@@ -62,6 +70,17 @@ class Forwarder:
         return d.addCallbacks(
             self._relayed, self._failed, callbackArgs=(request,), errbackArgs=(request,)
         )
+
+    def _authorize(self, request: ProxyRequest) -> Optional[ProxyError]:
+        mesh = self.routes.mesh
+        policy = mesh.authorization.get(self.listener) if mesh is not None else None
+        if policy is None:
+            return None
+        if self._authorizer is None or self._authorizer.policy is not policy:
+            from easymesh.authz import Authorizer
+
+            self._authorizer = Authorizer(policy, mesh.paths)
+        return self._authorizer.check(request)
 
     def _filtered(self, reply: Any, request: ProxyRequest) -> Any:
         if reply is not None:

@@ -16,7 +16,13 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    INegotiated,
+    IPushProducer,
+    ISSLTransport,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -260,14 +266,36 @@ class DeadlineSweeper:
         self._call = None
 
 
-@implementer(IPushProducer)
+def _address(address: Any) -> str:
+    return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+
+
+def _tlsReason(reason: Failure) -> str:
+    """
+    OpenSSL's reasons for a failed handshake, readable.
+    """
+    value = reason.value
+    args = getattr(value, "args", ())
+    if args and isinstance(args[0], list):
+        parts = [str(item[-1]) for item in args[0] if isinstance(item, tuple) and item]
+        if parts:
+            return "; ".join(parts)
+    return str(value) or reason.type.__name__
+
+
+@implementer(IPushProducer, IHandshakeListener)
 class HTTP1Channel(Protocol):
     """
     One client connection.  C{site}, C{requestFactory}, C{factory} and
     C{callLater} are set by the L{Site} that builds it.
+
+    @ivar peerIdentity: Over mTLS, the caller's verified identity that the
+        site's C{allowedIdentities} accepted; else L{None}.
     """
 
     site: Any = None
+    peerIdentity: Optional[str] = None
+    _handshakeDone = False
     requestFactory: Any = None
     sweeper: Optional["DeadlineSweeper"] = None
     deadline: Optional[float] = None
@@ -296,12 +324,44 @@ class HTTP1Channel(Protocol):
         #: connection, so looked up once.
         self.peer = transport.getPeer()
         self.local = transport.getHost()
-        self.scheme = b"https" if ISSLTransport.providedBy(transport) else b"http"
+        secure = ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
+        self.scheme = b"https" if secure else b"http"
         if self.sweeper is not None:
             self.sweeper.add(self)
         self._setTimer(self.limits.idleTimeout)
 
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done and the client's chain verified: refuse a
+        caller whose identity the site does not accept.
+        """
+        self._handshakeDone = True
+        allowed = getattr(self.site, "allowedIdentities", None)
+        if allowed is None:
+            return
+        from easymesh.tls.contexts import peerCertificate
+        from easymesh.tls.identity import identitiesOf, matches
+
+        cert = peerCertificate(self.transport)
+        identity = matches(allowed, cert) if cert is not None else None
+        if identity is None:
+            _log.warn(
+                "Refused mTLS client {peer}: identity {presented} is not allowed",
+                peer=_address(self.peer),
+                presented=", ".join(identitiesOf(cert)) if cert is not None else "none",
+            )
+            self._state = _CLOSED
+            self.transport.abortConnection()
+            return
+        self.peerIdentity = identity
+
     def connectionLost(self, reason: Failure) -> None:
+        if self.scheme == b"https" and not self._handshakeDone and self._state != _CLOSED:
+            _log.warn(
+                "TLS handshake with {peer} failed: {reason}",
+                peer=_address(self.peer),
+                reason=_tlsReason(reason),
+            )
         self._state = _CLOSED
         self._setTimer(None)
         if self.sweeper is not None:

@@ -145,6 +145,10 @@ def _remove(headers: Headers, dropped: frozenset, own: bool) -> None:
                 raw.pop(key, None)
 
 
+#: The caller's verified mTLS identity, for the app.
+PEER_IDENTITY = b"x-easymesh-peer-identity"
+
+
 def newRequestId() -> bytes:
     """
     A random version 4 UUID, as text.

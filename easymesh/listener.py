@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web._newclient import ResponseDone
@@ -318,6 +319,7 @@ class ProxyResource(Resource):
             request.channel.scheme,
             request.clientproto[5:],
             self.name,
+            request.channel.peerIdentity,
         )
         exchange.proxied = proxied
         d = self.forwarder.forward(proxied)
@@ -335,6 +337,9 @@ class ProxySite(server.Site):
 
     displayTracebacks = False
     noisy = False
+    #: Over mTLS, the caller identity patterns accepted (see
+    #: L{easymesh.tls.identity}); L{None} without TLS.
+    allowedIdentities: Optional[Any] = None
     requestFactory = StreamingRequest
     protocol = HTTP1Channel
 
@@ -367,3 +372,18 @@ class ProxySite(server.Site):
 
     def log(self, request: server.Request) -> None:
         pass
+
+
+class MutualTLSFactory(TLSMemoryBIOFactory):
+    """
+    TLS in front of a L{ProxySite}: connections the site refuses (over its
+    connection limit) are closed at once rather than wrapped.
+    """
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)

@@ -24,6 +24,8 @@ class SidecarService(MultiService):
     @param runtime: The routes and clusters.
     @ivar reloader: Reloads routes and clusters from the config file, if
         there is one.
+    @ivar tls: The L{easymesh.tls.registry.TLSContexts}, whose certificate
+        files are watched while running and re-read on SIGHUP.
     """
 
     log = Logger()
@@ -35,6 +37,7 @@ class SidecarService(MultiService):
         self.drain = drain
         self.runtime = runtime
         self.reloader: Optional[Any] = None
+        self.tls: Optional[Any] = None
         self._restoreSighup: Optional[Any] = None
         self.listeners: List[Any] = []
         self.sites: List[Any] = []
@@ -51,12 +54,23 @@ class SidecarService(MultiService):
     def startService(self) -> None:
         raiseFileLimit()
         self.runtime.start()
+        if self.tls is not None:
+            self.tls.start()
         super().startService()
         if self.reloader is not None:
-            from easymesh.reload import installSighup
-
             self.reloader.start()
-            self._restoreSighup = installSighup(self.reloader.reload, self.clock)
+        from easymesh.reload import installSighup
+
+        self._restoreSighup = installSighup(self.reload, self.clock)
+
+    def reload(self) -> None:
+        """
+        Reload the config file (routes and clusters) and certificates.
+        """
+        if self.reloader is not None:
+            self.reloader.reload()
+        if self.tls is not None:
+            self.tls.reload()
 
     def addBackend(self, service: Any) -> None:
         """
@@ -70,6 +84,8 @@ class SidecarService(MultiService):
         self.running = 0
         if self.reloader is not None:
             self.reloader.stop()
+        if self.tls is not None:
+            self.tls.stop()
         if self._restoreSighup is not None:
             self._restoreSighup()
             self._restoreSighup = None

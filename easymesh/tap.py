@@ -64,6 +64,14 @@ class Options(usage.Options):
         """Add a filter plugin, NAME[:ARGS], to the inbound listener (repeatable)."""
         self._flag("inbound-filter", spec)
 
+    def opt_inbound_allow(self, pattern: str) -> None:
+        """Accept callers with this identity on the inbound listener (repeatable)."""
+        self._flag("inbound-allow", pattern)
+
+    def opt_peer_identity(self, pattern: str) -> None:
+        """Require this identity of an https:// peer (repeatable)."""
+        self._flag("peer-identity", pattern)
+
     def _flag(self, name: str, text: str) -> None:
         setting = BY_NAME[name]
         try:
@@ -84,6 +92,7 @@ class Options(usage.Options):
             # refused before anything is bound; makeService builds them anew
             # with its own reactor.
             self.chains = buildChains(self.config)
+            checkCredentials(self.config)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -101,6 +110,23 @@ def loadConfig(path: Optional[str], flags: Mapping[str, Any]) -> SidecarConfig:
         values.lines = {k: n for k, n in values.lines.items() if k not in flags}
     values.update(flags)
     return buildConfig(values, path or "", values.lines)
+
+
+def checkCredentials(config: SidecarConfig) -> None:
+    """
+    Read the workload's certificate, key and CA bundle, if configured.
+
+    @raise ConfigError: One cannot be read or they do not fit together.
+    """
+    files = config.tlsFiles
+    if files is None:
+        return
+    from easymesh.tls.credentials import CredentialError, loadCredentials
+
+    try:
+        loadCredentials(files.cert, files.key, files.ca)
+    except CredentialError as e:
+        raise ConfigError(f"tls {e.path}", e.reason) from None
 
 
 def buildChains(config: SidecarConfig, reactor: Any = None) -> Dict[str, Any]:
@@ -135,10 +161,15 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     from easymesh.forwarder import Forwarder
     from easymesh.headers import HeaderPolicy
     from easymesh.inflight import InFlight
-    from easymesh.listener import ProxyResource, ProxySite
+    from easymesh.listener import MutualTLSFactory, ProxyResource, ProxySite
     from easymesh.ports import listeningService
     from easymesh.service import SidecarService
+    from functools import partial
+
     from easymesh.reload import ConfigReloader
+    from easymesh.tls.identity import parsePatterns
+    from easymesh.tls.registry import TLSContexts
+    from easymesh.upstream import upstreamFor
     from easymesh.runtime import MeshRuntime
 
     if reactor is None:
@@ -147,9 +178,11 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     assert config is not None, "parseOptions() first"
     chains = buildChains(config, reactor)
     inflight = InFlight()
-    runtime = MeshRuntime(reactor)
+    contexts = TLSContexts(reactor)
+    runtime = MeshRuntime(reactor, makeUpstream=partial(upstreamFor, tls=contexts))
     runtime.apply(config.mesh())
     sidecar = SidecarService(reactor, inflight, config.drain, runtime)
+    sidecar.tls = contexts
     if options["config"] is not None:
         path, flags = options["config"], dict(options.flags)
         sidecar.reloader = ConfigReloader(
@@ -170,7 +203,13 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         if listener.name == INBOUND:
             limits = limits.withSidecarHeadroom()
         site = ProxySite(resource, limits, reactor=reactor)
-        service = listeningService(listener.endpoint, site, reactor)
+        factory: Any = site
+        if listener.name == INBOUND and config.inbound_tls == "mtls":
+            files = config.tlsFiles
+            assert files is not None
+            site.allowedIdentities = parsePatterns(config.inbound_allow or ("*",))
+            factory = MutualTLSFactory(contexts.server(files), False, site)
+        service = listeningService(listener.endpoint, factory, reactor)
         service.setName(listener.name)
         sidecar.addListener(service, site)
     return sidecar

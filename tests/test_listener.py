@@ -97,6 +97,8 @@ class RoutesTo:
     route sends to C{upstream}.
     """
 
+    mesh = None
+
     def __init__(self, upstream: FakeUpstream) -> None:
         self.upstream = upstream
         self.routers = self

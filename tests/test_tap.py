@@ -110,6 +110,12 @@ def test_defaults() -> None:
         "body_timeout": 30.0,
         "idle_timeout": 60.0,
         "max_connections": 8192,
+        "tls_cert": None,
+        "tls_key": None,
+        "tls_ca": None,
+        "inbound_tls": "off",
+        "inbound_allow": (),
+        "peer_identity": (),
     }
     assert options["config"] is None
     assert sorted(options.chains) == ["inbound", "outbound"]
@@ -175,6 +181,13 @@ def test_everyFlag() -> None:
         "body_timeout": 3.0,
         "idle_timeout": 4.0,
         "max_connections": 50,
+        # The TLS flags need certificate files: see tests/test_mtls_config.py.
+        "tls_cert": None,
+        "tls_key": None,
+        "tls_ca": None,
+        "inbound_tls": "off",
+        "inbound_allow": (),
+        "peer_identity": (),
     }
 
 

@@ -6,6 +6,7 @@ plain number of seconds.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -17,11 +18,14 @@ def parseDuration(value: Any) -> float:
     """
     Seconds for a duration.
 
-    @raise ValueError: Not a non-negative number with an optional unit.
+    @raise ValueError: Not a finite, non-negative number with an optional
+        unit.
     """
     if isinstance(value, bool):
         raise ValueError(f"must be a duration such as 250ms, 2s or 1m, not {value!r}")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"must be a duration such as 250ms, 2s or 1m, not {value!r}")
         if value < 0:
             raise ValueError(f"must not be negative, not {value!r}")
         return float(value)

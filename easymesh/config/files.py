@@ -66,9 +66,15 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
     constructor = yaml.SafeLoader("")
     values = ConfigValues()
     meshNodes: Dict[str, Node] = {}
+    authorization = None
     for keyNode, valueNode in root.value:
         where = f"{name}:{keyNode.start_mark.line + 1}"
         key = keyNode.value
+        if key == "authorization":
+            from easymesh.authz import readAuthorization
+
+            authorization = readAuthorization(Node(valueNode, name, key))
+            continue
         if key in MESH_KEYS:
             if key in meshNodes:
                 raise ConfigError(where, f"key {key!r} is given twice")
@@ -79,7 +85,7 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
             raise ConfigError(
                 where,
                 f"unknown key {key!r} (known keys: "
-                f"{', '.join(sorted(set(BY_NAME) | MESH_KEYS))})",
+                f"{', '.join(sorted(set(BY_NAME) | MESH_KEYS | {'authorization'}))})",
             )
         if key in values:
             raise ConfigError(where, f"key {key!r} is given twice")
@@ -93,4 +99,6 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
             raise ConfigError(where, f"key {key!r}: {e}") from None
         values.lines[key] = keyNode.start_mark.line + 1
     values.mesh = readMesh(meshNodes)
+    if authorization is not None:
+        values.mesh["authorization"] = authorization
     return values

@@ -9,11 +9,12 @@ default cluster per listener) both produce a L{MeshConfig}.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import attrs
 
 from easymesh.config.addresses import UpstreamURL
+from easymesh.config.model import UpstreamTLS
 
 ROUND_ROBIN = "round_robin"
 RANDOM = "random"
@@ -115,6 +116,7 @@ class ClusterConfig:
     circuitBreakers: CircuitBreakers = CircuitBreakers()
     outlierDetection: Optional[OutlierDetection] = None
     healthCheck: Optional[HealthCheck] = None
+    tls: Optional[UpstreamTLS] = None
 
 
 @attrs.frozen
@@ -277,3 +279,5 @@ class MeshConfig:
     paths: PathOptions = PathOptions()
     xffNumTrustedHops: int = 0
     retryBufferLimit: int = 64 * 1024
+    #: Per listener: an L{easymesh.authz.AuthorizationPolicy}.
+    authorization: Mapping[str, Any] = attrs.field(factory=dict)

@@ -7,6 +7,7 @@ objects, naming the file, line and key of anything refused.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
@@ -130,7 +131,11 @@ class Node:
 
     def number(self, minimum: float = 0, integer: bool = False, positive: bool = False) -> Any:
         value = self.value()
-        ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+        ok = (
+            isinstance(value, int if integer else (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        )
         if not ok or value < minimum or (positive and value <= 0):
             kind = "an integer" if integer else "a number"
             bound = f"above {minimum:g}" if positive else f"at least {minimum:g}"
@@ -138,8 +143,9 @@ class Node:
         return value
 
     def duration(self, positive: bool = True) -> float:
+        value = self.value()
         try:
-            seconds = parseDuration(self.value())
+            seconds = parseDuration(value)
         except ValueError as e:
             raise self.error(str(e)) from None
         if positive and seconds <= 0:
@@ -180,12 +186,47 @@ def _checkRegex(text: str) -> None:
 def _checkPath(text: str) -> None:
     if not text.startswith("/"):
         raise ValueError(f"must start with /, not {text!r}")
+    if not _PATH.match(text):
+        raise ValueError(
+            f"must be a path of printable ASCII characters (percent-encode the rest), "
+            f"without a query or fragment, not {text!r}"
+        )
+
+
+#: What a route's path, prefix or prefix rewrite may contain: the characters
+#: a normalised path is made of (see L{easymesh.routing.paths}).
+_PATH = re.compile(r"\A[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*\Z")
+
+_HOST = re.compile(r"\A(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
 
 
 def _checkHost(text: str) -> None:
-    body = text[2:] if text.startswith("*.") else text
-    if not body or not re.match(r"\A[A-Za-z0-9.:\[\]-]+\Z", body):
-        raise ValueError(f"must be a host name, optionally *.suffix, not {text!r}")
+    """
+    A host name or address, with an optional port.
+    """
+    if not _HOST.match(text):
+        raise ValueError(f"must be a host name, not {text!r}")
+
+
+def _checkHostName(text: str) -> None:
+    """
+    A host name or address, without a port.
+    """
+    _checkHost(text)
+    if text.rpartition("]")[2].count(":"):
+        raise ValueError(f"must be a host name without a port, not {text!r}")
+
+
+def _checkHostPattern(text: str) -> None:
+    """
+    A host as routes match it: a name without a port, or C{*.suffix}.
+    """
+    try:
+        _checkHostName(text[2:] if text.startswith("*.") else text)
+    except ValueError:
+        raise ValueError(
+            f"must be a host name without a port, optionally *.suffix, not {text!r}"
+        ) from None
 
 
 def _url(node: Node) -> UpstreamURL:
@@ -231,6 +272,9 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
                 weights.append(
                     fields["weight"].number(1, integer=True) if "weight" in fields else 1
                 )
+        for i, url in enumerate(urls):
+            if url in urls[:i]:
+                raise items[i].error(f"endpoint {url} is given twice")
         kwargs["endpoints"] = tuple(urls)
         kwargs["weights"] = tuple(weights)
     if "dns" in entries:
@@ -239,7 +283,7 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
             if required not in fields:
                 raise entries["dns"].error(f"needs {required}")
         kwargs["dns"] = DnsDiscovery(
-            fields["name"].text(_checkHost),
+            fields["name"].text(_checkHostName),
             fields["port"].number(1, integer=True),
             fields["refresh"].duration() if "refresh" in fields else 5.0,
             fields["scheme"].choice(("http", "https")) if "scheme" in fields else "http",
@@ -353,7 +397,7 @@ def _readMatch(node: Node) -> RouteMatch:
     for key in paths:
         kwargs[key] = entries[key].text(_checkRegex if key == "regex" else _checkPath)
     if "host" in entries:
-        kwargs["host"] = entries["host"].text(_checkHost).lower()
+        kwargs["host"] = entries["host"].text(_checkHostPattern).lower()
     if "headers" in entries:
         kwargs["headers"] = tuple(
             _readHeaderMatch(name, value) for name, value in entries["headers"].mapping().items()
@@ -368,6 +412,10 @@ def _readMatch(node: Node) -> RouteMatch:
     if not paths:
         kwargs["prefix"] = "/"
     return RouteMatch(**kwargs)
+
+
+#: Read a C{match} mapping (also used by authorization rules).
+readMatch = _readMatch
 
 
 def _readRetryPolicy(node: Node) -> RetryPolicy:
@@ -395,11 +443,15 @@ def _readRetryPolicy(node: Node) -> RetryPolicy:
     if "per_try_timeout" in entries:
         kwargs["perTryTimeout"] = entries["per_try_timeout"].duration()
     if "backoff" in entries:
-        kwargs["backoff"] = _readObject(
+        backoff = _readObject(
             entries["backoff"],
             Backoff,
             {"base": ("base", Node.duration), "max": ("max", Node.duration)},
         )
+        if "max" not in entries["backoff"].mapping():
+            # As Envoy: the cap is ten times the base unless given.
+            backoff = Backoff(backoff.base, 10 * backoff.base)
+        kwargs["backoff"] = backoff
         if kwargs["backoff"].max < kwargs["backoff"].base:
             raise entries["backoff"].error("max must not be below base")
     if "budget" in entries:
@@ -433,6 +485,10 @@ def _readRateLimit(node: Node) -> RouteRateLimit:
             key = RateLimitKey(sourceIp=which == "source_ip", identity=which == "identity")
     maxKeys = entries["max_keys"].number(1, integer=True) if "max_keys" in entries else 10000
     return RouteRateLimit(rate, burst, key, maxKeys)
+
+
+#: Statuses whose responses have no body.
+_NO_BODY = frozenset((204, 304))
 
 
 def _readRoute(listener: str, index: int, node: Node, clusters: Set[str]) -> Route:
@@ -477,10 +533,17 @@ def _readRoute(listener: str, index: int, node: Node, clusters: Set[str]) -> Rou
         status = fields["status"].number(200, integer=True)
         if status > 599:
             raise fields["status"].error(f"must be a status code from 200 to 599, not {status}")
-        body = str(fields["body"].value()) if "body" in fields else ""
+        body = fields["body"].value() if "body" in fields else None
+        body = "" if body is None else str(body)
+        if body and status in _NO_BODY:
+            raise fields["body"].error(f"a {status} response has no body")
         kwargs["directResponse"] = DirectResponse(status, body.encode("utf-8"))
     if "prefix_rewrite" in entries:
         kwargs["prefixRewrite"] = entries["prefix_rewrite"].text(_checkPath)
+        if kwargs.get("match", RouteMatch(prefix="/")).regex is not None:
+            raise entries["prefix_rewrite"].error(
+                "needs a prefix or path match (it replaces what they matched), not regex"
+            )
     if "host_rewrite" in entries:
         kwargs["hostRewrite"] = entries["host_rewrite"].text(_checkHost)
     if "timeout" in entries:

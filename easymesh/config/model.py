@@ -75,15 +75,46 @@ class RateLimit:
 
 
 @attrs.frozen
+class TLSFiles:
+    """
+    A workload's certificate (PEM, leaf first), its private key, and the CA
+    bundle its peers are verified against.
+    """
+
+    cert: str
+    key: str
+    ca: str
+
+
+@attrs.frozen
+class UpstreamTLS:
+    """
+    How TLS is originated to C{https://} endpoints: with this workload's
+    certificate, verifying the server against the CA bundle and one of the
+    C{identities} (patterns: a SPIFFE URI, C{spiffe://domain/prefix/*}, a
+    DNS name, or C{*} for any identity the CA vouches for).
+    """
+
+    files: TLSFiles
+    identities: Tuple[str, ...] = ("*",)
+
+
+@attrs.frozen
 class PoolSettings:
     """
-    Upstream connection pooling and timeouts, shared by every upstream.
+    Upstream connection pooling, timeouts and TLS, shared by a cluster's
+    endpoints.
+
+    @ivar tls: For C{https://} endpoints: mTLS with the workload's
+        certificate, or L{None} for TLS verified against the system's trust
+        store and the URL's host name.
     """
 
     size: int = 128
     idle: float = 4.0
     connectTimeout: float = 5.0
     responseTimeout: float = 15.0
+    tls: Optional[UpstreamTLS] = None
 
 
 @attrs.frozen
@@ -183,6 +214,12 @@ class SidecarConfig:
     body_timeout: float = _EDGE.bodyTimeout
     idle_timeout: float = _EDGE.idleTimeout
     max_connections: int = _EDGE.maxConnections
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    tls_ca: Optional[str] = None
+    inbound_tls: str = "off"
+    inbound_allow: Tuple[str, ...] = ()
+    peer_identity: Tuple[str, ...] = ()
     #: What the config file's mesh sections gave: keyword arguments for
     #: L{easymesh.config.mesh.MeshConfig}.
     meshFile: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
@@ -198,6 +235,33 @@ class SidecarConfig:
             )
         if self.upstream is None and tcpPortOf(self.demo) is None:
             raise ConfigError("demo", "must be a tcp: endpoint")
+        given = [self.tls_cert, self.tls_key, self.tls_ca]
+        if any(given) and not all(given):
+            raise ConfigError("tls-cert", "tls-cert, tls-key and tls-ca go together")
+        if self.inbound_tls == "mtls" and self.tlsFiles is None:
+            raise ConfigError("inbound-tls", "mtls needs tls-cert, tls-key and tls-ca")
+        if self.inbound_allow and self.inbound_tls != "mtls":
+            raise ConfigError("inbound-allow", "needs inbound-tls: mtls")
+        if self.peer_identity and (self.tlsFiles is None or not self.peerURL.scheme == "https"):
+            raise ConfigError("peer-identity", "needs an https:// peer and tls-cert, tls-key, tls-ca")
+
+    @property
+    def tlsFiles(self) -> Optional[TLSFiles]:
+        """
+        This workload's certificate, key and CA bundle, if configured.
+        """
+        if self.tls_cert is None or self.tls_key is None or self.tls_ca is None:
+            return None
+        return TLSFiles(self.tls_cert, self.tls_key, self.tls_ca)
+
+    @property
+    def peerURL(self) -> UpstreamURL:
+        """
+        Where the outbound listener forwards by default.
+        """
+        if self.peer is not None:
+            return UpstreamURL.parse(self.peer)
+        return self._loopbackURL(self.inbound)
 
     @property
     def nodeId(self) -> str:
@@ -252,11 +316,7 @@ class SidecarConfig:
         """
         The outbound and inbound listeners, with their targets and filters.
         """
-        peer = (
-            UpstreamURL.parse(self.peer)
-            if self.peer is not None
-            else self._loopbackURL(self.inbound)
-        )
+        peer = self.peerURL
         upstream = (
             UpstreamURL.parse(self.upstream)
             if self.upstream is not None
@@ -286,9 +346,11 @@ class SidecarConfig:
         from easymesh.config.mesh import ClusterConfig, MeshConfig, Route
 
         pool = self.pool
+        files = self.tlsFiles
         clusters = {}
         for listener in self.listeners():
             name = DEFAULT_CLUSTERS[listener.name]
+            identities = (self.peer_identity or ("*",)) if listener.name == OUTBOUND else ("*",)
             clusters[name] = ClusterConfig(
                 name,
                 endpoints=(listener.target,),
@@ -297,8 +359,12 @@ class SidecarConfig:
                 timeout=pool.responseTimeout,
                 poolSize=pool.size,
                 poolIdle=pool.idle,
+                tls=UpstreamTLS(files, identities) if files is not None else None,
             )
-        clusters.update(self.meshFile.get("clusters", {}))
+        for name, cluster in self.meshFile.get("clusters", {}).items():
+            if files is not None and cluster.tls is None:
+                cluster = attrs.evolve(cluster, tls=UpstreamTLS(files))
+            clusters[name] = cluster
         routes = {
             listener: (Route(f"{listener}-default", cluster=cluster),)
             for listener, cluster in DEFAULT_CLUSTERS.items()

@@ -15,6 +15,13 @@ from easymesh.config.model import ConfigError, SidecarConfig
 _defaults = SidecarConfig()
 _NODE_ID_EXPECTED = "a name of ASCII letters, digits and -._~"
 
+def checkIdentityPattern(text: str) -> str:
+    from easymesh.tls.identity import IdentityPattern
+
+    IdentityPattern.parse(text)
+    return text
+
+
 SETTINGS = (
     Setting(
         "outbound",
@@ -182,6 +189,41 @@ SETTINGS = (
         Text(_NODE_ID_EXPECTED, lambda s: _checkToken(s)),
         "This sidecar's name in Via headers.",
         "the host name",
+    ),
+)
+
+SETTINGS += (
+    Setting(
+        "tls-cert",
+        Text("a file name"),
+        "This workload's certificate (PEM, leaf first): presented by the "
+        "inbound listener with --inbound-tls mtls, and to https:// peers.",
+    ),
+    Setting("tls-key", Text("a file name"), "The private key of --tls-cert (PEM)."),
+    Setting(
+        "tls-ca",
+        Text("a file name"),
+        "The CA bundle (PEM) that peers' certificates are verified against.",
+    ),
+    Setting(
+        "inbound-tls",
+        Choice(("off", "mtls")),
+        "mtls: the inbound listener speaks TLS only and requires a client "
+        "certificate from --tls-ca.",
+        _defaults.inbound_tls,
+    ),
+    Setting(
+        "inbound-allow",
+        ListOf(Text("an identity pattern", checkIdentityPattern)),
+        "A caller identity the inbound listener accepts (SPIFFE URI, "
+        "spiffe://domain/prefix/*, DNS name, or * for any; repeatable; "
+        "default any from --tls-ca).",
+    ),
+    Setting(
+        "peer-identity",
+        ListOf(Text("an identity pattern", checkIdentityPattern)),
+        "An identity the https:// peer must present (repeatable; default any "
+        "from --tls-ca).",
     ),
 )
 

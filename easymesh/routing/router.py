@@ -83,7 +83,7 @@ class Router:
             return succeed(_direct(route))
         cluster = self.clusters[self._clusterName(route)]
         request.cluster = cluster.name
-        _rewrite(request, route)
+        _rewrite(request, route, path)
         hashKey = self._hashKey(request, cluster)
         policy = route.retryPolicy
         if policy is None or policy.numRetries == 0:
@@ -196,15 +196,23 @@ def _direct(route: Route) -> LocalReply:
     return LocalReply(response.status, response.body, headers)
 
 
-def _rewrite(request: ProxyRequest, route: Route) -> None:
+def _rewrite(request: ProxyRequest, route: Route, path: str) -> None:
+    """
+    Apply a route's rewrites.  A prefix rewrite replaces what the route
+    matched (its prefix, or its whole path) in the normalised C{path}, so
+    that no encoding of the path can carry the old prefix past it; the
+    query and anything after the path are kept byte-exact.
+    """
     if route.prefixRewrite is not None:
-        prefix = route.match.prefix or "/"
-        target = request.target
-        raw = prefix.encode("latin-1")
-        if target.startswith(raw):
-            request.target = route.prefixRewrite.encode("latin-1") + target[len(raw):]
-            if not request.target.startswith(b"/"):
-                request.target = b"/" + request.target
+        match = route.match
+        matched = match.path if match.path is not None else (match.prefix or "/")
+        if path.startswith(matched):
+            rewritten = route.prefixRewrite + path[len(matched):]
+            if not rewritten.startswith("/"):
+                rewritten = "/" + rewritten
+            target = request.target
+            end = min(i for i in (target.find(b"?"), target.find(b"#"), len(target)) if i >= 0)
+            request.target = rewritten.encode("latin-1") + target[end:]
     if route.hostRewrite is not None:
         request.headers.setRawHeaders(b"host", [route.hostRewrite.encode("ascii")])
 

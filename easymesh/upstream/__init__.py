@@ -14,7 +14,7 @@ from easymesh.interfaces import IUpstream
 from easymesh.upstream.http import HTTPUpstream
 
 #: Makes an upstream from its URL, pool settings, reactor and (optionally)
-#: its cluster's circuit breakers.
+#: its cluster's circuit breakers and the sidecar's TLS contexts.
 UpstreamFactory = Callable[..., IUpstream]
 
 SCHEMES: Dict[str, UpstreamFactory] = {
@@ -24,12 +24,17 @@ SCHEMES: Dict[str, UpstreamFactory] = {
 
 
 def upstreamFor(
-    url: UpstreamURL, settings: PoolSettings, reactor: Any, breakers: Any = None
+    url: UpstreamURL,
+    settings: PoolSettings,
+    reactor: Any,
+    breakers: Any = None,
+    tls: Any = None,
 ) -> IUpstream:
     """
     Make the upstream for C{url} from the implementation for its scheme.
 
     @param breakers: The L{easymesh.cluster.breakers.Breakers} of the
         upstream's cluster, told of connections and pending requests.
+    @param tls: The sidecar's L{easymesh.tls.registry.TLSContexts}.
     """
-    return SCHEMES[url.scheme](url, settings, reactor, breakers)
+    return SCHEMES[url.scheme](url, settings, reactor, breakers, tls)

@@ -115,12 +115,17 @@ class _Attempt:
         return result
 
 
-def _endpointFor(url: UpstreamURL, reactor: Any, connectTimeout: float) -> IStreamClientEndpoint:
+def _endpointFor(
+    url: UpstreamURL, reactor: Any, settings: PoolSettings, contexts: Any = None
+) -> IStreamClientEndpoint:
     """
     The endpoint to connect to C{url} with: a plain TCP endpoint for an IP
     address (no name resolution on the connect path), a hostname endpoint
-    otherwise; wrapped in TLS for C{https}.
+    otherwise; wrapped in TLS for C{https}: mTLS from C{contexts} (a
+    L{easymesh.tls.registry.TLSContexts}) when the settings name the
+    workload's certificate, else verified against the system's trust store.
     """
+    connectTimeout = settings.connectTimeout
     endpoint: IStreamClientEndpoint
     if isIPAddress(url.host):
         endpoint = TCP4ClientEndpoint(reactor, url.host, url.port, timeout=connectTimeout)
@@ -129,9 +134,13 @@ def _endpointFor(url: UpstreamURL, reactor: Any, connectTimeout: float) -> IStre
     else:
         endpoint = HostnameEndpoint(reactor, url.host, url.port, timeout=connectTimeout)
     if url.scheme == "https":
-        from twisted.internet.ssl import optionsForClientTLS
+        if settings.tls is not None and contexts is not None:
+            creator = contexts.client(settings.tls, url.host)
+        else:
+            from twisted.internet.ssl import optionsForClientTLS
 
-        endpoint = wrapClientTLS(optionsForClientTLS(url.host), endpoint)
+            creator = optionsForClientTLS(url.host)
+        endpoint = wrapClientTLS(creator, endpoint)
     return endpoint
 
 
@@ -160,7 +169,12 @@ class HTTPUpstream:
     """
 
     def __init__(
-        self, url: UpstreamURL, settings: PoolSettings, reactor: Any, breakers: Any = None
+        self,
+        url: UpstreamURL,
+        settings: PoolSettings,
+        reactor: Any,
+        breakers: Any = None,
+        tls: Any = None,
     ) -> None:
         self.url = url
         self._breakers = breakers
@@ -175,7 +189,7 @@ class HTTPUpstream:
             if breakers is None
             else partial(H1ConnectionFactory, observer=breakers)
         )
-        self._endpoint = _endpointFor(url, reactor, settings.connectTimeout)
+        self._endpoint = _endpointFor(url, reactor, settings, tls)
         self._key = (url.scheme, url.host, url.port)
         self._authority = url.authority.encode("ascii")
 

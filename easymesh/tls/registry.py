@@ -1,0 +1,86 @@
+# -*- test-case-name: tests.test_tls_registry -*-
+"""
+The sidecar's TLS contexts, made once per distinct set of files and
+expectations and shared by every listener and upstream that needs them;
+each watches its files for rotation while the sidecar runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+
+from easymesh.config.model import TLSFiles, UpstreamTLS
+from easymesh.tls.contexts import ClientTLS, ServerTLS
+
+
+class TLSContexts:
+    """
+    TLS contexts by what they are made of.
+
+    @param clock: Paces the checks of certificate files for rotation.
+    """
+
+    def __init__(self, clock: Any, checkEvery: float = 1.0) -> None:
+        self._clock = clock
+        self._checkEvery = checkEvery
+        self._clients: Dict[Tuple[UpstreamTLS, Optional[str]], ClientTLS] = {}
+        self._servers: Dict[TLSFiles, ServerTLS] = {}
+        self.running = False
+
+    def client(self, tls: UpstreamTLS, host: str) -> ClientTLS:
+        """
+        The creator of client connections to C{host} (its SNI, unless it
+        is an IP address).
+        """
+        serverName = None if isIPAddress(host) or isIPv6Address(host) else host
+        key = (tls, serverName)
+        creator = self._clients.get(key)
+        if creator is None:
+            files = tls.files
+            creator = ClientTLS(
+                files.cert,
+                files.key,
+                files.ca,
+                tls.identities,
+                serverName,
+                self._clock,
+                self._checkEvery,
+            )
+            self._clients[key] = creator
+            if self.running:
+                creator.start()
+        return creator
+
+    def server(self, files: TLSFiles) -> ServerTLS:
+        """
+        The context of a listener that requires client certificates.
+        """
+        creator = self._servers.get(files)
+        if creator is None:
+            creator = ServerTLS(files.cert, files.key, files.ca, self._clock, True, self._checkEvery)
+            self._servers[files] = creator
+            if self.running:
+                creator.start()
+        return creator
+
+    def reload(self) -> None:
+        """
+        Re-read every context's files now (on SIGHUP).
+        """
+        for creator in self._all():
+            creator.reload()
+
+    def _all(self) -> list:
+        return list(self._servers.values()) + list(self._clients.values())
+
+    def start(self) -> None:
+        self.running = True
+        for creator in self._all():
+            creator.start()
+
+    def stop(self) -> None:
+        self.running = False
+        for creator in self._all():
+            creator.stop()
