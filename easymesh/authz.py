@@ -6,6 +6,14 @@ normalised path (so no C{..}, C{//} or C{%2F} spelling reaches a path a
 rule protects), first matching rule deciding, and a default for requests
 no rule matches.
 
+The request is forwarded byte-exact, and upstreams read paths in
+different ways: some merge slashes (C{//admin} is C{/admin} to nginx),
+some do not (C{/admin//..} is C{/admin/} to them).  So a request must be
+allowed under every reading of its path: the one routes use (the path
+options in force) and the fully normalised ones with and without slashes
+merged.  C{//admin/x} is checked as C{/admin/x} even when
+C{merge_slashes} is off for routing.
+
 In the config file::
 
     authorization:
@@ -20,7 +28,7 @@ In the config file::
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import attrs
 from twisted.logger import Logger
@@ -101,10 +109,31 @@ class Authorizer:
     def __init__(self, policy: AuthorizationPolicy, paths: PathOptions) -> None:
         self.policy = policy
         self._paths = paths
+        # Every way an upstream may read the path: as routes do, and fully
+        # normalised with and without slashes merged (see the module
+        # docstring).
+        self._readings = [paths]
+        for merge in (False, True):
+            reading = attrs.evolve(paths, normalize=True, mergeSlashes=merge)
+            if reading not in self._readings:
+                self._readings.append(reading)
         self._rules = [
             (compileMatch(rule.match), parsePatterns(rule.identities), rule)
             for rule in policy.rules
         ]
+
+    def _readPaths(self, target: bytes) -> List[str]:
+        """
+        The distinct readings of C{target}'s path, the routing one first.
+
+        @raise ProxyError: The path cannot be normalised.
+        """
+        paths: List[str] = []
+        for options in self._readings:
+            path = normalisePath(target, options)
+            if path not in paths:
+                paths.append(path)
+        return paths
 
     def check(self, request: ProxyRequest) -> Optional[ProxyError]:
         """
@@ -113,7 +142,7 @@ class Authorizer:
             be normalised).
         """
         try:
-            path = normalisePath(request.target, self._paths)
+            paths = self._readPaths(request.target)
         except ProxyError as e:
             return e
         identity = request.peerIdentity
@@ -125,6 +154,25 @@ class Authorizer:
             else:
                 names = (identity,)
         host = requestHost(request.headers)
+        for path in paths:
+            refused = self._decide(request, path, host, uris, names)
+            if refused is not None:
+                return refused
+        return None
+
+    def _decide(
+        self,
+        request: ProxyRequest,
+        path: str,
+        host: str,
+        uris: Tuple[str, ...],
+        names: Tuple[str, ...],
+    ) -> Optional[ProxyError]:
+        """
+        The first matching rule's decision on one reading of the path, or
+        the default's.
+        """
+        identity = request.peerIdentity
         for predicate, patterns, rule in self._rules:
             if predicate(request.method, path, host, request.headers):
                 if any(p.match(uris, names) is not None for p in patterns):

@@ -18,6 +18,7 @@ from easymesh.errors import ClientClosed, ProxyError, classify
 from easymesh.filters.chain import FilterChain
 from easymesh.headers import PEER_IDENTITY, HeaderPolicy
 from easymesh.message import LocalReply, ProxyRequest
+from easymesh.tracing import continueTrace
 
 Reply = Union[IResponse, LocalReply]
 
@@ -54,6 +55,7 @@ class Forwarder:
             )
         except ProxyError as e:
             return succeed(e.reply())
+        continueTrace(request.headers)
         refused = self._authorize(request)
         if refused is not None:
             return succeed(refused.reply())

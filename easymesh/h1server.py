@@ -295,6 +295,8 @@ class HTTP1Channel(Protocol):
 
     site: Any = None
     peerIdentity: Optional[str] = None
+    #: Called once when the connection is closed, if set.
+    onClose: Optional[Callable[[], None]] = None
     _handshakeDone = False
     requestFactory: Any = None
     sweeper: Optional["DeadlineSweeper"] = None
@@ -366,6 +368,9 @@ class HTTP1Channel(Protocol):
         self._setTimer(None)
         if self.sweeper is not None:
             self.sweeper.remove(self)
+        onClose, self.onClose = self.onClose, None
+        if onClose is not None:
+            onClose()
         request, self._request = self._request, None
         if request is not None:
             request.connectionLost(reason)

@@ -253,6 +253,7 @@ class _Exchange:
     def finished(self, result: Optional[Failure]) -> None:
         resource = self.resource
         resource.inflight.leave()
+        request = self.request
         if result is not None:
             if self.pending is not None:
                 self.pending.cancel()
@@ -260,8 +261,19 @@ class _Exchange:
                 self.relay.transport.stopProducing()
             if self.cause is None:
                 self.cause = "client_closed"
+        duration = resource.clock.seconds() - self.started
+        telemetry = resource.telemetry
+        if telemetry is not None:
+            telemetry.requestDone(
+                resource.name,
+                self.proxied,
+                request.code if request.startedWriting else 0,
+                duration,
+                self.cause,
+                request.method,
+                request.uri,
+            )
         if resource.accessLog is not None:
-            request = self.request
             ids = request.requestHeaders.getRawHeaders(REQUEST_ID)
             proxied = self.proxied
             resource.accessLog.record(
@@ -271,7 +283,7 @@ class _Exchange:
                 request.code,
                 request.bytesReceived,
                 request.sentLength,
-                resource.clock.seconds() - self.started,
+                duration,
                 proxied,
                 ids[0] if ids else None,
                 self.cause,
@@ -292,6 +304,7 @@ class ProxyResource(Resource):
         clock: Any,
         inflight: Optional[InFlight] = None,
         accessLog: Optional[AccessLog] = None,
+        telemetry: Any = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -299,6 +312,9 @@ class ProxyResource(Resource):
         self.clock = clock
         self.inflight = inflight if inflight is not None else InFlight()
         self.accessLog = accessLog
+        #: An L{easymesh.ops.telemetry.Telemetry} told of every request and
+        #: connection, or L{None}.
+        self.telemetry = telemetry
 
     def render(self, request: StreamingRequest) -> Any:
         self.inflight.enter()
@@ -364,6 +380,11 @@ class ProxySite(server.Site):
         channel = super().buildProtocol(addr)
         channel.limits = self.limits
         channel.sweeper = self.sweeper
+        telemetry = getattr(self.resource, "telemetry", None)
+        if telemetry is not None:
+            name = self.resource.name
+            telemetry.connectionOpened(name)
+            channel.onClose = lambda: telemetry.connectionClosed(name)
         return channel
 
     def stopFactory(self) -> None:

@@ -12,10 +12,10 @@ rest are counted and reported when the burst is over.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from zope.interface import implementer
@@ -81,11 +81,27 @@ class _QuietPortEndpoint:
     def __init__(self, endpoint: Any, reactor: Any) -> None:
         self._endpoint = endpoint
         self._reactor = reactor
+        self.port: Any = None
+        self._waiting: List[Deferred[Any]] = []
 
     def listen(self, factory: Any) -> Deferred[Any]:
         return self._endpoint.listen(factory).addCallback(self._quieten)
 
+    def whenBound(self) -> Deferred[Any]:
+        """
+        A L{Deferred} firing with the listening port once it is bound.
+        """
+        if self.port is not None:
+            return succeed(self.port)
+        d: Deferred[Any] = Deferred()
+        self._waiting.append(d)
+        return d
+
     def _quieten(self, port: Any) -> Any:
+        self.port = port
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(port)
         logger = getattr(port, "_logger", None)
         if isinstance(logger, Logger):
             port._logger = Logger(
@@ -93,6 +109,13 @@ class _QuietPortEndpoint:
                 observer=BurstLogFilter(globalLogPublisher, self._reactor),
             )
         return port
+
+
+def whenBound(service: StreamServerEndpointService) -> Deferred[Any]:
+    """
+    A L{Deferred} firing with a L{listeningService}'s port once it is bound.
+    """
+    return service.endpoint.whenBound()
 
 
 def listeningService(description: str, factory: Any, reactor: Any) -> StreamServerEndpointService:

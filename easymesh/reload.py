@@ -92,15 +92,16 @@ class ConfigReloader:
         self._seen = _fingerprint(self.path)
         try:
             config = self._load()
-            mesh = config.mesh()
+            self._runtime.apply(config.mesh())
         except ConfigError as e:
-            self.failures += 1
             self.log.error(
                 "Config reload refused, the running config stays: {error}", error=str(e)
             )
-            self._tell(False)
-            return False
-        self._runtime.apply(mesh)
+            return self._refused()
+        except Exception:
+            # Whatever goes wrong, the poll and SIGHUP must keep working.
+            self.log.failure("Config reload failed, the running config stays")
+            return self._refused()
         restart = _needsRestart(self.running, config)
         if restart:
             self.log.warn(
@@ -112,6 +113,11 @@ class ConfigReloader:
         self.reloads += 1
         self._tell(True)
         return True
+
+    def _refused(self) -> bool:
+        self.failures += 1
+        self._tell(False)
+        return False
 
     def _tell(self, applied: bool) -> None:
         for observer in self.observers:
@@ -158,6 +164,9 @@ def installSighup(handler: Callable[[], Any], reactor: Any) -> Callable[[], None
         reactor.callFromThread(handler)
 
     previous = signal.signal(signal.SIGHUP, onSignal)
+    if previous is None:
+        # Installed other than from Python: the default is the best guess.
+        previous = signal.SIG_DFL
 
     def restore() -> None:
         signal.signal(signal.SIGHUP, previous)

@@ -37,8 +37,10 @@ class MeshRuntime:
         random: Optional[_random.Random] = None,
         resolver: Any = None,
         makeUpstream: Callable[..., Any] = upstreamFor,
+        telemetry: Any = None,
     ) -> None:
         self._reactor = reactor
+        self._telemetry = telemetry
         self._random = random if random is not None else _random.Random()
         self._resolver = resolver
         self._makeUpstream = makeUpstream
@@ -49,34 +51,61 @@ class MeshRuntime:
 
     def apply(self, mesh: MeshConfig) -> None:
         """
-        Run with C{mesh} from now on.
+        Run with C{mesh} from now on.  Rate limits of routes that are
+        unchanged keep their buckets.
+
+        @raise ValueError: A route names a cluster C{mesh} does not have;
+            nothing is changed.
         """
+        for listener in DEFAULT_CLUSTERS:
+            for route in mesh.routes.get(listener, ()):
+                for name in route.clusterNames():
+                    if name not in mesh.clusters:
+                        raise ValueError(f"route {route.name} names no cluster {name!r}")
         clusters: Dict[str, Cluster] = {}
         started: List[Cluster] = []
-        for name, config in mesh.clusters.items():
-            old = self.clusters.get(name)
-            if old is not None and old.config == config:
-                clusters[name] = old
-                continue
-            cluster = Cluster(
-                config, self._reactor, self._random, self._resolver, self._makeUpstream
-            )
-            clusters[name] = cluster
-            started.append(cluster)
+        try:
+            for name, config in mesh.clusters.items():
+                old = self.clusters.get(name)
+                if old is not None and old.config == config:
+                    clusters[name] = old
+                    continue
+                cluster = Cluster(
+                    config,
+                    self._reactor,
+                    self._random,
+                    self._resolver,
+                    self._makeUpstream,
+                    self._telemetry,
+                )
+                clusters[name] = cluster
+                started.append(cluster)
+            routers = {
+                listener: Router(
+                    listener,
+                    mesh,
+                    clusters,
+                    self._reactor,
+                    self._random,
+                    previous=self.routers.get(listener),
+                )
+                for listener in DEFAULT_CLUSTERS
+            }
+        except BaseException:
+            for cluster in started:
+                cluster.stop()
+            raise
         retired = [c for name, c in self.clusters.items() if clusters.get(name) is not c]
         self.mesh = mesh
         self.clusters = clusters
-        self.routers = {
-            listener: Router(listener, mesh, clusters, self._reactor, self._random)
-            for listener in DEFAULT_CLUSTERS
-        }
+        self.routers = routers
         if self.running:
             for cluster in started:
                 cluster.start()
-            for cluster in retired:
-                # Requests in flight finish on the retired cluster's
-                # endpoints; its idle connections close now.
-                cluster.stop()
+        for cluster in retired:
+            # Requests in flight finish on the retired cluster's endpoints;
+            # its idle connections close now.
+            cluster.stop()
 
     def start(self) -> None:
         self.running = True

@@ -26,6 +26,9 @@ class SidecarService(MultiService):
         there is one.
     @ivar tls: The L{easymesh.tls.registry.TLSContexts}, whose certificate
         files are watched while running and re-read on SIGHUP.
+    @ivar notifier: An L{easymesh.ops.sdnotify.Notifier}, told when the
+        sidecar is ready (every port bound), reloading and stopping.
+    @ivar ready: Whether every port is bound (and the config loaded).
     """
 
     log = Logger()
@@ -38,7 +41,10 @@ class SidecarService(MultiService):
         self.runtime = runtime
         self.reloader: Optional[Any] = None
         self.tls: Optional[Any] = None
+        self.notifier: Optional[Any] = None
+        self.ready = False
         self._restoreSighup: Optional[Any] = None
+        self._listenersStopped: Optional[Deferred[None]] = None
         self.listeners: List[Any] = []
         self.sites: List[Any] = []
         self.backends: List[Any] = []
@@ -59,18 +65,58 @@ class SidecarService(MultiService):
         super().startService()
         if self.reloader is not None:
             self.reloader.start()
+        from easymesh.ports import whenBound
         from easymesh.reload import installSighup
 
         self._restoreSighup = installSighup(self.reload, self.clock)
+        bound = DeferredList([whenBound(s) for s in self], fireOnOneErrback=True, consumeErrors=True)
+        bound.addCallbacks(self._bound, lambda f: None)
+
+    def _bound(self, _: Any) -> None:
+        if not self.running:
+            return
+        self.ready = True
+        self.log.info("Ready: every listener is bound")
+        if self.notifier is not None:
+            self.notifier.ready()
+            self.notifier.startWatchdog()
+
+    @property
+    def draining(self) -> bool:
+        return self.inflight.draining
 
     def reload(self) -> None:
         """
         Reload the config file (routes and clusters) and certificates.
         """
-        if self.reloader is not None:
-            self.reloader.reload()
-        if self.tls is not None:
-            self.tls.reload()
+        if self.notifier is not None:
+            self.notifier.reloading()
+        try:
+            if self.reloader is not None:
+                self.reloader.reload()
+            if self.tls is not None:
+                self.tls.reload()
+        finally:
+            if self.notifier is not None and self.ready:
+                self.notifier.ready()
+
+    def startDrain(self) -> Deferred[None]:
+        """
+        Stop accepting connections and close idle ones; requests in flight
+        go on, answered with C{Connection: close}.  The process keeps
+        running (its admin listener too) until it is stopped.
+        """
+        if self._listenersStopped is None:
+            self.log.info("Draining: no longer accepting connections")
+            self.inflight.draining = True
+            if self.notifier is not None:
+                self.notifier.stopping()
+            self._listenersStopped = _stopAll(self.listeners)
+            for site in self.sites:
+                site.sweeper.closeIdle()
+        d: Deferred[None] = Deferred()
+        self._listenersStopped.addBoth(lambda result: (d.callback(None), result)[1])
+        return d
 
     def addBackend(self, service: Any) -> None:
         """
@@ -80,18 +126,17 @@ class SidecarService(MultiService):
         service.setServiceParent(self)
 
     def stopService(self) -> Deferred[None]:
-        self.inflight.draining = True
+        d = self.startDrain()
         self.running = 0
         if self.reloader is not None:
             self.reloader.stop()
         if self.tls is not None:
             self.tls.stop()
+        if self.notifier is not None:
+            self.notifier.stopWatchdog()
         if self._restoreSighup is not None:
             self._restoreSighup()
             self._restoreSighup = None
-        d = _stopAll(self.listeners)
-        for site in self.sites:
-            site.sweeper.closeIdle()
         d.addCallback(lambda _: self._waitForRequests())
         d.addCallback(lambda _: self._closeConnections())
         d.addCallback(lambda _: self.runtime.stop())

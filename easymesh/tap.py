@@ -154,23 +154,25 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     Build the sidecar's service tree from parsed L{Options}.
 
     @return: A L{SidecarService} whose children are the outbound and inbound
-        listeners and, without C{--upstream}, the demo app.
+        listeners and, as backends that outlive the drain, the admin
+        listener and (without C{--upstream}) the demo app.
     """
+    from functools import partial
+
     from easymesh.accesslog import AccessLog
     from easymesh.demo import demoSite
     from easymesh.forwarder import Forwarder
     from easymesh.headers import HeaderPolicy
     from easymesh.inflight import InFlight
     from easymesh.listener import MutualTLSFactory, ProxyResource, ProxySite
+    from easymesh.ops.sdnotify import Notifier
     from easymesh.ports import listeningService
-    from easymesh.service import SidecarService
-    from functools import partial
-
     from easymesh.reload import ConfigReloader
+    from easymesh.runtime import MeshRuntime
+    from easymesh.service import SidecarService
     from easymesh.tls.identity import parsePatterns
     from easymesh.tls.registry import TLSContexts
     from easymesh.upstream import upstreamFor
-    from easymesh.runtime import MeshRuntime
 
     if reactor is None:
         from twisted.internet import reactor
@@ -178,19 +180,31 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     assert config is not None, "parseOptions() first"
     chains = buildChains(config, reactor)
     inflight = InFlight()
+    telemetry = buildTelemetry(config, reactor)
     contexts = TLSContexts(reactor)
-    runtime = MeshRuntime(reactor, makeUpstream=partial(upstreamFor, tls=contexts))
+    runtime = MeshRuntime(
+        reactor, makeUpstream=partial(upstreamFor, tls=contexts), telemetry=telemetry
+    )
     runtime.apply(config.mesh())
     sidecar = SidecarService(reactor, inflight, config.drain, runtime)
     sidecar.tls = contexts
+    sidecar.notifier = Notifier(clock=reactor)
     if options["config"] is not None:
         path, flags = options["config"], dict(options.flags)
         sidecar.reloader = ConfigReloader(
             path, lambda: loadConfig(path, flags), runtime, config, reactor
         )
+        sidecar.reloader.observers.append(telemetry.configReloaded)
     accessLog = AccessLog(config.access_log) if config.access_log != "off" else None
     if config.runsDemo:
         sidecar.addBackend(listeningService(config.demo, demoSite(), reactor))
+    if config.admin != "none":
+        from easymesh.ops.admin import AdminResource, adminSite
+
+        admin = AdminResource(sidecar, config, telemetry, reactor, reactor.stop)
+        adminService = listeningService(config.admin, adminSite(admin, reactor), reactor)
+        adminService.setName("admin")
+        sidecar.addBackend(adminService)
     for listener in config.listeners():
         forwarder = Forwarder(
             HeaderPolicy(config.nodeId, listener.name),
@@ -198,7 +212,9 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             runtime,
             listener.name,
         )
-        resource = ProxyResource(listener.name, forwarder, reactor, inflight, accessLog)
+        resource = ProxyResource(
+            listener.name, forwarder, reactor, inflight, accessLog, telemetry
+        )
         limits = config.edgeLimits
         if listener.name == INBOUND:
             limits = limits.withSidecarHeadroom()
@@ -213,3 +229,19 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         service.setName(listener.name)
         sidecar.addListener(service, site)
     return sidecar
+
+
+def buildTelemetry(config: SidecarConfig, reactor: Any) -> Any:
+    """
+    What the data path reports to: Prometheus metrics and the dashboard's
+    live figures when the admin listener runs (C{prometheus_client} is
+    imported only then), nothing otherwise.
+    """
+    from easymesh.ops.telemetry import Telemetry
+
+    if config.admin == "none":
+        return Telemetry()
+    from easymesh.ops.live import LiveStats
+    from easymesh.ops.metrics import Metrics
+
+    return Telemetry(Metrics(), LiveStats(reactor))

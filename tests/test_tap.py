@@ -27,6 +27,7 @@ from easymesh.config.model import SidecarConfig
 from easymesh.demo import HelloWorld
 from easymesh.listener import ProxySite
 from easymesh.message import ProxyRequest
+from easymesh.ops.admin import AdminResource
 from easymesh.service import SidecarService
 from easymesh.tap import Options, makeService
 
@@ -110,6 +111,7 @@ def test_defaults() -> None:
         "body_timeout": 30.0,
         "idle_timeout": 60.0,
         "max_connections": 8192,
+        "admin": "tcp:9901:interface=127.0.0.1",
         "tls_cert": None,
         "tls_key": None,
         "tls_ca": None,
@@ -181,6 +183,7 @@ def test_everyFlag() -> None:
         "body_timeout": 3.0,
         "idle_timeout": 4.0,
         "max_connections": 50,
+        "admin": "tcp:9901:interface=127.0.0.1",
         # The TLS flags need certificate files: see tests/test_mtls_config.py.
         "tls_cert": None,
         "tls_key": None,
@@ -370,22 +373,24 @@ def serviceFor(*args: str) -> tuple:
 def test_serviceTree() -> None:
     """
     Without C{--upstream}, the service is a L{SidecarService} over the demo
-    app and the two listeners, named after them.
+    app, the admin listener and the two proxy listeners, named after them.
     """
     service, reactor, options = serviceFor()
     assert isinstance(service, SidecarService)
     children = list(service)
-    assert len(children) == 3
+    assert len(children) == 4
     for child in children:
         assert isinstance(child, StreamServerEndpointService)
-    demo, outbound, inbound = children
+    demo, admin, outbound, inbound = children
     assert demo.name is None
     assert isinstance(demo.factory, Site)
     assert isinstance(demo.factory.resource, HelloWorld)
+    assert service.getServiceNamed("admin") is admin
+    assert isinstance(admin.factory.resource, AdminResource)
     assert service.getServiceNamed("outbound") is outbound
     assert service.getServiceNamed("inbound") is inbound
     assert service.listeners == [outbound, inbound]
-    assert service.backends == [demo]
+    assert service.backends == [demo, admin]
     for listener in (outbound, inbound):
         assert isinstance(listener.factory, ProxySite)
     clusters = service.runtime.clusters
@@ -399,8 +404,8 @@ def test_serviceTree() -> None:
 
 def test_serviceTreeWithUpstream() -> None:
     service, _, _ = serviceFor("--upstream", "http://127.0.0.1:5000", "--drain", "2")
-    assert [child.name for child in service] == ["outbound", "inbound"]
-    assert service.backends == []
+    assert [child.name for child in service] == ["admin", "outbound", "inbound"]
+    assert [b.name for b in service.backends] == ["admin"]
     local = service.runtime.clusters["local"]
     assert [e.url for e in local.endpoints] == [UpstreamURL("http", "127.0.0.1", 5000)]
     assert service.drain == 2.0
@@ -424,7 +429,8 @@ def test_listenersUseOptionsChains() -> None:
 def test_listens() -> None:
     """
     Started on a L{MemoryReactorClock}, the sidecar listens on the default
-    ports: outbound and demo on loopback only, inbound on every interface.
+    ports: outbound, demo and admin on loopback only, inbound on every
+    interface.
     """
     service, reactor, _ = serviceFor()
     assert reactor.tcpServers == []
@@ -432,6 +438,7 @@ def test_listens() -> None:
     listening = [(port, type(f), interface) for port, f, _, interface in reactor.tcpServers]
     assert listening == [
         (6060, Site, "127.0.0.1"),
+        (9901, Site, "127.0.0.1"),
         (8082, ProxySite, "127.0.0.1"),
         (8083, ProxySite, ""),
     ]
@@ -440,18 +447,20 @@ def test_listens() -> None:
 
 def test_listensOnGivenPorts() -> None:
     service, reactor, _ = serviceFor(
-        "--outbound", "9000", "--inbound", "tcp:9001:interface=10.0.0.5", "--demo", "9002"
-    )
+        "--outbound", "9000", "--inbound", "tcp:9001:interface=10.0.0.5", "--demo", "9002",
+        "--admin", "9003",
+    )  # fmt: skip
     service.startService()
     assert sorted((p, i) for p, _, _, i in reactor.tcpServers) == [
         (9000, "127.0.0.1"),
         (9001, "10.0.0.5"),
         (9002, "127.0.0.1"),
+        (9003, "127.0.0.1"),
     ]
 
 
 def test_noDemoWithUpstream() -> None:
-    service, reactor, _ = serviceFor("--upstream", "http://127.0.0.1:5000")
+    service, reactor, _ = serviceFor("--upstream", "http://127.0.0.1:5000", "--admin", "none")
     service.startService()
     assert sorted(p for p, _, _, _ in reactor.tcpServers) == [8082, 8083]
 

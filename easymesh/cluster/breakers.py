@@ -9,7 +9,7 @@ overloaded and the request fails at once instead of queueing.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict
 
 from easymesh.config.mesh import CircuitBreakers
 
@@ -30,10 +30,14 @@ class Breakers:
     @ivar retries: Retries in flight.
     @ivar connections: Connections open to the cluster's endpoints.
     @ivar overflows: How often each breaker refused, by breaker name.
+    @param telemetry: An L{easymesh.ops.telemetry.Telemetry} told of
+        overflows and connections, under the name C{cluster}, or L{None}.
     """
 
-    def __init__(self, config: CircuitBreakers) -> None:
+    def __init__(self, config: CircuitBreakers, cluster: str = "", telemetry: Any = None) -> None:
         self.config = config
+        self.cluster = cluster
+        self.telemetry = telemetry
         self.requests = 0
         self.pending = 0
         self.retries = 0
@@ -46,6 +50,8 @@ class Breakers:
         a caller that acts on L{canConnect} counts that one.
         """
         self.overflows[breaker] = self.overflows.get(breaker, 0) + 1
+        if self.telemetry is not None:
+            self.telemetry.overflowed(self.cluster, breaker)
 
     def tryRequest(self) -> bool:
         """
@@ -96,6 +102,10 @@ class Breakers:
 
     def connectionOpened(self) -> None:
         self.connections += 1
+        if self.telemetry is not None:
+            self.telemetry.upstreamConnectionOpened(self.cluster)
 
     def connectionClosed(self) -> None:
         self.connections = max(0, self.connections - 1)
+        if self.telemetry is not None:
+            self.telemetry.upstreamConnectionClosed(self.cluster)

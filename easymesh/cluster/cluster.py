@@ -9,7 +9,7 @@ from __future__ import annotations
 import random as _random
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -53,8 +53,10 @@ class Cluster:
         random: Optional[_random.Random] = None,
         resolver: Any = None,
         makeUpstream: Callable[..., Any] = upstreamFor,
+        telemetry: Any = None,
     ) -> None:
         self.config = config
+        self.telemetry = telemetry
         self.name = config.name
         self._reactor = reactor
         self._makeUpstream = makeUpstream
@@ -64,14 +66,20 @@ class Cluster:
         )
         self.endpoints: List[Endpoint] = []
         self.balancer = balancerFor(config.lbPolicy, self._random, reactor)
-        self.breakers = Breakers(config.circuitBreakers)
+        self.breakers = Breakers(config.circuitBreakers, config.name, telemetry)
         self.active = 0
         self.retriesActive = 0
         self.retries = 0
         self.retryBudget = RetryBudgetState(reactor)
         self._panicking = False
         self.outlier = (
-            OutlierDetector(config.outlierDetection, reactor, self.name, lambda: self.endpoints)
+            OutlierDetector(
+                config.outlierDetection,
+                reactor,
+                self.name,
+                lambda: self.endpoints,
+                onEject=(lambda e, reason: telemetry.ejected(self.name)) if telemetry else None,
+            )
             if config.outlierDetection is not None
             else None
         )
@@ -114,6 +122,9 @@ class Cluster:
             endpoints.append(endpoint)
         self.endpoints = endpoints
         self.balancer.update(endpoints)
+        if self.health is not None:
+            # Probe new endpoints soon, and stop probing those gone.
+            self.health.refresh()
         for gone in old.values():
             gone.upstream.close()
         if self.config.dns is not None:
@@ -177,7 +188,8 @@ class Cluster:
         self.active += 1
         endpoint.started()
         started = self._reactor.seconds()
-        d = endpoint.upstream.request(request, timeout)
+        # A bug in an upstream must not leave the request counted forever.
+        d = maybeDeferred(endpoint.upstream.request, request, timeout)
         return d.addBoth(self._finished, endpoint, started)
 
     def _finished(self, result: Any, endpoint: Endpoint, started: float) -> Any:
@@ -191,6 +203,8 @@ class Cluster:
                 self.outlier.record(endpoint, None, True)
         else:
             endpoint.finished(now, now - started)
+            if self.telemetry is not None:
+                self.telemetry.upstreamAnswered(self.name, now - started)
             if self.outlier is not None:
                 code = result.code
                 self.outlier.record(endpoint, code, code in GATEWAY_ERRORS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IResolutionReceiver
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -59,7 +59,8 @@ def resolveAll(resolver: Any, name: str, port: int) -> Deferred[List[Tuple[str, 
 class DnsHosts:
     """
     Resolve a name every C{refresh} seconds and report the endpoints found;
-    a failed or empty resolution keeps the last good set.
+    a failed or empty resolution keeps the last good set.  Once stopped,
+    nothing more is reported, not even a resolution already under way.
 
     @param update: Called with the new L{Hosts} whenever they change.
     """
@@ -82,22 +83,29 @@ class DnsHosts:
         self._loop.clock = clock
         self._current: Optional[List[Tuple[str, int]]] = None
         self._failing = False
+        self._running = False
 
     def start(self) -> None:
+        self._running = True
         self._loop.start(self.config.refresh, now=True)
 
     def stop(self) -> None:
+        self._running = False
         if self._loop.running:
             self._loop.stop()
 
     def refresh(self) -> Deferred[None]:
         """
-        Resolve now; the loop waits for this before the next refresh.
+        Resolve now; the loop waits for this before the next refresh.  It
+        never fails, so that refreshing goes on whatever happens.
         """
-        d = resolveAll(self._resolver, self.config.name, self.config.port)
-        return d.addCallbacks(self._resolved, self._failed)
+        d = maybeDeferred(resolveAll, self._resolver, self.config.name, self.config.port)
+        d.addCallbacks(self._resolved, self._failed)
+        return d.addErrback(self._updateFailed)
 
     def _resolved(self, addresses: List[Tuple[str, int]]) -> None:
+        if not self._running:
+            return
         if not addresses:
             self._failed(None)
             return
@@ -109,11 +117,21 @@ class DnsHosts:
         addresses = sorted(addresses)
         if addresses == self._current:
             return
-        self._current = addresses
         scheme = self.config.scheme
         self._update([(UpstreamURL(scheme, host, port), 1) for host, port in addresses])
+        self._current = addresses
+
+    def _updateFailed(self, failure: Any) -> None:
+        self.log.failure(
+            "Cluster {cluster}: could not use the addresses of {name}",
+            failure,
+            cluster=self._cluster,
+            name=self.config.name,
+        )
 
     def _failed(self, failure: Any) -> None:
+        if not self._running:
+            return
         if not self._failing:
             self._failing = True
             self.log.warn(

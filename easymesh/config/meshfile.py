@@ -103,6 +103,11 @@ class Node:
             raise self.error("must be a list")
         return [self._child(n, str(i)) for i, n in enumerate(self.node.value)]
 
+    def isScalar(self) -> bool:
+        import yaml
+
+        return isinstance(self.node, yaml.ScalarNode)
+
     def value(self) -> Any:
         import yaml
 
@@ -117,6 +122,16 @@ class Node:
         import yaml
 
         return self.value() if isinstance(self.node, yaml.ScalarNode) else None
+
+    def written(self) -> Optional[str]:
+        """
+        A scalar as it is written (C{1.50} stays C{"1.50"}, C{007} stays
+        C{"007"}), or L{None} for null, C{true} or C{false}.
+        """
+        value = self.value()
+        if value is None or isinstance(value, bool):
+            return None
+        return str(self.node.value)
 
     def text(self, check: Optional[Callable[[str], Any]] = None) -> str:
         value = self.value()
@@ -368,17 +383,43 @@ def _readObject(node: Node, cls: Any, fields: Mapping[str, Tuple[str, Callable[[
     return cls(**{fields[k][0]: fields[k][1](v) for k, v in entries.items()})
 
 
+def _headerValue(node: Node) -> str:
+    """
+    A header value to match, as written; header values are Latin-1.
+    """
+    text = node.written()
+    if text is None:
+        raise node.error(
+            f"must be a header value or a mapping with one of exact, prefix, regex, "
+            f"present, not {node.value()!r}"
+        )
+    _checkOrRaise(node, text, _checkHeaderValue)
+    return text
+
+
+def _checkHeaderValue(text: str) -> None:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"must be Latin-1, as header values are, not {text!r}") from None
+    if any(c in text for c in "\r\n\0"):
+        raise ValueError(f"must not contain CR, LF or NUL, not {text!r}")
+
+
 def _readHeaderMatch(name: str, node: Node) -> HeaderMatch:
     _checkOrRaise(node, name, _checkHeaderName)
     name = name.lower()
-    if isinstance(node.scalarOrNone(), (str, int)) and not isinstance(node.scalarOrNone(), bool):
-        return HeaderMatch(name, exact=str(node.value()))
+    if node.isScalar():
+        return HeaderMatch(name, exact=_headerValue(node))
     fields = node.mapping({"exact", "prefix", "regex", "present"})
     key = node.exactlyOne(fields, ("exact", "prefix", "regex", "present"))
     if key == "present":
         return HeaderMatch(name, present=fields[key].flag())
-    check = _checkRegex if key == "regex" else None
-    return HeaderMatch(name, **{key: fields[key].text(check)})
+    if key == "regex":
+        regex = fields[key].text(_checkRegex)
+        _checkOrRaise(fields[key], regex, _checkHeaderValue)
+        return HeaderMatch(name, regex=regex)
+    return HeaderMatch(name, **{key: _headerValue(fields[key])})
 
 
 def _checkOrRaise(node: Node, value: str, check: Callable[[str], None]) -> None:
@@ -533,8 +574,9 @@ def _readRoute(listener: str, index: int, node: Node, clusters: Set[str]) -> Rou
         status = fields["status"].number(200, integer=True)
         if status > 599:
             raise fields["status"].error(f"must be a status code from 200 to 599, not {status}")
-        body = fields["body"].value() if "body" in fields else None
-        body = "" if body is None else str(body)
+        body = ""
+        if "body" in fields and fields["body"].value() is not None:
+            body = str(fields["body"].node.value)
         if body and status in _NO_BODY:
             raise fields["body"].error(f"a {status} response has no body")
         kwargs["directResponse"] = DirectResponse(status, body.encode("utf-8"))

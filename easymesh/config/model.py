@@ -214,6 +214,7 @@ class SidecarConfig:
     body_timeout: float = _EDGE.bodyTimeout
     idle_timeout: float = _EDGE.idleTimeout
     max_connections: int = _EDGE.maxConnections
+    admin: str = "tcp:9901:interface=127.0.0.1"
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     tls_ca: Optional[str] = None

@@ -192,7 +192,21 @@ SETTINGS = (
     ),
 )
 
+def _adminEndpoint(text: str) -> str:
+    if text == "none":
+        return text
+    return endpointNormaliser("127.0.0.1")(text)
+
+
 SETTINGS += (
+    Setting(
+        "admin",
+        Endpoint(expected="a Twisted endpoint string, or none", check=_adminEndpoint),
+        "Where the admin listener (dashboard, metrics, readiness) listens, or "
+        "none; keep it off public interfaces.  Each sidecar on a host needs "
+        "its own.",
+        _defaults.admin,
+    ),
     Setting(
         "tls-cert",
         Text("a file name"),

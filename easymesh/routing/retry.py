@@ -28,11 +28,13 @@ from easymesh.tokenbucket import TokenBucket
 _GATEWAY = frozenset((502, 503, 504))
 
 #: The retry_on conditions under which each kind of failure is retried.
+#: Each is answered with a 502, 503 or 504, so C{5xx} and C{gateway-error}
+#: retry them all, as Envoy does.
 _FAILURE_CONDITIONS = (
     (UpstreamConnectFailure, frozenset(("connect-failure", "5xx", "gateway-error"))),
-    (UpstreamReset, frozenset(("reset", "5xx"))),
+    (UpstreamReset, frozenset(("reset", "5xx", "gateway-error"))),
     (UpstreamTimeout, frozenset(("timeout", "5xx", "gateway-error"))),
-    (UpstreamProtocolError, frozenset(("reset", "5xx"))),
+    (UpstreamProtocolError, frozenset(("reset", "5xx", "gateway-error"))),
 )
 
 

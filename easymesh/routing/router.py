@@ -35,6 +35,10 @@ ATTEMPTS_HEADER = b"x-easymesh-attempts"
 class Router:
     """
     One listener's routes over a set of clusters.
+
+    @param previous: The router this one replaces: the buckets of its rate
+        limits are kept for routes of the same name and limit, so that a
+        reload does not let every client burst again.
     """
 
     log = Logger()
@@ -46,6 +50,7 @@ class Router:
         clusters: Mapping[str, Cluster],
         clock: Any,
         random: Optional[_random.Random] = None,
+        previous: Optional["Router"] = None,
     ) -> None:
         self.listener = listener
         self.mesh = mesh
@@ -53,11 +58,17 @@ class Router:
         self.clusters = clusters
         self._clock = clock
         self._random = random if random is not None else _random.Random()
-        self._limiters: Dict[str, KeyedRateLimiter] = {
-            route.name: KeyedRateLimiter(route.rateLimit, clock, mesh.xffNumTrustedHops)
-            for route in self.table.routes
-            if route.rateLimit is not None
-        }
+        kept: Mapping[str, KeyedRateLimiter] = {}
+        if previous is not None and previous.mesh.xffNumTrustedHops == mesh.xffNumTrustedHops:
+            kept = previous._limiters
+        self._limiters: Dict[str, KeyedRateLimiter] = {}
+        for route in self.table.routes:
+            if route.rateLimit is None:
+                continue
+            limiter = kept.get(route.name)
+            if limiter is None or limiter.config != route.rateLimit:
+                limiter = KeyedRateLimiter(route.rateLimit, clock, mesh.xffNumTrustedHops)
+            self._limiters[route.name] = limiter
 
     def route(self, request: ProxyRequest) -> Deferred[Reply]:
         """

@@ -19,6 +19,10 @@ Open connections keep the context they started with.
 A certificate and its key are two files, replaced one after the other: a
 check that falls between sees them disagree, keeps the old pair and logs
 it; the next check, after the second file has changed, loads the new pair.
+
+Both sides log why they refused the other's certificate (expired, not yet
+valid, from another CA, not an expected identity): OpenSSL's handshake
+error says only "certificate verify failed".
 """
 
 from __future__ import annotations
@@ -68,6 +72,83 @@ _OPTIONS = (
 _REQUIRE = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 
 _log = Logger()
+
+#: OpenSSL's words for the certificate verification errors most often met
+#: (X509_verify_cert_error_string), by the name pyOpenSSL gives the code.
+_VERIFY_ERRORS = {
+    "ERR_CERT_HAS_EXPIRED": "certificate has expired",
+    "ERR_CERT_NOT_YET_VALID": "certificate is not yet valid",
+    "ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY": "unable to get local issuer certificate "
+    "(not issued by a CA in the bundle)",
+    "ERR_UNABLE_TO_GET_ISSUER_CERT": "unable to get issuer certificate",
+    "ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE": "unable to verify the first certificate",
+    "ERR_DEPTH_ZERO_SELF_SIGNED_CERT": "self-signed certificate",
+    "ERR_SELF_SIGNED_CERT_IN_CHAIN": "self-signed certificate in certificate chain",
+    "ERR_CERT_SIGNATURE_FAILURE": "certificate signature failure",
+    "ERR_INVALID_PURPOSE": "unsupported certificate purpose",
+    "ERR_INVALID_CA": "invalid CA certificate",
+    "ERR_PATH_LENGTH_EXCEEDED": "path length constraint exceeded",
+    "ERR_CERT_REVOKED": "certificate revoked",
+    "ERR_CERT_CHAIN_TOO_LONG": "certificate chain too long",
+}
+
+
+def _verifyErrorText(errno: int) -> str:
+    """
+    What an X509 verification error code means.
+    """
+    codes = getattr(SSL, "X509VerificationCodes", None)
+    for name in dir(codes) if codes is not None else ():
+        if name.startswith("ERR_") and getattr(codes, name) == errno:
+            return _VERIFY_ERRORS.get(name, name[4:].lower().replace("_", " "))
+    return f"X509 verification error {errno}"
+
+
+def _peerAddress(tlsProtocol: Any) -> str:
+    """
+    C{host:port} of the other end of a TLS connection, or C{?:?}.
+    """
+    try:
+        peer = tlsProtocol.transport.getPeer()
+    except Exception:
+        peer = None
+    return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+
+def _logUnverified(who: str, tlsProtocol: Any, cert: crypto.X509, errno: int, depth: int) -> None:
+    """
+    Log why OpenSSL refused the certificate chain of C{who} (C{"mTLS
+    client"} or C{"peer"}).
+    """
+    try:
+        presented = ", ".join(identitiesOf(cert)) or "no identity"
+    except Exception:
+        presented = "an unreadable certificate"
+    _log.warn(
+        "Refused {who} {peer}: its certificate ({presented}) did not verify{where}: {reason}",
+        who=who,
+        peer=_peerAddress(tlsProtocol),
+        presented=presented,
+        where=f" (certificate at depth {depth})" if depth else "",
+        reason=_verifyErrorText(errno),
+    )
+
+
+def _logClientRefusal(
+    connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+) -> bool:
+    """
+    A listener's verify callback: it changes nothing OpenSSL decides, but
+    logs why a client's certificate chain is refused.
+    """
+    if ok:
+        return True
+    try:
+        _logUnverified("mTLS client", connection.get_app_data(), cert, errno, depth)
+    except BaseException:
+        # Raised out of an OpenSSL callback, it would be lost.
+        _log.failure("While logging a refused client certificate")
+    return False
 
 
 def _context(creds: Credentials) -> SSL.Context:
@@ -200,7 +281,9 @@ class ServerTLS(_Reloading):
 
     def _makeContext(self, creds: Credentials) -> SSL.Context:
         ctx = _context(creds)
-        ctx.set_verify(_REQUIRE if self.requireClientCert else SSL.VERIFY_PEER)
+        ctx.set_verify(
+            _REQUIRE if self.requireClientCert else SSL.VERIFY_PEER, _logClientRefusal
+        )
         for ca in creds.authorities:
             ctx.add_client_ca(ca)
         ctx.set_alpn_select_callback(self._selectProtocol)
@@ -211,7 +294,9 @@ class ServerTLS(_Reloading):
         return next((p for p in self.protocols if p in offered), b"")
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self._context, None)
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        return connection
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -284,12 +369,19 @@ def _identityCheck(
     def verify(
         connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
     ) -> bool:
-        if depth != 0 or not ok:
-            return bool(ok)
+        if not ok:
+            try:
+                _logUnverified("peer", tlsProtocol, cert, errno, depth)
+            except BaseException:
+                _log.failure("While logging a refused server certificate")
+            return False
+        if depth != 0:
+            return True
         try:
             requireMatch(expected, cert)
-        except IdentityMismatch:
+        except IdentityMismatch as e:
             tlsProtocol.failVerification(Failure())
+            _log.warn("Refused peer {peer}: {reason}", peer=_peerAddress(tlsProtocol), reason=str(e))
             return False
         except BaseException:
             # Raised out of an OpenSSL callback, it would be lost.

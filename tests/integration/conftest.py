@@ -49,8 +49,8 @@ class Launcher:
         self.started: List[Sidecar] = []
 
     def ports(self) -> Dict[str, int]:
-        outbound, inbound, demo = freePorts(3)
-        return {"outbound": outbound, "inbound": inbound, "demo": demo}
+        outbound, inbound, demo, admin = freePorts(4)
+        return {"outbound": outbound, "inbound": inbound, "demo": demo, "admin": admin}
 
     def __call__(
         self,

@@ -228,7 +228,8 @@ def sidecarArgs(
 ) -> List[str]:
     """
     The C{easymesh} plugin arguments for a sidecar on C{ports}, all on
-    loopback; C{--drain 1} unless C{extra} sets a drain.
+    loopback; C{--drain 1} unless C{extra} sets a drain; the admin listener
+    on C{ports["admin"]}, or off if no port is given for it.
     """
     args = [
         "--outbound",
@@ -240,6 +241,8 @@ def sidecarArgs(
         "--node-id",
         nodeId,
     ]
+    if "--admin" not in extra:
+        args += ["--admin", str(ports["admin"]) if "admin" in ports else "none"]
     if "--drain" not in extra:
         args += ["--drain", "1"]
     return args + list(extra)

@@ -32,6 +32,7 @@ def test_systemdEndpoints(launch) -> None:
         "--inbound", "systemd:domain=INET:name=inbound",
         "--peer", f"http://127.0.0.1:{inbound}",
         "--demo", f"tcp:{demo}:interface=127.0.0.1",
+        "--admin", "none",
     ]
     ports = {"outbound": outbound, "inbound": inbound, "demo": demo}
     sidecar = launch(argv=argv, ports=ports, ready=False)

@@ -1,0 +1,247 @@
+# -*- test-case-name: tests.test_admin -*-
+"""
+The admin listener: readiness and health, Prometheus metrics, the running
+config and clusters as JSON, drain and quit, and a live dashboard.
+
+It reads the data path's state and never changes it, except through
+C{POST /drain} and C{POST /quitquitquit}, which only loopback callers may
+send (and no web page: a request with an C{Origin} header naming another
+site is refused).
+"""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import attrs
+from twisted.web import server
+from twisted.web.resource import Resource
+
+#: Settings whose values are never shown.
+REDACTED = frozenset(("tls_key",))
+
+
+def _jsonable(value: Any) -> Any:
+    if attrs.has(type(value)):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def configDump(config: Any, mesh: Any) -> Dict[str, Any]:
+    """
+    The running config as JSON-ready data: settings (secrets and key paths
+    redacted) and the routes and clusters in force.
+    """
+    settings = {}
+    for field in attrs.fields(type(config)):
+        if field.name == "meshFile":
+            continue
+        value = getattr(config, field.name)
+        if field.name in REDACTED and value is not None:
+            value = "[redacted]"
+        settings[field.name.replace("_", "-")] = _jsonable(value)
+    dumped = _jsonable(mesh) if mesh is not None else {}
+    for cluster in dumped.get("clusters", {}).values():
+        tls = cluster.get("tls")
+        if tls:
+            tls["files"]["key"] = "[redacted]"
+    return {"settings": settings, "mesh": dumped}
+
+
+def clustersDump(runtime: Any, now: float) -> Dict[str, Any]:
+    """
+    Every cluster's endpoints with their health, ejection and load.
+    """
+    out = {}
+    for name, cluster in sorted(runtime.clusters.items()):
+        breakers = cluster.breakers
+        out[name] = {
+            "lb_policy": cluster.config.lbPolicy,
+            "active_requests": cluster.active,
+            "retries": cluster.retries,
+            "connections": breakers.connections,
+            "pending": breakers.pending,
+            "overflows": dict(breakers.overflows),
+            "endpoints": [
+                {
+                    "address": e.key,
+                    "url": str(e.url),
+                    "weight": e.weight,
+                    "healthy": e.healthy,
+                    "ejected": e.ejected,
+                    "ejected_for": round(e.ejectedUntil - now, 3) if e.ejectedUntil else 0,
+                    "times_ejected": e.ejections,
+                    "available": e.available,
+                    "active_requests": e.active,
+                    "latency_ewma_ms": round(e.ewma(now) * 1000, 3),
+                }
+                for e in cluster.endpoints
+            ],
+        }
+    return out
+
+
+def _isLoopback(host: str) -> bool:
+    return host == "::1" or host.startswith("127.") or host.startswith("::ffff:127.")
+
+
+class AdminResource(Resource):
+    """
+    The admin paths.
+
+    @param sidecar: The L{easymesh.service.SidecarService}: C{ready},
+        C{draining}, C{startDrain()}, C{runtime}.
+    @param config: The L{easymesh.config.model.SidecarConfig} it started
+        with.
+    @param telemetry: The L{easymesh.ops.telemetry.Telemetry}.
+    @param quit: Stops the process (after its drain).
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self, sidecar: Any, config: Any, telemetry: Any, clock: Any, quit: Callable[[], None]
+    ) -> None:
+        super().__init__()
+        self.sidecar = sidecar
+        self.config = config
+        self.telemetry = telemetry
+        self.clock = clock
+        self.quit = quit
+        self._gets: Dict[bytes, Callable[[Any], Tuple[int, bytes, bytes]]] = {
+            b"/": self._dashboard,
+            b"/dashboard.js": self._script,
+            b"/ready": self._ready,
+            b"/healthz": lambda r: (200, b"text/plain; charset=utf-8", b"ok\n"),
+            b"/stats/prometheus": self._prometheus,
+            b"/stats/live": self._live,
+            b"/config_dump": self._configDump,
+            b"/clusters": self._clusters,
+        }
+        self._posts: Dict[bytes, Callable[[Any], Tuple[int, bytes, bytes]]] = {
+            b"/drain": self._drain,
+            b"/quitquitquit": self._quit,
+        }
+
+    def render(self, request: server.Request) -> bytes:
+        path = request.path
+        method = request.method
+        table = self._posts if method == b"POST" else self._gets
+        handler = table.get(path)
+        if handler is None:
+            known = path in self._gets or path in self._posts
+            status, kind, body = (
+                (405, b"text/plain; charset=utf-8", b"method not allowed\n")
+                if known
+                else (404, b"text/plain; charset=utf-8", b"not found\n")
+            )
+        elif method not in (b"GET", b"HEAD", b"POST") or (method == b"POST") != (table is self._posts):
+            status, kind, body = 405, b"text/plain; charset=utf-8", b"method not allowed\n"
+        else:
+            status, kind, body = handler(request)
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", kind)
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return body
+
+    # GET
+
+    def _dashboard(self, request: Any) -> Tuple[int, bytes, bytes]:
+        return 200, b"text/html; charset=utf-8", _static("dashboard.html")
+
+    def _script(self, request: Any) -> Tuple[int, bytes, bytes]:
+        return 200, b"text/javascript; charset=utf-8", _static("dashboard.js")
+
+    def _ready(self, request: Any) -> Tuple[int, bytes, bytes]:
+        if self.sidecar.draining:
+            return 503, b"text/plain; charset=utf-8", b"draining\n"
+        if not self.sidecar.ready:
+            return 503, b"text/plain; charset=utf-8", b"starting\n"
+        return 200, b"text/plain; charset=utf-8", b"ready\n"
+
+    def _prometheus(self, request: Any) -> Tuple[int, bytes, bytes]:
+        metrics = self.telemetry.metrics
+        if metrics is None:
+            return 404, b"text/plain; charset=utf-8", b"metrics are off\n"
+        body, kind = metrics.exposition()
+        return 200, kind.encode("ascii"), body
+
+    def _json(self, data: Any) -> Tuple[int, bytes, bytes]:
+        return 200, b"application/json", json.dumps(data, indent=1).encode("utf-8")
+
+    def _live(self, request: Any) -> Tuple[int, bytes, bytes]:
+        live = self.telemetry.live
+        snapshot = live.snapshot() if live is not None else {}
+        snapshot["clusters_state"] = clustersDump(self.sidecar.runtime, self.clock.seconds())
+        snapshot["state"] = (
+            "draining" if self.sidecar.draining else "ready" if self.sidecar.ready else "starting"
+        )
+        return self._json(snapshot)
+
+    def _configDump(self, request: Any) -> Tuple[int, bytes, bytes]:
+        return self._json(configDump(self.config, self.sidecar.runtime.mesh))
+
+    def _clusters(self, request: Any) -> Tuple[int, bytes, bytes]:
+        return self._json(clustersDump(self.sidecar.runtime, self.clock.seconds()))
+
+    # POST, from loopback only
+
+    def _refusal(self, request: Any) -> Optional[Tuple[int, bytes, bytes]]:
+        host = getattr(request.getClientAddress(), "host", "")
+        if not _isLoopback(host):
+            return 403, b"text/plain; charset=utf-8", b"only loopback callers may do this\n"
+        origin = request.getHeader(b"origin")
+        if origin is not None:
+            ownHost = request.getHeader(b"host") or b""
+            if origin.split(b"://", 1)[-1] != ownHost:
+                return 403, b"text/plain; charset=utf-8", b"cross-site requests are refused\n"
+        return None
+
+    def _drain(self, request: Any) -> Tuple[int, bytes, bytes]:
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        self.sidecar.startDrain()
+        return 200, b"text/plain; charset=utf-8", b"draining\n"
+
+    def _quit(self, request: Any) -> Tuple[int, bytes, bytes]:
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        # Answer first; the drain runs as the process stops.
+        self.clock.callLater(0, self.quit)
+        return 200, b"text/plain; charset=utf-8", b"draining, then exiting\n"
+
+
+_STATIC: Dict[str, bytes] = {}
+
+
+def _static(name: str) -> bytes:
+    data = _STATIC.get(name)
+    if data is None:
+        data = pkgutil.get_data("easymesh.ops", f"static/{name}") or b""
+        _STATIC[name] = data
+    return data
+
+
+def adminSite(resource: AdminResource, clock: Any) -> server.Site:
+    """
+    The admin listener's site (its own logging off: admin scrapes are not
+    traffic).
+    """
+    site = server.Site(resource, reactor=clock)
+    site.log = lambda request: None  # type: ignore[method-assign]
+    site.noisy = False
+    site.displayTracebacks = False
+    return site

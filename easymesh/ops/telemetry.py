@@ -1,0 +1,92 @@
+# -*- test-case-name: tests.test_telemetry -*-
+"""
+Where the data path reports what happened: each finished request, client
+connections, and cluster events.  One object feeds both the Prometheus
+metrics and the dashboard's live figures, so that the request path makes
+one call per event and knows nothing of either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from easymesh.ops.live import LiveStats
+
+#: The label for a request that took no route or reached no cluster.
+NONE = "none"
+
+
+class Telemetry:
+    """
+    @param metrics: An L{easymesh.ops.metrics.Metrics}, or L{None}.
+    @param live: A L{LiveStats}, or L{None}.
+    """
+
+    def __init__(self, metrics: Any = None, live: Optional[LiveStats] = None) -> None:
+        self.metrics = metrics
+        self.live = live
+
+    def requestDone(
+        self,
+        listener: str,
+        proxied: Any,
+        status: int,
+        duration: float,
+        cause: Optional[str],
+        method: bytes,
+        path: bytes,
+    ) -> None:
+        """
+        A request on C{listener} is finished.
+
+        @param proxied: Its L{easymesh.message.ProxyRequest}, or L{None} if
+            it was refused before one was made.
+        @param status: The status sent, or 0 if none was.
+        """
+        route = getattr(proxied, "route", None)
+        cluster = getattr(proxied, "cluster", None)
+        metrics = self.metrics
+        if metrics is not None:
+            clusterLabel = cluster or NONE
+            metrics.requestFinished(listener, route or NONE, clusterLabel, status, duration)
+            if cause == "rate_limited":
+                metrics.requestRateLimited(listener, route or NONE)
+            elif cause == "upstream_timeout" and cluster is not None:
+                metrics.upstreamTimedOut(cluster)
+            attempts = getattr(proxied, "attempts", 0)
+            for _ in range(attempts - 1):
+                metrics.upstreamRetried(clusterLabel)
+        if self.live is not None:
+            self.live.record(listener, cluster, status, duration, cause, method, path)
+
+    def connectionOpened(self, listener: str) -> None:
+        if self.metrics is not None:
+            self.metrics.downstreamConnectionOpened(listener)
+
+    def connectionClosed(self, listener: str) -> None:
+        if self.metrics is not None:
+            self.metrics.downstreamConnectionClosed(listener)
+
+    def upstreamAnswered(self, cluster: str, duration: float) -> None:
+        if self.metrics is not None:
+            self.metrics.upstreamRequest(cluster, duration)
+
+    def upstreamConnectionOpened(self, cluster: str) -> None:
+        if self.metrics is not None:
+            self.metrics.upstreamConnectionOpened(cluster)
+
+    def upstreamConnectionClosed(self, cluster: str) -> None:
+        if self.metrics is not None:
+            self.metrics.upstreamConnectionClosed(cluster)
+
+    def ejected(self, cluster: str) -> None:
+        if self.metrics is not None:
+            self.metrics.hostEjected(cluster)
+
+    def overflowed(self, cluster: str, breaker: str) -> None:
+        if self.metrics is not None:
+            self.metrics.breakerOverflowed(cluster, breaker)
+
+    def configReloaded(self, applied: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.configReloaded(applied)
