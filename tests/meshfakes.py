@@ -56,6 +56,7 @@ class Sent:
         self.bodyDone: Optional[Deferred[None]] = None
         self.bodyEnded = False
         self.deferred: Deferred[Any] = Deferred(self._cancel)
+        self.response: Optional[FakeResponse] = None
         if request.body is not None:
             self.bodyDone = request.body.startProducing(self)
             self.bodyDone.addBoth(self._ended)
@@ -81,7 +82,7 @@ class Sent:
         pass
 
     def respond(self, code: int = 200, headers: Optional[Headers] = None) -> FakeResponse:
-        response = FakeResponse(code, headers)
+        response = self.response = FakeResponse(code, headers)
         self.deferred.callback(response)
         return response
 
@@ -113,10 +114,14 @@ class FakeUpstream:
         self.sent: List[Sent] = []
         self.answer: Optional[Callable[[ProxyRequest], Any]] = None
         self.closed = 0
+        #: Where every request is recorded too, if given.
+        self.journal: Optional[List[Sent]] = None
 
     def request(self, request: ProxyRequest, timeout: Optional[float] = None) -> Deferred[Any]:
         sent = Sent(request, timeout)
         self.sent.append(sent)
+        if self.journal is not None:
+            self.journal.append(sent)
         if self.answer is not None:
             outcome = self.answer(request)
             if outcome is not None:
@@ -145,10 +150,13 @@ class Upstreams:
         self.made: List[FakeUpstream] = []
         #: Given to every upstream made from now on.
         self.answer: Optional[Callable[[ProxyRequest], Any]] = None
+        #: Every request sent to any of them, in order.
+        self.journal: List[Sent] = []
 
     def make(self, url: UpstreamURL, settings: Any, reactor: Any, breakers: Any = None) -> FakeUpstream:
         upstream = FakeUpstream(url, settings, reactor, breakers)
         upstream.answer = self.answer
+        upstream.journal = self.journal
         self.made.append(upstream)
         return upstream
 
@@ -159,7 +167,7 @@ class Upstreams:
         return matching[-1]
 
     def allSent(self) -> List[Sent]:
-        return [s for u in self.made for s in u.sent]
+        return list(self.journal)
 
 
 def makeRequest(

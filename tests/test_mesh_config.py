@@ -342,6 +342,32 @@ class TestEveryKey:
             DirectResponse(200, b""),
         ]
 
+    def test_headerValuesAsWritten(self) -> None:
+        mesh = parse(
+            """\
+            routes:
+              outbound:
+                - cluster: peer
+                  match:
+                    headers:
+                      x-a: 1.50
+                      x-b: 007
+                      x-c: {prefix: 12}
+                      x-d: {exact: ""}
+                      x-e: "caf\u00e9"
+                - direct_response: {status: 200, body: 1.50}
+            """
+        )
+        first, second = mesh.routes["outbound"]
+        assert first.match.headers == (
+            HeaderMatch("x-a", exact="1.50"),
+            HeaderMatch("x-b", exact="007"),
+            HeaderMatch("x-c", prefix="12"),
+            HeaderMatch("x-d", exact=""),
+            HeaderMatch("x-e", exact="caf\u00e9"),
+        )
+        assert second.directResponse == DirectResponse(200, b"1.50")
+
     def test_retryOnStatusesOnly(self) -> None:
         mesh = parse(
             """\
@@ -532,7 +558,7 @@ routes:
       cluster: webb
 """
         )
-        assert error == "mesh.yaml:7: routes.outbound.1.cluster: no cluster named 'webb'"
+        assert error == "mesh.yaml:8: routes.outbound.1.cluster: no cluster named 'webb'"
 
     def test_unknownWeightedCluster(self) -> None:
         error = refused(
@@ -621,6 +647,26 @@ routes:
         assert error.startswith(
             "mesh.yaml:6: routes.outbound.0.match.headers.x-a: must have exactly one of exact, prefix, regex, present"
         )
+
+    @pytest.mark.parametrize(
+        "value, reason",
+        [
+            ("true", "must be a header value or a mapping with one of exact, prefix, regex, present, not True"),
+            ("", "must be a header value or a mapping with one of exact, prefix, regex, present, not None"),
+            ("{exact: null}", "exact: must be a header value"),
+            ("\"\u20ac\"", "must be Latin-1, as header values are, not '\u20ac'"),
+            ("{prefix: \"\u20ac\"}", "prefix: must be Latin-1"),
+            ("{regex: \"\u20ac+\"}", "regex: must be Latin-1"),
+            ("\"a\\nb\"", "must not contain CR, LF or NUL"),
+        ],
+    )
+    def test_badHeaderValues(self, value: str, reason: str) -> None:
+        error = refused(
+            "routes:\n  outbound:\n    - cluster: peer\n      match:\n"
+            f"        headers:\n          x-a: {value}\n"
+        )
+        assert error.startswith("mesh.yaml:6: routes.outbound.0.match.headers.x-a"), error
+        assert reason in error, error
 
     def test_twoPathConditions(self) -> None:
         error = refused("routes:\n  outbound:\n    - match: {prefix: /a, path: /b}\n      cluster: peer\n")

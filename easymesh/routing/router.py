@@ -75,7 +75,9 @@ class Router:
         Route and send a request.
 
         @return: A L{Deferred} firing with the reply, or failing with a
-            L{ProxyError} (or a failure L{classify} maps to one).
+            L{ProxyError} (or a failure L{classify} maps to one).  With a
+            retry policy, the reply (the error's too, after the last try)
+            says in L{ATTEMPTS_HEADER} how many tries were made.
         """
         try:
             path = normalisePath(request.target, self.mesh.paths)
@@ -160,22 +162,13 @@ class Router:
                 or isinstance(outcome, Overflow)
                 or not shouldRetry(policy, outcome)
             ):
-                if failed:
-                    raise outcome
-                _setAttempts(outcome, attempt)
-                return outcome
+                return _final(outcome, attempt)
             if not cluster.retryBudget.allow(policy.budget, cluster.active, cluster.retriesActive):
                 cluster.breakers.overflowed("retry_budget")
                 self.log.debug("{cluster}: retry budget exhausted", cluster=cluster.name)
-                if failed:
-                    raise outcome
-                _setAttempts(outcome, attempt)
-                return outcome
+                return _final(outcome, attempt)
             if not cluster.breakers.tryRetry():
-                if failed:
-                    raise outcome
-                _setAttempts(outcome, attempt)
-                return outcome
+                return _final(outcome, attempt)
             if not failed:
                 _discard(outcome)
             cluster.retriesActive += 1
@@ -188,8 +181,14 @@ class Router:
                 raise
 
 
-def _setAttempts(response: IResponse, attempts: int) -> None:
-    response.headers.setRawHeaders(ATTEMPTS_HEADER, [b"%d" % (attempts,)])
+def _final(outcome: Union[IResponse, ProxyError], attempts: int) -> Reply:
+    """
+    The reply for a request's last try: its response, or its error's reply,
+    saying how many tries were made.
+    """
+    reply: Reply = outcome.reply() if isinstance(outcome, ProxyError) else outcome
+    reply.headers.setRawHeaders(ATTEMPTS_HEADER, [b"%d" % (attempts,)])
+    return reply
 
 
 def _discard(response: IResponse) -> None:
@@ -239,11 +238,10 @@ def _cookie(headers: Headers, name: bytes) -> Optional[bytes]:
 
 def _within(d: Deferred[Any], seconds: float, clock: Any) -> Deferred[Any]:
     """
-    C{d}, failed with L{UpstreamTimeout} if it has not fired within
-    C{seconds}.
+    C{d}, failed with L{UpstreamTimeout} if it has no result within
+    C{seconds}.  (C{d.called} is no sign of a result: C{d} may be waiting
+    on another L{Deferred}.)
     """
-    if d.called:
-        return d
     expired = []
 
     def expire() -> None:
