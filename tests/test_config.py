@@ -326,11 +326,20 @@ node-id: web-1
         }
 
     def test_unknownKey(self) -> None:
-        error = configError("timeout: 1\npool_size: 5\n")
+        error = configError("timeout: 1\npool_sise: 5\n")
         assert error.where == "c.yaml:2"
-        assert "unknown key 'pool_size'" in error.reason
+        assert "unknown key 'pool_sise'" in error.reason
         assert "pool-size" in error.reason
-        assert str(error).startswith("c.yaml:2: unknown key 'pool_size'")
+        assert str(error).startswith("c.yaml:2: unknown key 'pool_sise'")
+
+    def test_eitherSpelling(self) -> None:
+        """
+        Settings may be spelt with underscores, mesh keys with dashes.
+        """
+        values = parseConfigText("pool_size: 5\nmerge-slashes: true\n", "c.yaml")
+        assert values["pool-size"] == 5
+        assert values.lines["pool-size"] == 1
+        assert values.mesh["paths"].mergeSlashes is True
 
     @pytest.mark.parametrize(
         "text, line, key, reason",

@@ -70,6 +70,13 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
     for keyNode, valueNode in root.value:
         where = f"{name}:{keyNode.start_mark.line + 1}"
         key = keyNode.value
+        if isinstance(key, str):
+            # Settings are spelt with dashes and mesh keys with underscores;
+            # either spelling is accepted for both.
+            if key.replace("_", "-") in BY_NAME:
+                key = key.replace("_", "-")
+            elif key.replace("-", "_") in MESH_KEYS:
+                key = key.replace("-", "_")
         if key == "authorization":
             from easymesh.authz import readAuthorization
 
