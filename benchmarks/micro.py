@@ -22,12 +22,15 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
 from twisted.internet.testing import StringTransport
 
-from easymesh.config.addresses import UpstreamURL
-from easymesh.config.model import PoolSettings
+import attrs
+
+from easymesh.config.model import SidecarConfig
 from easymesh.filters.chain import FilterChain
 from easymesh.forwarder import Forwarder
 from easymesh.headers import HeaderPolicy
 from easymesh.listener import ProxyResource, ProxySite
+from easymesh.runtime import MeshRuntime
+from easymesh.tap import buildTelemetry
 from easymesh.upstream.http import HTTPUpstream
 
 REQUEST = (
@@ -57,16 +60,26 @@ class MemoryEndpoint:
         return succeed(protocol)
 
 
-def build() -> Any:
+def build(telemetry: bool) -> Any:
     # The real reactor's timer heap (it is never run): Clock's sorted list
     # would cost more than the reactor does.
     from twisted.internet import reactor as clock
 
-    upstream = HTTPUpstream(UpstreamURL("http", "127.0.0.1", 6060), PoolSettings(), clock)
     endpoint = MemoryEndpoint()
-    upstream._endpoint = endpoint
-    forwarder = Forwarder(HeaderPolicy("bench", "inbound"), FilterChain(), upstream)
-    site = ProxySite(ProxyResource("inbound", forwarder, clock), reactor=clock)
+
+    def makeUpstream(url: Any, settings: Any, reactor: Any, breakers: Any = None) -> Any:
+        upstream = HTTPUpstream(url, settings, reactor, breakers)
+        upstream._endpoint = endpoint
+        return upstream
+
+    config = SidecarConfig(upstream="http://127.0.0.1:6060", admin="none")
+    reporter = buildTelemetry(attrs.evolve(config, admin="tcp:9901"), clock) if telemetry else None
+    runtime = MeshRuntime(clock, makeUpstream=makeUpstream, telemetry=reporter)
+    runtime.apply(config.mesh())
+    forwarder = Forwarder(HeaderPolicy("bench", "inbound"), FilterChain(), runtime, "inbound")
+    site = ProxySite(
+        ProxyResource("inbound", forwarder, clock, telemetry=reporter), reactor=clock
+    )
     client = IPv4Address("TCP", "127.0.0.1", 40000)
     channel = site.buildProtocol(client)
     transport = StringTransport(peerAddress=client)
@@ -74,8 +87,8 @@ def build() -> Any:
     return channel, transport, endpoint
 
 
-def run(requests: int) -> float:
-    channel, transport, endpoint = build()
+def run(requests: int, telemetry: bool) -> float:
+    channel, transport, endpoint = build(telemetry)
     # One request to open the upstream connection.
     channel.dataReceived(REQUEST)
     protocol, upstreamTransport = endpoint.connections[0]
@@ -100,15 +113,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--no-telemetry",
+        action="store_true",
+        help="without metrics and live figures (as with --admin none)",
+    )
     args = parser.parse_args()
+    telemetry = not args.no_telemetry
     if args.profile:
         profile = cProfile.Profile()
         profile.enable()
-        run(args.requests)
+        run(args.requests, telemetry)
         profile.disable()
         pstats.Stats(profile).sort_stats("tottime").print_stats(30)
         return
-    results = sorted(run(args.requests) for _ in range(args.rounds))
+    results = sorted(run(args.requests, telemetry) for _ in range(args.rounds))
     print(f"median {results[len(results) // 2] * 1e6:.1f} µs per request "
           f"(min {results[0] * 1e6:.1f}, max {results[-1] * 1e6:.1f}; {args.rounds} rounds of {args.requests})")
 

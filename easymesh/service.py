@@ -97,7 +97,7 @@ class SidecarService(MultiService):
             if self.tls is not None:
                 self.tls.reload()
         finally:
-            if self.notifier is not None and self.ready:
+            if self.notifier is not None and self.ready and not self.draining:
                 self.notifier.ready()
 
     def startDrain(self) -> Deferred[None]:

@@ -42,11 +42,16 @@ from typing import Callable, Optional, Tuple
 import attrs
 from twisted.web.http_headers import Headers
 
+from easymesh.headers import canonicalName
+
 TRACEPARENT = b"traceparent"
 TRACESTATE = b"tracestate"
 
 #: The C{sampled} bit of C{trace-flags}.
 SAMPLED = 0x01
+
+_TRACEPARENT = canonicalName(TRACEPARENT)
+_TRACESTATE = canonicalName(TRACESTATE)
 
 _HEX = "[0-9a-f]"
 # Version 00 is exactly these 55 characters.
@@ -126,13 +131,16 @@ def continueTrace(
 
     @param randbits: Makes new ids, like L{random.getrandbits}.
     """
-    values = headers.getRawHeaders(TRACEPARENT) or []
-    parsed = parseTraceparent(values[0]) if len(values) == 1 else None
+    # Headers keeps names in one canonical form: work on that directly, as
+    # this runs for every request.
+    raw = headers._rawHeaders
+    values = raw.get(_TRACEPARENT)
+    parsed = parseTraceparent(values[0]) if values is not None and len(values) == 1 else None
     if parsed is None:
         context = TraceContext(_newId(randbits, 128), _newId(randbits, 64), None, 0)
-        headers.removeHeader(TRACESTATE)
+        raw.pop(_TRACESTATE, None)
     else:
         traceId, parentId, flags = parsed
         context = TraceContext(traceId, _newId(randbits, 64), parentId, flags)
-    headers.setRawHeaders(TRACEPARENT, [context.traceparent.encode("ascii")])
+    raw[_TRACEPARENT] = [context.traceparent.encode("ascii")]
     return context

@@ -293,15 +293,31 @@ class MetricsTests(SynchronousTestCase):
             registry.get_sample_value("easymesh_retries_total", {"cluster": "peer"}), 1.0
         )
 
-    def test_labelChildrenCached(self) -> None:
+    def test_histogramBuckets(self) -> None:
         """
-        An event for label values seen before reuses their child.
+        Durations land in the first bucket whose bound is at least the
+        duration; the exposed buckets are cumulative, with their sum and
+        count.
         """
-        self.metrics.upstreamRetried("peer")
-        child = self.metrics._retries[("peer",)]
-        self.metrics.upstreamRetried("peer")
-        self.assertIs(self.metrics._retries[("peer",)], child)
-        self.assertEqual(len(self.metrics._retries), 1)
+        for seconds in (0.0005, 0.001, 0.2, 100.0):
+            self.metrics.upstreamRequest("peer", seconds)
+        [family] = [
+            f
+            for f in text_string_to_metric_families(self.metrics.exposition()[0].decode())
+            if f.name == "easymesh_upstream_request_duration_seconds"
+        ]
+        buckets = {
+            s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")
+        }
+        self.assertEqual(buckets["0.001"], 2)
+        self.assertEqual(buckets["0.1"], 2)
+        self.assertEqual(buckets["0.25"], 3)
+        self.assertEqual(buckets["60.0"], 3)
+        self.assertEqual(buckets["+Inf"], 4)
+        [count] = [s.value for s in family.samples if s.name.endswith("_count")]
+        [total] = [s.value for s in family.samples if s.name.endswith("_sum")]
+        self.assertEqual(count, 4)
+        self.assertAlmostEqual(total, 100.2015)
 
 
 class MarkdownTests(SynchronousTestCase):

@@ -11,6 +11,7 @@ site is refused).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import pkgutil
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -79,7 +80,11 @@ def clustersDump(runtime: Any, now: float) -> Dict[str, Any]:
                     "weight": e.weight,
                     "healthy": e.healthy,
                     "ejected": e.ejected,
-                    "ejected_for": round(e.ejectedUntil - now, 3) if e.ejectedUntil else 0,
+                    # An ejection whose time is up lasts until the outlier
+                    # detector's next sweep, with no time left.
+                    "ejected_for": (
+                        round(max(0.0, e.ejectedUntil - now), 3) if e.ejectedUntil is not None else 0
+                    ),
                     "times_ejected": e.ejections,
                     "available": e.available,
                     "active_requests": e.active,
@@ -93,6 +98,30 @@ def clustersDump(runtime: Any, now: float) -> Dict[str, Any]:
 
 def _isLoopback(host: str) -> bool:
     return host == "::1" or host.startswith("127.") or host.startswith("::ffff:127.")
+
+
+def _namesLoopback(hostHeader: bytes) -> bool:
+    """
+    Whether a C{Host} header names this machine as C{localhost} or by a
+    loopback address.  A page on another site that has pointed its own name
+    at 127.0.0.1 (DNS rebinding) sends a C{Host} and an C{Origin} that
+    agree, both naming that site: only a loopback name tells them apart.
+    """
+    text = hostHeader.decode("ascii", "replace").lower()
+    if text.startswith("["):
+        name, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            return False
+    else:
+        name = text.partition(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 class AdminResource(Resource):
@@ -204,7 +233,7 @@ class AdminResource(Resource):
         origin = request.getHeader(b"origin")
         if origin is not None:
             ownHost = request.getHeader(b"host") or b""
-            if origin.split(b"://", 1)[-1] != ownHost:
+            if origin.split(b"://", 1)[-1] != ownHost or not _namesLoopback(ownHost):
                 return 403, b"text/plain; charset=utf-8", b"cross-site requests are refused\n"
         return None
 

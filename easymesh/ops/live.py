@@ -2,7 +2,7 @@
 """
 Live figures for the dashboard: per listener and per cluster, a minute of
 per-second buckets (requests, errors, latency samples), and the most recent
-errors with their reasons.  Memory is bounded: 60 buckets per key, at most
+errors with their reasons.  Memory is bounded: 61 buckets per key, at most
 L{SAMPLES} latency samples per bucket (reservoir sampling), and keys are
 listener and cluster names from the configuration.
 """
@@ -44,7 +44,8 @@ class Window:
     """
 
     def __init__(self, random: _random.Random) -> None:
-        self._buckets: Deque[_Bucket] = deque(maxlen=HISTORY)
+        # The last minute's complete seconds, and the current one.
+        self._buckets: Deque[_Bucket] = deque(maxlen=HISTORY + 1)
         self._random = random
 
     def add(self, now: float, latency: float, error: bool) -> None:

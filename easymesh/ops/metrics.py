@@ -16,13 +16,18 @@ Counters and histograms are exposed without their C{*_created} series.
 
 from __future__ import annotations
 
-import copy
+from bisect import bisect_left
 import platform
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics import Counter, Gauge, Histogram
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 from twisted.logger import Logger
@@ -161,18 +166,65 @@ def codeClass(status: Optional[int]) -> str:
     return _CODE_CLASSES[status // 100]
 
 
-class _Children(Dict[Tuple[str, ...], Any]):
+class _Store:
     """
-    A metric's label children by label values, made on first use.
+    Every metric of L{METRIC_DOCS} (but the pool gauge) as plain numbers
+    keyed by label values, turned into metric families only when scraped.
+
+    Updating a C{prometheus_client} metric takes a lock and several calls;
+    a sidecar updates several per request, so here an update is a dict
+    lookup and an addition, and the work moves to the scrape.
     """
 
-    def __init__(self, metric: Any) -> None:
-        super().__init__()
-        self._metric = metric
+    def __init__(self) -> None:
+        self.values: Dict[str, Dict[Tuple[str, ...], Any]] = {
+            name: {} for name, _, _, _ in METRIC_DOCS if name != POOL_METRIC
+        }
 
-    def __missing__(self, key: Tuple[str, ...]) -> Any:
-        child = self[key] = self._metric.labels(*key)
-        return child
+    def add(self, name: str, labels: Tuple[str, ...], amount: float = 1.0) -> None:
+        table = self.values[name]
+        table[labels] = table.get(labels, 0.0) + amount
+
+    def set(self, name: str, labels: Tuple[str, ...], value: float) -> None:
+        self.values[name][labels] = value
+
+    def observe(self, name: str, labels: Tuple[str, ...], value: float) -> None:
+        table = self.values[name]
+        entry = table.get(labels)
+        if entry is None:
+            entry = table[labels] = [[0] * (len(DURATION_BUCKETS) + 1), 0.0]
+        entry[0][bisect_left(DURATION_BUCKETS, value)] += 1
+        entry[1] += value
+
+    def describe(self) -> List[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for name, kind, labels, text in METRIC_DOCS:
+            if name == POOL_METRIC:
+                continue
+            table = self.values[name]
+            if kind == "counter":
+                family: Metric = CounterMetricFamily(name, text, labels=labels)
+                for key, value in table.items():
+                    family.add_metric(key, value)
+            elif kind == "gauge":
+                family = GaugeMetricFamily(name, text, labels=labels)
+                for key, value in table.items():
+                    family.add_metric(key, value)
+            else:
+                family = HistogramMetricFamily(name, text, labels=labels)
+                for key, (counts, total) in table.items():
+                    buckets = []
+                    running = 0
+                    for bound, count in zip(_BOUNDS, counts):
+                        running += count
+                        buckets.append((bound, running))
+                    family.add_metric(key, buckets, total)
+            yield family
+
+
+_BOUNDS = tuple(floatToGoString(b) for b in DURATION_BUCKETS) + ("+Inf",)
 
 
 class _PoolCollector:
@@ -205,25 +257,6 @@ class _PoolCollector:
         yield family
 
 
-class _WithoutCreated:
-    """
-    A registry's metrics without the C{*_created} samples of counters and
-    histograms.
-    """
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-
-    def collect(self) -> Iterator[Metric]:
-        for metric in self._registry.collect():
-            if metric.type in ("counter", "histogram", "summary"):
-                kept = [s for s in metric.samples if not s.name.endswith("_created")]
-                if len(kept) != len(metric.samples):
-                    metric = copy.copy(metric)
-                    metric.samples = kept
-            yield metric
-
-
 class Metrics:
     """
     The sidecar's metrics, fed by the event methods below.
@@ -240,41 +273,18 @@ class Metrics:
         if registry is REGISTRY:
             raise ValueError("Metrics needs a registry of its own")
         self.registry = registry if registry is not None else CollectorRegistry()
-        metrics: Dict[str, Any] = {}
-        for name, kind, labels, text in METRIC_DOCS:
-            if name == POOL_METRIC:
-                continue
-            if kind == "counter":
-                metrics[name] = Counter(name, text, labels, registry=self.registry)
-            elif kind == "gauge":
-                metrics[name] = Gauge(name, text, labels, registry=self.registry)
-            else:
-                metrics[name] = Histogram(
-                    name, text, labels, registry=self.registry, buckets=DURATION_BUCKETS
-                )
+        self._store = store = _Store()
+        self.registry.register(store)
         self._pools = _PoolCollector()
         self.registry.register(self._pools)
         if processMetrics:
             ProcessCollector(registry=self.registry)
-        self._exposed = _WithoutCreated(self.registry)
-
-        self._requests = _Children(metrics["easymesh_requests_total"])
-        self._requestDurations = _Children(metrics["easymesh_request_duration_seconds"])
-        self._upstreamDurations = _Children(metrics["easymesh_upstream_request_duration_seconds"])
-        self._downstreamActive = _Children(metrics["easymesh_downstream_connections_active"])
-        self._downstreamTotal = _Children(metrics["easymesh_downstream_connections_total"])
-        self._upstreamActive = _Children(metrics["easymesh_upstream_connections_active"])
-        self._upstreamTotal = _Children(metrics["easymesh_upstream_connections_total"])
-        self._rateLimited = _Children(metrics["easymesh_rate_limited_total"])
-        self._retries = _Children(metrics["easymesh_retries_total"])
-        self._timeouts = _Children(metrics["easymesh_timeouts_total"])
-        self._ejections = _Children(metrics["easymesh_ejections_total"])
-        self._overflows = _Children(metrics["easymesh_overflow_total"])
-        self._reloads = _Children(metrics["easymesh_config_reloads_total"])
         for result in ("success", "failure"):
-            self._reloads[(result,)]
+            store.add("easymesh_config_reloads_total", (result,), 0)
         python = f"{platform.python_implementation()} {platform.python_version()}"
-        metrics["easymesh_build_info"].labels(__version__, python).set(1)
+        store.set("easymesh_build_info", (__version__, python), 1)
+        self._add = store.add
+        self._observe = store.observe
 
     def requestFinished(
         self, listener: str, route: str, cluster: str, status: Optional[int], duration: float
@@ -283,28 +293,28 @@ class Metrics:
         A request is done after C{duration} seconds; C{status} is the
         response's status code, or L{None} (or 0) if none was sent.
         """
-        self._requests[(listener, route, cluster, codeClass(status))].inc()
-        self._requestDurations[(listener, route, cluster)].observe(duration)
+        self._add("easymesh_requests_total", (listener, route, cluster, codeClass(status)))
+        self._observe("easymesh_request_duration_seconds", (listener, route, cluster), duration)
 
     def upstreamRequest(self, cluster: str, duration: float) -> None:
         """
         An upstream of C{cluster} answered a request in C{duration} seconds.
         """
-        self._upstreamDurations[(cluster,)].observe(duration)
+        self._observe("easymesh_upstream_request_duration_seconds", (cluster,), duration)
 
     def downstreamConnectionOpened(self, listener: str) -> None:
-        self._downstreamActive[(listener,)].inc()
-        self._downstreamTotal[(listener,)].inc()
+        self._add("easymesh_downstream_connections_active", (listener,))
+        self._add("easymesh_downstream_connections_total", (listener,))
 
     def downstreamConnectionClosed(self, listener: str) -> None:
-        self._downstreamActive[(listener,)].dec()
+        self._add("easymesh_downstream_connections_active", (listener,), -1)
 
     def upstreamConnectionOpened(self, cluster: str) -> None:
-        self._upstreamActive[(cluster,)].inc()
-        self._upstreamTotal[(cluster,)].inc()
+        self._add("easymesh_upstream_connections_active", (cluster,))
+        self._add("easymesh_upstream_connections_total", (cluster,))
 
     def upstreamConnectionClosed(self, cluster: str) -> None:
-        self._upstreamActive[(cluster,)].dec()
+        self._add("easymesh_upstream_connections_active", (cluster,), -1)
 
     def setPoolSource(self, source: Optional[PoolSource]) -> None:
         """
@@ -314,25 +324,25 @@ class Metrics:
         self._pools.source = source
 
     def requestRateLimited(self, listener: str, route: str) -> None:
-        self._rateLimited[(listener, route)].inc()
+        self._add("easymesh_rate_limited_total", (listener, route))
 
     def upstreamRetried(self, cluster: str) -> None:
-        self._retries[(cluster,)].inc()
+        self._add("easymesh_retries_total", (cluster,))
 
     def upstreamTimedOut(self, cluster: str) -> None:
-        self._timeouts[(cluster,)].inc()
+        self._add("easymesh_timeouts_total", (cluster,))
 
     def hostEjected(self, cluster: str) -> None:
-        self._ejections[(cluster,)].inc()
+        self._add("easymesh_ejections_total", (cluster,))
 
     def breakerOverflowed(self, cluster: str, breaker: str) -> None:
-        self._overflows[(cluster, breaker)].inc()
+        self._add("easymesh_overflow_total", (cluster, breaker))
 
     def configReloaded(self, success: bool) -> None:
-        self._reloads[("success" if success else "failure",)].inc()
+        self._add("easymesh_config_reloads_total", ("success" if success else "failure",))
 
     def exposition(self) -> Tuple[bytes, str]:
         """
         The metrics in Prometheus' text format, and its content type.
         """
-        return generate_latest(self._exposed), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
