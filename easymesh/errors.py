@@ -101,6 +101,22 @@ class UpstreamConnectFailure(ProxyError):
     message = "upstream connect failure"
 
 
+class UpstreamTLSFailure(UpstreamConnectFailure):
+    """
+    The TLS handshake with the upstream failed: its certificate did not
+    verify, or its identity is not the one expected.  A kind of connect
+    failure (for retries and outlier detection), with its own cause.
+    """
+
+    cause = "upstream_tls_failure"
+    message = "upstream TLS handshake failed"
+
+
+#: The failures of a TLS handshake, by qualified name (so that OpenSSL need
+#: not be imported here).
+_TLS_FAILURES = ("OpenSSL.SSL.Error", "easymesh.tls.identity.IdentityMismatch")
+
+
 class UpstreamTimeout(ProxyError):
     code = 504
     cause = "upstream_timeout"
@@ -173,6 +189,8 @@ def classify(failure: Failure) -> Optional[ProxyError]:
     if isinstance(exc, _CONNECT_ERRORS):
         return UpstreamConnectFailure(str(exc))
     if isinstance(exc, (ResponseFailed, ResponseNeverReceived)):
+        if any(r.check(*_TLS_FAILURES) for r in _reasons(exc)):
+            return UpstreamTLSFailure(_describe(exc))
         if any(r.check(ParseError) for r in _reasons(exc)):
             return UpstreamProtocolError(_describe(exc))
         if isinstance(exc, ResponseNeverReceived):

@@ -33,6 +33,8 @@ class Forwarder:
     """
 
     log = Logger()
+    #: Whether traces started here are sampled (when spans are exported).
+    sampleNewTraces = False
 
     def __init__(self, policy: HeaderPolicy, chain: FilterChain, routes: Any, listener: str) -> None:
         self.policy = policy
@@ -55,7 +57,7 @@ class Forwarder:
             )
         except ProxyError as e:
             return succeed(e.reply())
-        continueTrace(request.headers)
+        request.trace = continueTrace(request.headers, sampleNew=self.sampleNewTraces)
         refused = self._authorize(request)
         if refused is not None:
             return succeed(refused.reply())

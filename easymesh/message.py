@@ -7,7 +7,7 @@ protocol paths share routing, filters, upstreams and error mapping.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -33,6 +33,7 @@ class ProxyRequest:
     @ivar cluster: The cluster it was sent to, or L{None}.
     @ivar upstreamHost: The endpoint (C{host:port}) of its last try.
     @ivar attempts: How many times it was sent upstream.
+    @ivar trace: This hop's L{easymesh.tracing.TraceContext}.
     """
 
     __slots__ = (
@@ -49,6 +50,7 @@ class ProxyRequest:
         "cluster",
         "upstreamHost",
         "attempts",
+        "trace",
     )
 
     def __init__(
@@ -76,6 +78,7 @@ class ProxyRequest:
         self.cluster: Optional[str] = None
         self.upstreamHost: Optional[str] = None
         self.attempts = 0
+        self.trace: Optional[Any] = None
 
     def __repr__(self) -> str:
         return f"<ProxyRequest {self.listener} {self.method!r} {self.target!r}>"

@@ -42,6 +42,7 @@ class SidecarService(MultiService):
         self.reloader: Optional[Any] = None
         self.tls: Optional[Any] = None
         self.notifier: Optional[Any] = None
+        self.telemetry: Optional[Any] = None
         self.ready = False
         self._restoreSighup: Optional[Any] = None
         self._listenersStopped: Optional[Deferred[None]] = None
@@ -140,6 +141,9 @@ class SidecarService(MultiService):
         d.addCallback(lambda _: self._waitForRequests())
         d.addCallback(lambda _: self._closeConnections())
         d.addCallback(lambda _: self.runtime.stop())
+        if self.telemetry is not None:
+            telemetry = self.telemetry
+            d.addCallback(lambda _: telemetry.close())
         d.addCallback(lambda _: _stopAll(self.backends))
         d.addCallback(self._stopped)
         return d
@@ -149,7 +153,9 @@ class SidecarService(MultiService):
         Close the clients' connections once what they are owed is written,
         waiting at most a second for slow readers.
         """
-        closing = DeferredList([site.sweeper.closeAll() for site in self.sites])
+        closing = DeferredList(
+            [site.sweeper.closeAll() for site in self.sites], consumeErrors=True
+        )
         timer = self.clock.callLater(1.0, closing.cancel)
 
         def done(_: Any) -> None:

@@ -93,6 +93,14 @@ class Options(usage.Options):
             # with its own reactor.
             self.chains = buildChains(self.config)
             checkCredentials(self.config)
+            if self.config.otlp_endpoint is not None:
+                from easymesh.ops.otel import available
+
+                if not available():
+                    raise ConfigError(
+                        "otlp-endpoint",
+                        "needs the opentelemetry extra: pip install 'easymesh[opentelemetry]'",
+                    )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -188,6 +196,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     runtime.apply(config.mesh())
     sidecar = SidecarService(reactor, inflight, config.drain, runtime)
     sidecar.tls = contexts
+    sidecar.telemetry = telemetry
     sidecar.notifier = Notifier(clock=reactor)
     if options["config"] is not None:
         path, flags = options["config"], dict(options.flags)
@@ -212,6 +221,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             runtime,
             listener.name,
         )
+        forwarder.sampleNewTraces = telemetry.traces is not None
         resource = ProxyResource(
             listener.name, forwarder, reactor, inflight, accessLog, telemetry
         )
@@ -239,9 +249,14 @@ def buildTelemetry(config: SidecarConfig, reactor: Any) -> Any:
     """
     from easymesh.ops.telemetry import Telemetry
 
+    traces = None
+    if config.otlp_endpoint is not None:
+        from easymesh.ops.otel import OTLPTraces
+
+        traces = OTLPTraces(config.otlp_endpoint, config.nodeId)
     if config.admin == "none":
-        return Telemetry()
+        return Telemetry(traces=traces, clock=reactor)
     from easymesh.ops.live import LiveStats
     from easymesh.ops.metrics import Metrics
 
-    return Telemetry(Metrics(), LiveStats(reactor))
+    return Telemetry(Metrics(), LiveStats(reactor), traces, reactor)

@@ -123,13 +123,17 @@ def _newId(randbits: Callable[[int], int], bits: int) -> str:
 
 
 def continueTrace(
-    headers: Headers, randbits: Callable[[int], int] = random.getrandbits
+    headers: Headers,
+    randbits: Callable[[int], int] = random.getrandbits,
+    sampleNew: bool = False,
 ) -> TraceContext:
     """
     Continue the trace in the request C{headers}, or start one, and set
     their C{traceparent} to this hop's.
 
     @param randbits: Makes new ids, like L{random.getrandbits}.
+    @param sampleNew: Set the C{sampled} flag of a trace started here (when
+        this sidecar records spans).
     """
     # Headers keeps names in one canonical form: work on that directly, as
     # this runs for every request.
@@ -137,7 +141,8 @@ def continueTrace(
     values = raw.get(_TRACEPARENT)
     parsed = parseTraceparent(values[0]) if values is not None and len(values) == 1 else None
     if parsed is None:
-        context = TraceContext(_newId(randbits, 128), _newId(randbits, 64), None, 0)
+        flags = SAMPLED if sampleNew else 0
+        context = TraceContext(_newId(randbits, 128), _newId(randbits, 64), None, flags)
         raw.pop(_TRACESTATE, None)
     else:
         traceId, parentId, flags = parsed

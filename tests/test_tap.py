@@ -112,6 +112,7 @@ def test_defaults() -> None:
         "idle_timeout": 60.0,
         "max_connections": 8192,
         "admin": "tcp:9901:interface=127.0.0.1",
+        "otlp_endpoint": None,
         "tls_cert": None,
         "tls_key": None,
         "tls_ca": None,
@@ -184,6 +185,7 @@ def test_everyFlag() -> None:
         "idle_timeout": 4.0,
         "max_connections": 50,
         "admin": "tcp:9901:interface=127.0.0.1",
+        "otlp_endpoint": None,
         # The TLS flags need certificate files: see tests/test_mtls_config.py.
         "tls_cert": None,
         "tls_key": None,

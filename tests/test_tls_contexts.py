@@ -512,3 +512,118 @@ class ConstructionTests(SynchronousTestCase):
             e = self.assertRaises(CredentialError, ServerTLS, *args, Clock())
             self.assertEqual(e.path, path)
             self.assertIn(reason, e.reason)
+
+
+class RefusalLogTests(TLSTestCase):
+    """
+    Each side logs why it refused the other's certificate, which OpenSSL's
+    handshake error ("certificate verify failed") does not say.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        from twisted.logger import globalLogPublisher
+
+        self.events: List[Any] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def logged(self, text: str) -> List[str]:
+        from twisted.logger import formatEvent
+
+        messages = [formatEvent(e) for e in self.events if "log_format" in e]
+        return [m for m in messages if text in m]
+
+    @inlineCallbacks
+    def refusedClient(self, issued: Issued) -> Generator[Any, Any, str]:
+        """
+        Connect with C{issued} to a server that refuses it; the server's
+        log line, which names the client's address.
+        """
+        port = yield self.listen(self.serverTLS())
+        client = yield self.connect(port, RawClient(issued))
+        local = client.transport.getHost()
+        yield self.assertRefused(client)
+        [line] = self.logged("Refused mTLS client")
+        self.assertIn(f"Refused mTLS client {local.host}:{local.port}: ", line)
+        return line
+
+    @inlineCallbacks
+    def test_expiredClient(self) -> Generator[Any, Any, None]:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        expired = makeWorkload(
+            self.ca, WEB, self.dir, "expired",
+            notBefore=now - datetime.timedelta(days=10),
+            notAfter=now - datetime.timedelta(days=1),
+        )  # fmt: skip
+        line = yield self.refusedClient(expired)
+        self.assertIn(f"its certificate ({WEB}) did not verify: certificate has expired", line)
+
+    @inlineCallbacks
+    def test_notYetValidClient(self) -> Generator[Any, Any, None]:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        future = makeWorkload(
+            self.ca, WEB, self.dir, "future",
+            notBefore=now + datetime.timedelta(days=1),
+            notAfter=now + datetime.timedelta(days=10),
+        )  # fmt: skip
+        line = yield self.refusedClient(future)
+        self.assertIn("did not verify: certificate is not yet valid", line)
+
+    @inlineCallbacks
+    def test_clientFromAnotherCA(self) -> Generator[Any, Any, None]:
+        otherDir = os.path.join(self.dir, "other")
+        os.makedirs(otherDir)
+        other = makeWorkload(makeCA(otherDir), WEB, otherDir, "web")
+        line = yield self.refusedClient(other)
+        self.assertIn(
+            f"its certificate ({WEB}) did not verify: unable to get local issuer certificate",
+            line,
+        )
+
+    @inlineCallbacks
+    def test_goodClientNotLogged(self) -> Generator[Any, Any, None]:
+        port = yield self.listen(self.serverTLS())
+        client = yield self.connect(port, self.clientTLS())
+        self.assertTrue((yield client.handshake))
+        yield self.roundTrip(client)
+        self.assertEqual(self.logged("Refused"), [])
+
+    @inlineCallbacks
+    def test_serverIdentityMismatch(self) -> Generator[Any, Any, None]:
+        port = yield self.listen(self.serverTLS())
+        client = yield self.connect(port, self.clientTLS(expected=[BILLING]))
+        self.assertFalse((yield client.handshake))
+        yield client.lost
+        [line] = self.logged("Refused peer")
+        self.assertEqual(
+            line,
+            f"Refused peer 127.0.0.1:{port}: peer identity mismatch: expected {BILLING}; "
+            f"certificate presents {ORDERS}",
+        )
+
+    @inlineCallbacks
+    def test_serverFromAnotherCA(self) -> Generator[Any, Any, None]:
+        otherDir = os.path.join(self.dir, "other")
+        os.makedirs(otherDir)
+        other = makeWorkload(makeCA(otherDir), ORDERS, otherDir, "orders")
+        port = yield self.listen(ServerTLS(other.certPath, other.keyPath, self.ca.certPath, self.clock))
+        client = yield self.connect(port, self.clientTLS(expected=["*"]))
+        self.assertFalse((yield client.handshake))
+        yield client.lost
+        [line] = self.logged("Refused peer")
+        self.assertEqual(
+            line,
+            f"Refused peer 127.0.0.1:{port}: its certificate ({ORDERS}) did not verify: "
+            "unable to get local issuer certificate (not issued by a CA in the bundle)",
+        )
+
+    def test_verifyErrorText(self) -> None:
+        from easymesh.tls.contexts import _verifyErrorText
+
+        codes = SSL.X509VerificationCodes
+        self.assertEqual(_verifyErrorText(codes.ERR_CERT_HAS_EXPIRED), "certificate has expired")
+        self.assertEqual(
+            _verifyErrorText(codes.ERR_UNABLE_TO_GET_CRL), "unable to get crl"
+        )
+        self.assertEqual(_verifyErrorText(99999), "X509 verification error 99999")

@@ -80,6 +80,8 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
         if key == "authorization":
             from easymesh.authz import readAuthorization
 
+            if authorization is not None:
+                raise ConfigError(where, f"key {key!r} is given twice")
             authorization = readAuthorization(Node(valueNode, name, key))
             continue
         if key in MESH_KEYS:

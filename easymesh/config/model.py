@@ -215,6 +215,7 @@ class SidecarConfig:
     idle_timeout: float = _EDGE.idleTimeout
     max_connections: int = _EDGE.maxConnections
     admin: str = "tcp:9901:interface=127.0.0.1"
+    otlp_endpoint: Optional[str] = None
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     tls_ca: Optional[str] = None

@@ -192,6 +192,15 @@ SETTINGS = (
     ),
 )
 
+def _checkCollectorURL(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL, not {text!r}")
+    return text
+
+
 def _adminEndpoint(text: str) -> str:
     if text == "none":
         return text
@@ -206,6 +215,13 @@ SETTINGS += (
         "none; keep it off public interfaces.  Each sidecar on a host needs "
         "its own.",
         _defaults.admin,
+    ),
+    Setting(
+        "otlp-endpoint",
+        Text("an http:// or https:// URL", _checkCollectorURL),
+        "Export a span per request over OTLP/HTTP to this collector URL "
+        "(e.g. http://127.0.0.1:4318/v1/traces); needs the opentelemetry extra.",
+        "off",
     ),
     Setting(
         "tls-cert",

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from twisted.internet.defer import succeed
+from twisted.logger import Logger
+
 from easymesh.ops.live import LiveStats
+
+_log = Logger()
 
 #: The label for a request that took no route or reached no cluster.
 NONE = "none"
@@ -20,11 +25,21 @@ class Telemetry:
     """
     @param metrics: An L{easymesh.ops.metrics.Metrics}, or L{None}.
     @param live: A L{LiveStats}, or L{None}.
+    @param traces: An L{easymesh.ops.otel.OTLPTraces}, or L{None}.
+    @param clock: Gives the time a request ended, for C{traces}.
     """
 
-    def __init__(self, metrics: Any = None, live: Optional[LiveStats] = None) -> None:
+    def __init__(
+        self,
+        metrics: Any = None,
+        live: Optional[LiveStats] = None,
+        traces: Any = None,
+        clock: Any = None,
+    ) -> None:
         self.metrics = metrics
         self.live = live
+        self.traces = traces
+        self.clock = clock
 
     def requestDone(
         self,
@@ -58,6 +73,22 @@ class Telemetry:
                 metrics.upstreamRetried(clusterLabel)
         if self.live is not None:
             self.live.record(listener, cluster, status, duration, cause, method, path)
+        if self.traces is not None and proxied is not None:
+            ended = self.clock.seconds()
+            try:
+                self.traces.record(listener, proxied, status, ended - duration, ended, cause)
+            except Exception:
+                _log.failure("Recording a span for {request}", request=proxied)
+
+    def close(self) -> Any:
+        """
+        Flush what is exported.
+
+        @return: A L{Deferred} firing when done.
+        """
+        if self.traces is not None:
+            return self.traces.close()
+        return succeed(None)
 
     def connectionOpened(self, listener: str) -> None:
         if self.metrics is not None:

@@ -60,8 +60,9 @@ def _read(path: StrPath) -> bytes:
 
 
 def _certificates(path: StrPath) -> Tuple[x509.Certificate, ...]:
+    data = _read(path)
     try:
-        return tuple(x509.load_pem_x509_certificates(_read(path)))
+        return tuple(x509.load_pem_x509_certificates(data))
     except ValueError as e:
         raise CredentialError(path, f"no PEM certificate could be read ({e})") from None
 
@@ -80,8 +81,9 @@ def loadCredentials(certPath: StrPath, keyPath: StrPath, caPath: StrPath) -> Cre
     @raise CredentialError: Naming the file at fault and why.
     """
     chain = _certificates(certPath)
+    keyData = _read(keyPath)
     try:
-        key = serialization.load_pem_private_key(_read(keyPath), password=None)
+        key = serialization.load_pem_private_key(keyData, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise CredentialError(
             keyPath, f"no unencrypted PEM private key could be read ({e})"

@@ -2,13 +2,41 @@
 // The sidecar's live dashboard: polls stats/live every second and redraws.
 (function () {
   var POLL_MS = 1000;
+  var BLUE = "#0969da", RED = "#cf222e", ORANGE = "#bc4c00", GRID = "#d0d7de", MUTED = "#57606a";
+
+  var STATES = {
+    ready: "serving: every listener accepts connections",
+    starting: "not serving yet: a listener is not bound",
+    draining: "finishing the requests in flight and accepting no new connections"
+  };
+  var LISTENERS = {
+    outbound: "calls from the local app to other services",
+    inbound: "calls from other services to the local app"
+  };
+  // The causes the sidecar records (its x-easymesh-error header), in words.
+  var CAUSES = {
+    bad_request: "malformed request",
+    request_timeout: "the client sent its request too slowly",
+    request_too_large: "request line, headers or body over the limit",
+    rate_limited: "over the rate limit",
+    unauthorized: "the caller's identity is not allowed",
+    upstream_protocol_error: "the upstream's answer was not valid HTTP",
+    upstream_reset: "the upstream closed the connection without answering",
+    upstream_reset_mid_body: "the upstream closed the connection in the middle of its answer",
+    upstream_connect_failure: "could not connect to the upstream",
+    upstream_timeout: "the upstream did not answer in time",
+    loop_detected: "the request came back to this listener (a routing loop)",
+    client_closed: "the client went away before the answer"
+  };
 
   function el(tag, attrs, children) {
     var node = document.createElement(tag);
     Object.keys(attrs || {}).forEach(function (k) {
       if (k === "text") { node.textContent = attrs[k]; } else { node.setAttribute(k, attrs[k]); }
     });
-    (children || []).forEach(function (c) { node.appendChild(c); });
+    (children || []).forEach(function (c) {
+      node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
+    });
     return node;
   }
 
@@ -17,60 +45,106 @@
     return (Math.round(value * 100) / 100) + (unit || "");
   }
 
-  // Draw one or two series (arrays of numbers or nulls) as lines on a canvas.
-  function chart(canvas, series, colours) {
+  function clock(seconds) {
+    var d = new Date(seconds * 1000);
+    function two(n) { return (n < 10 ? "0" : "") + n; }
+    return two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds());
+  }
+
+  // The smallest of 1, 2, 2.5, 5 times a power of ten that is >= value.
+  function niceCeiling(value) {
+    if (!(value > 0)) { return 1; }
+    var power = Math.pow(10, Math.floor(Math.log(value) / Math.LN10));
+    var steps = [1, 2, 2.5, 5, 10];
+    for (var i = 0; i < steps.length; i++) {
+      if (steps[i] * power >= value) { return steps[i] * power; }
+    }
+    return 10 * power;
+  }
+
+  // Draw series (arrays of numbers or nulls, one per second, oldest first)
+  // as lines on a canvas, with the scale's top value and the time axis.
+  function chart(canvas, series, colours, unit) {
     var ratio = window.devicePixelRatio || 1;
-    var width = canvas.clientWidth || 300, height = canvas.clientHeight || 90;
+    var width = canvas.clientWidth || 300, height = canvas.clientHeight || 96;
     canvas.width = width * ratio; canvas.height = height * ratio;
     var ctx = canvas.getContext("2d");
     ctx.scale(ratio, ratio);
     ctx.clearRect(0, 0, width, height);
+    var top = 14, bottom = height - 14;
     var max = 0;
     series.forEach(function (s) { s.forEach(function (v) { if (v !== null && v > max) { max = v; } }); });
-    max = max > 0 ? max * 1.1 : 1;
-    ctx.strokeStyle = "#d0d7de"; ctx.lineWidth = 1;
-    ctx.beginPath(); ctx.moveTo(0, height - 0.5); ctx.lineTo(width, height - 0.5); ctx.stroke();
+    max = niceCeiling(max);
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.fillStyle = MUTED;
+    ctx.textBaseline = "alphabetic";
+    ctx.fillText(fmt(max) + " " + unit, 0, top - 3);
+    ctx.fillText("60 s ago", 0, height - 2);
+    var now = "now";
+    ctx.fillText(now, width - ctx.measureText(now).width, height - 2);
+    ctx.strokeStyle = GRID; ctx.lineWidth = 1;
+    ctx.setLineDash([3, 3]);
+    ctx.beginPath(); ctx.moveTo(0, top + 0.5); ctx.lineTo(width, top + 0.5); ctx.stroke();
+    ctx.setLineDash([]);
+    ctx.beginPath(); ctx.moveTo(0, bottom + 0.5); ctx.lineTo(width, bottom + 0.5); ctx.stroke();
     series.forEach(function (s, i) {
+      // A series that is zero throughout would only hide the axis.
+      if (!s.some(function (v) { return v; })) { return; }
       ctx.strokeStyle = colours[i]; ctx.lineWidth = 1.5; ctx.beginPath();
       var started = false;
       s.forEach(function (v, x) {
         if (v === null) { started = false; return; }
         var px = (x / Math.max(1, s.length - 1)) * width;
-        var py = height - 2 - (v / max) * (height - 6);
+        var py = bottom - (v / max) * (bottom - top);
         if (started) { ctx.lineTo(px, py); } else { ctx.moveTo(px, py); started = true; }
       });
       ctx.stroke();
     });
-    canvas.setAttribute("data-max", String(Math.round(max * 1000) / 1000));
+    canvas.setAttribute("data-max", String(max));
     canvas.setAttribute("data-drawn", String(Date.now()));
   }
 
-  function card(name, data, kind) {
+  function legend(items) {
+    var children = [];
+    items.forEach(function (item) {
+      children.push(el("span", { "class": "swatch", style: "background:" + item[1] }));
+      children.push(item[0]);
+    });
+    return el("div", { "class": "legend" }, children);
+  }
+
+  function figure(text, label, attrs) {
+    var value = el("b", { text: text });
+    Object.keys(attrs || {}).forEach(function (k) { value.setAttribute(k, attrs[k]); });
+    return el("div", { "class": "figure" }, [value, el("span", { text: label })]);
+  }
+
+  function card(name, data, kind, about) {
     var figures = el("div", { "class": "figures" }, [
-      el("div", { "class": "figure" }, [el("b", { text: fmt(data.rps), "data-figure": "rps" }), el("span", { text: "requests/s" })]),
-      el("div", { "class": "figure" }, [el("b", { text: fmt(data.p50, " ms") }), el("span", { text: "p50 latency" })]),
-      el("div", { "class": "figure" }, [el("b", { text: fmt(data.p99, " ms") }), el("span", { text: "p99 latency" })]),
-      el("div", { "class": "figure" }, [el("b", { text: fmt(data.error_rate * 100, " %") }), el("span", { text: "errors" })])
+      figure(fmt(data.rps), "requests/s", { "data-figure": "rps" }),
+      figure(fmt(data.p50, " ms"), "p50 latency"),
+      figure(fmt(data.p99, " ms"), "p99 latency"),
+      figure(fmt(data.error_rate * 100, " %"), "errors", { "data-figure": "errors" })
     ]);
-    var rate = el("canvas", { "class": "chart", "data-chart": kind + ":" + name + ":rps", "aria-label": "requests per second" });
-    var latency = el("canvas", { "class": "chart", "data-chart": kind + ":" + name + ":latency", "aria-label": "latency" });
+    var rate = el("canvas", { "class": "chart", "data-chart": kind + ":" + name + ":rps", "aria-label": "requests and errors per second, last minute" });
+    var latency = el("canvas", { "class": "chart", "data-chart": kind + ":" + name + ":latency", "aria-label": "latency, last minute" });
     var node = el("div", { "class": "card", "data-name": name }, [
-      el("h3", { text: name }), figures,
-      el("div", { "class": "legend", text: "requests/s (blue) and errors/s (red), last minute" }), rate,
-      el("div", { "class": "legend", text: "latency p50 (blue) and p99 (orange), ms" }), latency
+      el("h3", { text: name }), el("p", { "class": "about", text: about || "" }), figures,
+      legend([["requests/s", BLUE], ["errors/s", RED]]), rate,
+      legend([["p50 latency", BLUE], ["p99 latency", ORANGE]]), latency
     ]);
     return { node: node, draw: function () {
-      chart(rate, [data.series.map(function (b) { return b.requests; }), data.series.map(function (b) { return b.errors; })], ["#0969da", "#cf222e"]);
-      chart(latency, [data.series.map(function (b) { return b.p50; }), data.series.map(function (b) { return b.p99; })], ["#0969da", "#bc4c00"]);
+      chart(rate, [data.series.map(function (b) { return b.requests; }), data.series.map(function (b) { return b.errors; })], [BLUE, RED], "/s");
+      chart(latency, [data.series.map(function (b) { return b.p50; }), data.series.map(function (b) { return b.p99; })], [BLUE, ORANGE], "ms");
     } };
   }
 
-  function cards(container, table, kind) {
+  function cards(container, table, kind, describe) {
     container.innerHTML = "";
     var names = Object.keys(table || {});
     if (!names.length) { container.appendChild(el("p", { "class": "empty", text: "No requests yet." })); return; }
     var drawers = names.map(function (name) {
-      var c = card(name, table[name], kind); container.appendChild(c.node); return c.draw;
+      var c = card(name, table[name], kind, describe(name)); container.appendChild(c.node); return c.draw;
     });
     drawers.forEach(function (draw) { draw(); });
   }
@@ -89,7 +163,8 @@
         ]));
       });
     });
-    var head = el("tr", {}, ["cluster", "endpoint", "state", "in flight", "latency (EWMA)", "ejections"].map(function (h) { return el("th", { text: h }); }));
+    if (!rows.length) { container.appendChild(el("p", { "class": "empty", text: "No endpoints." })); return; }
+    var head = el("tr", {}, ["cluster", "endpoint", "state", "requests in flight", "recent latency", "times ejected"].map(function (h) { return el("th", { text: h }); }));
     container.appendChild(el("table", {}, [el("thead", {}, [head]), el("tbody", {}, rows)]));
   }
 
@@ -98,27 +173,57 @@
     if (!list || !list.length) { container.appendChild(el("p", { "class": "empty", text: "No errors recorded." })); return; }
     var head = el("tr", {}, ["time", "listener", "cluster", "request", "status", "reason"].map(function (h) { return el("th", { text: h }); }));
     var rows = list.slice(0, 20).map(function (e) {
-      return el("tr", {}, [
-        el("td", { text: new Date(e.time * 1000).toLocaleTimeString() }), el("td", { text: e.listener }),
+      var why = CAUSES[e.reason];
+      return el("tr", { "data-error": e.reason }, [
+        el("td", { text: clock(e.time) }), el("td", { text: e.listener }),
         el("td", { text: e.cluster || "–" }), el("td", { text: e.method + " " + e.path }),
-        el("td", { "class": e.status >= 500 || e.status === 0 ? "bad" : "warn", text: e.status ? String(e.status) : "none" }),
-        el("td", { text: e.reason })
+        el("td", { "class": e.status >= 500 || e.status === 0 ? "bad" : "warn", text: e.status ? String(e.status) : "no response" }),
+        el("td", {}, why ? [e.reason, el("span", { "class": "why", text: ": " + why })] : [e.reason])
       ]);
     });
     container.appendChild(el("table", {}, [el("thead", {}, [head]), el("tbody", {}, rows)]));
+  }
+
+  // Where each listener listens and sends, from the running config (once).
+  var settings = null;
+  fetch("config_dump", { cache: "no-store" }).then(function (r) { return r.json(); }).then(function (dump) {
+    settings = dump.settings || null;
+    if (settings && settings["node-id"]) { document.getElementById("node").textContent = settings["node-id"]; }
+  }).catch(function () {});
+
+  function aboutListener(name) {
+    var text = LISTENERS[name] || "";
+    if (settings && settings[name]) { text += " (listens on " + settings[name] + ")"; }
+    return text;
+  }
+
+  function aboutCluster(clustersState) {
+    return function (name) {
+      var c = clustersState && clustersState[name];
+      if (!c) { return ""; }
+      var n = c.endpoints.length;
+      return n + (n === 1 ? " endpoint" : " endpoints") + ", balanced " + c.lb_policy.replace(/_/g, " ");
+    };
   }
 
   var stateBadge = document.getElementById("state");
   function poll() {
     fetch("stats/live", { cache: "no-store" }).then(function (r) { return r.json(); }).then(function (data) {
       stateBadge.textContent = data.state; stateBadge.className = data.state;
-      cards(document.getElementById("listeners"), data.listeners, "listener");
-      cards(document.getElementById("clusters"), data.clusters, "cluster");
+      document.getElementById("state-help").textContent = STATES[data.state] || "";
+      document.getElementById("updated").textContent = "· updated " + clock(data.time);
+      var totals = document.getElementById("totals");
+      totals.innerHTML = "";
+      totals.appendChild(el("b", { text: String(data.total || 0), "data-figure": "total" }));
+      totals.appendChild(document.createTextNode(" requests handled since the sidecar started (one that passes through both listeners counts twice)"));
+      cards(document.getElementById("listeners"), data.listeners, "listener", aboutListener);
+      cards(document.getElementById("clusters"), data.clusters, "cluster", aboutCluster(data.clusters_state));
       endpoints(document.getElementById("endpoints"), data.clusters_state);
       errors(document.getElementById("errors"), data.errors);
       document.body.setAttribute("data-updated", String(data.time));
     }).catch(function () {
       stateBadge.textContent = "no answer from the sidecar"; stateBadge.className = "stale";
+      document.getElementById("state-help").textContent = "";
     }).then(function () { setTimeout(poll, POLL_MS); });
   }
   poll();
