@@ -358,7 +358,14 @@ class HTTP1Channel(Protocol):
         self.peerIdentity = identity
 
     def connectionLost(self, reason: Failure) -> None:
-        if self.scheme == b"https" and not self._handshakeDone and self._state != _CLOSED:
+        if (
+            self.scheme == b"https"
+            and not self._handshakeDone
+            and self._state != _CLOSED
+            # A connection closed before any TLS byte (a port probe) is not
+            # worth a warning.
+            and reason.check("OpenSSL.SSL.Error", "easymesh.tls.identity.IdentityMismatch")
+        ):
             _log.warn(
                 "TLS handshake with {peer} failed: {reason}",
                 peer=_address(self.peer),
