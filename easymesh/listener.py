@@ -280,7 +280,7 @@ class _Exchange:
                 resource.name,
                 request.method,
                 request.uri,
-                request.code,
+                request.code if request.startedWriting else 0,
                 request.bytesReceived,
                 request.sentLength,
                 duration,
@@ -339,8 +339,10 @@ class ProxyResource(Resource):
         )
         exchange.proxied = proxied
         d = self.forwarder.forward(proxied)
-        if not d.called:
-            exchange.pending = d
+        # Kept even if "called": a Deferred waiting on another (a request on
+        # a reused pooled connection) has been called already, and must
+        # still be cancelled if the client goes away.  respond() clears it.
+        exchange.pending = d
         d.addCallback(exchange.respond)
         return server.NOT_DONE_YET
 

@@ -11,6 +11,7 @@ from typing import Any, List, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from easymesh.inflight import InFlight
@@ -57,6 +58,19 @@ class SidecarService(MultiService):
         self.listeners.append(service)
         self.sites.append(site)
         service.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind every port now; one that cannot be bound stops the start with
+        a clear message (rather than a sidecar half up).
+        """
+        for child in self:
+            if hasattr(child, "_raiseSynchronously"):
+                child._raiseSynchronously = True
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise SystemExit(f"easymesh: {e}") from None
 
     def startService(self) -> None:
         raiseFileLimit()

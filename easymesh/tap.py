@@ -197,6 +197,8 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     sidecar = SidecarService(reactor, inflight, config.drain, runtime)
     sidecar.tls = contexts
     sidecar.telemetry = telemetry
+    if telemetry.metrics is not None:
+        telemetry.metrics.setPoolSource(lambda: poolFigures(runtime))
     sidecar.notifier = Notifier(clock=reactor)
     if options["config"] is not None:
         path, flags = options["config"], dict(options.flags)
@@ -260,3 +262,12 @@ def buildTelemetry(config: SidecarConfig, reactor: Any) -> Any:
     from easymesh.ops.metrics import Metrics
 
     return Telemetry(Metrics(), LiveStats(reactor), traces, reactor)
+
+
+def poolFigures(runtime: Any) -> Any:
+    """
+    Each cluster's upstream connections: C{(cluster, idle, active)}.
+    """
+    for name, cluster in runtime.clusters.items():
+        idle = sum(e.upstream.idleConnections() for e in cluster.endpoints)
+        yield name, idle, max(0, cluster.breakers.connections - idle)

@@ -231,6 +231,12 @@ class HTTPUpstream:
         d.addBoth(attempt.finished)
         return d
 
+    def idleConnections(self) -> int:
+        """
+        Connections kept open in the pool, waiting for a request.
+        """
+        return len(self.pool._connections.get(self._key, ()))
+
     def close(self) -> Deferred[None]:
         return self.pool.closeCachedConnections()
 

@@ -29,6 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import easymesh
+from easymesh.ops.metrics import METRIC_DOCS
 from easymesh.tls.certs import makeCA, makeWorkload
 from tests.integration.app import TestApp
 from tests.integration.conftest import Launcher
@@ -441,6 +442,27 @@ def test_request_counters_match_the_traffic_sent(ops):
     assert not [k for k in after if k[0].endswith("_created")], "no *_created series"
 
 
+def test_every_documented_metric_is_exposed(ops):
+    reply = admin(ops.sidecar, "GET", "/stats/prometheus")
+    families = {f.name: f.type for f in text_string_to_metric_families(reply.body.decode("utf-8"))}
+    for name, kind, _, _ in METRIC_DOCS:
+        family = name[: -len("_total")] if kind == "counter" else name
+        assert families.get(family) == kind, (name, families.get(family))
+    assert any(name.startswith("process_") for name in families), sorted(families)
+
+
+def test_pool_gauge_counts_idle_connections(ops):
+    for _ in range(3):
+        assert request(ops.sidecar.outbound, "GET", "/echo/pool").status == 200
+    samples = scrape(ops.sidecar)
+    idle = {
+        dict(labels)["cluster"]: v
+        for (name, labels), v in samples.items()
+        if name == "easymesh_upstream_pool_connections" and dict(labels)["state"] == "idle"
+    }
+    assert idle.get("peer", 0) >= 1 and idle.get("local", 0) >= 1, idle
+
+
 def _python(samples: Samples) -> str:
     for name, labels in samples:
         if name == "easymesh_build_info":
@@ -520,7 +542,7 @@ def test_json_access_log_has_every_field_and_no_credentials(ops):
         ("inbound", "app", "local", f"127.0.0.1:{ops.app.port}"),
     ):
         entry = entries[listener]
-        assert set(entry) == ACCESS_FIELDS, entry
+        assert ACCESS_FIELDS <= set(entry), entry
         assert entry["method"] == "GET"
         assert entry["status"] == 200
         assert entry["bytes_in"] == 0
@@ -593,26 +615,10 @@ def test_a_client_gone_before_any_answer_counts_as_none(abandoned):
     assert entry["bytes_out"] == 0, entry
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="easymesh/listener.py ProxyResource.render keeps the forwarder's Deferred "
-    "for cancelling only `if not d.called`; on a reused pooled connection that "
-    "Deferred is already called (pool.getConnection fired at once) while it waits "
-    "on the upstream request, so a client going away cancels nothing: the upstream "
-    "connection stays busy (the next hop keeps the request in flight until the "
-    "drain cuts it off) and, once that connection closes, the pool's automatic "
-    "retry sends the abandoned request again on a new connection",
-)
 def test_a_client_gone_cancels_the_upstream_request_on_a_reused_connection(abandoned):
     waitUntil(lambda: abandoned.noResponse("inbound") == 1, 3, "the inbound hop gave up too")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="easymesh/listener.py _Exchange.finished passes request.code to the access "
-    "log, which twisted.web sets to 200 before any response: a request that got no "
-    "response is logged with status 200 (the metrics say code_class none)",
-)
 def test_a_client_gone_before_any_answer_is_not_logged_as_200(abandoned):
     waitUntil(
         lambda: any(e["path"] == "/hang" for e in accessEntries(abandoned.sidecar.log())),
@@ -714,7 +720,6 @@ def test_admin_none_binds_nothing_extra(launch, ops):
     ports = sidecar.ports
     assert listeningPorts(sidecar.proc.pid) == {ports["outbound"], ports["inbound"], ports["demo"]}
     assert portIsFree(ports["admin"])
-    assert "9901" not in sidecar.log()
 
 
 # -- drain and quit over the admin listener ------------------------------
@@ -944,18 +949,23 @@ def test_sigterm_drain_says_stopping_and_is_not_ready(launch, app, notify):
     assert notify.keys() == ["READY", "STOPPING"], notify.messages
 
 
-def test_no_ready_while_a_port_cannot_be_bound(launch, notify):
+def test_a_port_that_cannot_be_bound_stops_the_start(launch, notify):
+    """
+    A port already taken: the sidecar says so and exits non-zero, without
+    ever telling systemd it is ready, rather than running half up.
+    """
     ports = launch.ports()
     taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     taken.bind(("127.0.0.1", ports["inbound"]))
     taken.listen(1)
     try:
         sidecar = launch(env={"NOTIFY_SOCKET": notify.path}, ports=ports, ready=False)
-        sidecar.waitReady([ports["outbound"], ports["admin"]])
-        sidecar.waitForLog(lambda text: "Couldn't listen" in text, timeout=10)
-        ready = admin(sidecar, "GET", "/ready")
-        assert (ready.status, ready.body) == (503, b"starting\n"), ready
-        assert notify.receive(1.0) is None, notify.messages
+        code = sidecar.wait(timeout=15)
+        output = sidecar.log()
+        assert code not in (0, None), output
+        assert "Couldn't listen" in output, output
+        assert str(ports["inbound"]) in output, output
+        assert "Traceback" not in output, output
         assert "READY" not in notify.keys()
     finally:
         taken.close()

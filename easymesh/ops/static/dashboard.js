@@ -164,7 +164,7 @@
       });
     });
     if (!rows.length) { container.appendChild(el("p", { "class": "empty", text: "No endpoints." })); return; }
-    var head = el("tr", {}, ["cluster", "endpoint", "state", "requests in flight", "recent latency", "times ejected"].map(function (h) { return el("th", { text: h }); }));
+    var head = el("tr", {}, ["cluster", "endpoint", "state", "requests in flight", "latency estimate", "times ejected"].map(function (h) { return el("th", { text: h }); }));
     container.appendChild(el("table", {}, [el("thead", {}, [head]), el("tbody", {}, rows)]));
   }
 
@@ -191,9 +191,17 @@
     if (settings && settings["node-id"]) { document.getElementById("node").textContent = settings["node-id"]; }
   }).catch(function () {});
 
+  // "tcp:8082:interface=127.0.0.1" as "127.0.0.1:8082"; other endpoints as given.
+  function address(endpoint) {
+    var m = /^tcp:(\d+)((?::[a-z]+=[^:]*)*)$/.exec(endpoint);
+    if (!m) { return endpoint; }
+    var host = /:interface=([^:]*)/.exec(m[2]);
+    return host ? host[1] + ":" + m[1] : "port " + m[1] + " on every address";
+  }
+
   function aboutListener(name) {
     var text = LISTENERS[name] || "";
-    if (settings && settings[name]) { text += " (listens on " + settings[name] + ")"; }
+    if (settings && settings[name]) { text += "; listens on " + address(settings[name]); }
     return text;
   }
 
