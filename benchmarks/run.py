@@ -157,6 +157,7 @@ def startEasymesh(upstreamPort: int, hops: int, python: str = PYTHON) -> "tuple[
         python, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "easymesh",
         "--outbound", str(outbound), "--inbound", str(inbound),
         "--upstream", f"http://127.0.0.1:{upstreamPort}",
+        "--admin", f"tcp:{freePort()}:interface=127.0.0.1",
     ]
     proc = Proc(f"easymesh-{hops}hop", argv, inbound, 0)
     waitForPort(outbound)

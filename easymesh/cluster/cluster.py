@@ -144,6 +144,15 @@ class Cluster:
         endpoints = self.endpoints
         if not endpoints:
             raise NoHealthyUpstream(f"cluster {self.name} has no endpoints")
+        if not self._panicking:
+            # The usual case, without a list per request: all available.
+            for endpoint in endpoints:
+                if not endpoint.available:
+                    break
+            else:
+                if len(endpoints) == 1:
+                    return endpoints[0]
+                return self.balancer.pick(endpoints, hashKey)
         candidates = [e for e in endpoints if e.available]
         if candidates:
             if self._panicking:

@@ -51,9 +51,10 @@ class Window:
     def add(self, now: float, latency: float, error: bool) -> None:
         second = int(now)
         buckets = self._buckets
-        if not buckets or buckets[-1].second != second:
-            buckets.append(_Bucket(second))
-        bucket = buckets[-1]
+        bucket = buckets[-1] if buckets else None
+        if bucket is None or bucket.second != second:
+            bucket = _Bucket(second)
+            buckets.append(bucket)
         bucket.count += 1
         if error:
             bucket.errors += 1
