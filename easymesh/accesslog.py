@@ -7,6 +7,7 @@ JSON.  Header values (and so credentials) are never logged.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any, Dict, Optional
 
 from twisted.logger import Logger
@@ -36,6 +37,7 @@ class AccessLog:
         proxied: Any,
         requestId: Optional[bytes],
         cause: Optional[str],
+        started: Optional[float] = None,
     ) -> None:
         """
         Log one request.
@@ -43,8 +45,10 @@ class AccessLog:
         @param proxied: Its L{easymesh.message.ProxyRequest} (for the route,
             cluster, upstream host and attempts), or L{None} if it was
             refused before one was made.
+        @param started: When the request arrived (POSIX seconds).
         """
         entry: Dict[str, Any] = {
+            "timestamp": _iso(started) if started is not None else None,
             "listener": listener,
             "method": method.decode("latin-1"),
             "path": path.decode("latin-1"),
@@ -63,9 +67,17 @@ class AccessLog:
             _log.info("{line}", line=json.dumps(entry, separators=(",", ":")), **entry)
         else:
             _log.info(
-                "{listener} {method} {path} {status} {bytes_out}B "
-                "{duration_ms}ms route={route} upstream={upstream} "
+                "{listener} {method} {path} {status} in={bytes_in}B out={bytes_out}B "
+                "{duration_ms}ms route={route} cluster={cluster} upstream={upstream} "
                 "attempts={attempts} error={error} "
                 "request_id={request_id}",
                 **entry,
             )
+
+
+def _iso(seconds: float) -> str:
+    """
+    C{2026-11-27T01:02:03.456Z}.
+    """
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

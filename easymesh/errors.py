@@ -55,7 +55,7 @@ class ProxyError(Exception):
         for name, value in self.extraHeaders():
             headers.setRawHeaders(name, [value])
         body = f"{self.message}\n".encode("utf-8")
-        return LocalReply(self.code, body, headers, cause=self.cause)
+        return LocalReply(self.code, body, headers, cause=self.cause, detail=self.detail)
 
 
 class BadRequest(ProxyError):

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
-from easymesh.errors import ClientClosed, ProxyError, classify
+from easymesh.errors import ProxyError, classify
 from easymesh.filters.chain import FilterChain
 from easymesh.headers import PEER_IDENTITY, HeaderPolicy
 from easymesh.message import LocalReply, ProxyRequest
@@ -105,11 +105,4 @@ class Forwarder:
         if error is None:
             self.log.failure("Unexpected failure forwarding {request}", failure, request=request)
             error = ProxyError()
-        elif not isinstance(error, ClientClosed) and error.code >= 500:
-            self.log.debug(
-                "{request}: {cause}: {detail}",
-                request=request,
-                cause=error.cause,
-                detail=error.detail,
-            )
         return error.reply()

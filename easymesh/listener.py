@@ -211,6 +211,8 @@ class _Exchange:
         self.pending: Optional[Deferred[Any]] = None
         self.relay: Optional[_BodyRelay] = None
         self.cause: Optional[str] = None
+        #: What this sidecar says of an error it made, for the error log.
+        self.detail: Optional[str] = None
         self.proxied: Optional[ProxyRequest] = None
 
     def respond(self, reply: Union[IResponse, LocalReply]) -> None:
@@ -227,6 +229,7 @@ class _Exchange:
         request.responseHeaders = reply.headers
         if isinstance(reply, LocalReply):
             self.cause = reply.cause
+            self.detail = reply.detail
             if reply.code != 304:
                 reply.headers.setRawHeaders(b"content-length", [b"%d" % len(reply.body)])
             request.write(reply.body)
@@ -248,6 +251,7 @@ class _Exchange:
         else:
             # Never present a truncated body as complete: drop the client.
             self.cause = "upstream_reset_mid_body"
+            self.detail = reason.getErrorMessage()
             request.channel.transport.abortConnection()
 
     def finished(self, result: Optional[Failure]) -> None:
@@ -262,12 +266,20 @@ class _Exchange:
             if self.cause is None:
                 self.cause = "client_closed"
         duration = resource.clock.seconds() - self.started
+        status = request.code if request.startedWriting else 0
+        if (
+            self.detail is not None
+            and self.cause is not None
+            and (status >= 500 or self.cause == "upstream_reset_mid_body")
+            and resource.errorLog is not None
+        ):
+            resource.errorLog.report(resource.name, status, self.cause, self.detail, self.proxied)
         telemetry = resource.telemetry
         if telemetry is not None:
             telemetry.requestDone(
                 resource.name,
                 self.proxied,
-                request.code if request.startedWriting else 0,
+                status,
                 duration,
                 self.cause,
                 request.method,
@@ -280,13 +292,14 @@ class _Exchange:
                 resource.name,
                 request.method,
                 request.uri,
-                request.code if request.startedWriting else 0,
+                status,
                 request.bytesReceived,
                 request.sentLength,
                 duration,
                 proxied,
                 ids[0] if ids else None,
                 self.cause,
+                self.started,
             )
 
 
@@ -305,6 +318,7 @@ class ProxyResource(Resource):
         inflight: Optional[InFlight] = None,
         accessLog: Optional[AccessLog] = None,
         telemetry: Any = None,
+        errorLog: Any = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -315,6 +329,9 @@ class ProxyResource(Resource):
         #: An L{easymesh.ops.telemetry.Telemetry} told of every request and
         #: connection, or L{None}.
         self.telemetry = telemetry
+        #: An L{easymesh.errorlog.ErrorLog} for the errors this listener
+        #: answers with, or L{None}.
+        self.errorLog = errorLog
 
     def render(self, request: StreamingRequest) -> Any:
         self.inflight.enter()

@@ -93,9 +93,10 @@ class LocalReply:
     @ivar cause: The short name of the reason, also sent in the
         C{x-easymesh-error} header for errors; L{None} for a filter's
         deliberate answer.
+    @ivar detail: What happened, for the log (never sent to the client).
     """
 
-    __slots__ = ("code", "phrase", "headers", "body", "cause")
+    __slots__ = ("code", "phrase", "headers", "body", "cause", "detail")
 
     def __init__(
         self,
@@ -104,12 +105,14 @@ class LocalReply:
         headers: Optional[Headers] = None,
         phrase: bytes = b"",
         cause: Optional[str] = None,
+        detail: str = "",
     ) -> None:
         self.code = code
         self.body = body
         self.headers = headers if headers is not None else Headers()
         self.phrase = phrase
         self.cause = cause
+        self.detail = detail
 
     def __repr__(self) -> str:
         return f"<LocalReply {self.code} {self.cause}>"

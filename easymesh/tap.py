@@ -169,6 +169,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
 
     from easymesh.accesslog import AccessLog
     from easymesh.demo import demoSite
+    from easymesh.errorlog import ErrorLog
     from easymesh.forwarder import Forwarder
     from easymesh.headers import HeaderPolicy
     from easymesh.inflight import InFlight
@@ -207,6 +208,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         )
         sidecar.reloader.observers.append(telemetry.configReloaded)
     accessLog = AccessLog(config.access_log) if config.access_log != "off" else None
+    errorLog = ErrorLog(reactor)
     if config.runsDemo:
         sidecar.addBackend(listeningService(config.demo, demoSite(), reactor))
     if config.admin != "none":
@@ -225,7 +227,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         )
         forwarder.sampleNewTraces = telemetry.traces is not None
         resource = ProxyResource(
-            listener.name, forwarder, reactor, inflight, accessLog, telemetry
+            listener.name, forwarder, reactor, inflight, accessLog, telemetry, errorLog
         )
         limits = config.edgeLimits
         if listener.name == INBOUND:

@@ -23,11 +23,21 @@ def test_app_down_is_503_within_2s(launch):
 
 
 def test_outbound_relays_the_inbound_error(launch):
-    sidecar = launch(upstream=f"http://127.0.0.1:{closedPort()}")
-    reply = request(sidecar.outbound, "GET", "/echo/down", timeout=5)
+    """
+    The inbound's error reaches the caller unchanged, and is logged once,
+    by the sidecar that made it, with where and why.
+    """
+    port = closedPort()
+    sidecar = launch(upstream=f"http://127.0.0.1:{port}")
+    reply = request(sidecar.outbound, "GET", "/echo/down?token=secret", timeout=5)
     assert reply.status == 503, reply
     assert reply.all("x-easymesh-error") == ["upstream_connect_failure"]
     assert reply.elapsed < 2.0
+    sidecar.waitForLog(lambda text: "upstream_connect_failure" in text, timeout=5)
+    lines = [line for line in sidecar.log().splitlines() if "upstream_connect_failure" in line]
+    assert len(lines) == 1, lines
+    assert f"inbound GET /echo/down: 503 upstream_connect_failure [route inbound-default, cluster local (127.0.0.1:{port})]" in lines[0]
+    assert "secret" not in lines[0]
 
 
 def test_hanging_app_is_504(launch, app):
