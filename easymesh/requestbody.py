@@ -20,14 +20,19 @@ HIGH_WATER = 64 * 1024
 
 
 @implementer(IBodyProducer)
-class EmptyBody:
+class BufferedBody:
     """
-    A body of no bytes, sent with C{Content-Length: 0}.
+    A request body held in memory: it can be produced any number of times
+    (so a request can be sent again).
     """
 
-    length = 0
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        if self.data:
+            consumer.write(self.data)
         return succeed(None)
 
     def pauseProducing(self) -> None:
@@ -38,6 +43,15 @@ class EmptyBody:
 
     def stopProducing(self) -> None:
         pass
+
+
+class EmptyBody(BufferedBody):
+    """
+    A body of no bytes, sent with C{Content-Length: 0}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(b"")
 
 
 @implementer(IBodyProducer)

@@ -23,6 +23,7 @@ from easymesh.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
+from easymesh.requestbody import BufferedBody
 from easymesh.tokenbucket import TokenBucket
 
 _GATEWAY = frozenset((502, 503, 504))
@@ -90,31 +91,6 @@ class RetryBudgetState:
         if bucket is None:
             bucket = self._minimums[rate] = TokenBucket(rate, max(1, int(rate)), self._clock)
         return bucket.take() is None
-
-
-@implementer(IBodyProducer)
-class BufferedBody:
-    """
-    A request body held in memory: it can be produced any number of times.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        if self.data:
-            consumer.write(self.data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _Collector:

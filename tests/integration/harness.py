@@ -9,6 +9,7 @@ polled with a short interval under a hard deadline.
 from __future__ import annotations
 
 import http.client
+import ssl
 import os
 import signal
 import socket
@@ -301,12 +302,18 @@ def request(
     headers: Sequence[Tuple[str, str]] = (),
     body: Optional[bytes] = None,
     timeout: float = 10.0,
+    context: Optional[ssl.SSLContext] = None,
 ) -> Reply:
     """
-    One request on a new connection to 127.0.0.1:port, read to the end.
+    One request on a new connection to 127.0.0.1:port, read to the end;
+    over TLS with C{context}, if given.
     """
     started = time.monotonic()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn: http.client.HTTPConnection
+    if context is not None:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         send(conn, method, target, headers, body)
         response = conn.getresponse()

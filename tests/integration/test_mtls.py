@@ -209,15 +209,7 @@ def tlsRequest(
     """
     One request over a new TLS connection to 127.0.0.1:port.
     """
-    started = time.monotonic()
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ctx)
-    try:
-        send(conn, method, target, headers, body)
-        response = conn.getresponse()
-        data = response.read()
-        return Reply(response, data, time.monotonic() - started)
-    finally:
-        conn.close()
+    return request(port, method, target, headers, body, context=ctx)
 
 
 class Attempt:
