@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
+import twisted
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 
@@ -360,7 +361,9 @@ def test_refused_before_binding(files: Files, tmp_path: Path) -> None:
         timeout=60,
     )  # fmt: skip
     output = result.stdout + result.stderr
-    assert result.returncode != 0, output
+    if twisted.version.major >= 26:
+        # Older twistd exits 0 after printing a usage error.
+        assert result.returncode != 0, output
     assert f"tls {files.web.keyPath}: the key does not match the certificate" in output
     assert "starting on" not in output
 
