@@ -12,7 +12,12 @@ some do not (C{/admin//..} is C{/admin/} to them).  So a request must be
 allowed under every reading of its path: the one routes use (the path
 options in force) and the fully normalised ones with and without slashes
 merged.  C{//admin/x} is checked as C{/admin/x} even when
-C{merge_slashes} is off for routing.
+C{merge_slashes} is off for routing.  A path with C{;} is also read as
+servlet containers read it, each segment without its parameters
+(C{/public/..;/admin} is C{/admin} to Tomcat).  Likewise for the method,
+which some apps upper-case (C{post} is C{POST} to them) and answer
+C{HEAD} as C{GET}, and the host, whose trailing dot most servers ignore
+(C{admin.example.org.} is C{admin.example.org}).
 
 In the config file::
 
@@ -28,7 +33,9 @@ In the config file::
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+import re
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import attrs
 from twisted.logger import Logger
@@ -42,6 +49,16 @@ from easymesh.routing.paths import normalisePath
 from easymesh.tls.identity import IdentityPattern, parsePatterns
 
 _log = Logger()
+
+
+#: Seconds during which the same denial (listener, caller, reason) is
+#: counted rather than logged again.
+QUIET = 10.0
+#: Most denials whose bursts are counted at once.
+MAX_BURSTS = 1024
+
+#: The parameters of a path's segments (C{;jsessionid=...}).
+_PARAMETERS = re.compile(rb";[^/]*")
 
 
 class Unauthorized(ProxyError):
@@ -121,6 +138,9 @@ class Authorizer:
             (compileMatch(rule.match), parsePatterns(rule.identities), rule)
             for rule in policy.rules
         ]
+        #: Gives the time, for bursts of denials.
+        self.clock: Callable[[], float] = time.monotonic
+        self._denied: Dict[Tuple[str, Optional[str], str], Tuple[float, int]] = {}
 
     def _readPaths(self, target: bytes) -> List[str]:
         """
@@ -128,11 +148,18 @@ class Authorizer:
 
         @raise ProxyError: The path cannot be normalised.
         """
+        targets = [target]
+        path = target.split(b"?", 1)[0].split(b"#", 1)[0]
+        if b";" in path:
+            # As servlet containers read it: each segment without its
+            # parameters, before dot-segments are removed.
+            targets.append(_PARAMETERS.sub(b"", path) + target[len(path):])
         paths: List[str] = []
-        for options in self._readings:
-            path = normalisePath(target, options)
-            if path not in paths:
-                paths.append(path)
+        for each in targets:
+            for options in self._readings:
+                path = normalisePath(each, options)
+                if path not in paths:
+                    paths.append(path)
         return paths
 
     def check(self, request: ProxyRequest) -> Optional[ProxyError]:
@@ -153,28 +180,44 @@ class Authorizer:
                 uris = (identity,)
             else:
                 names = (identity,)
+        # Methods are case-sensitive, but some apps upper-case them (a
+        # Django or Flask app reads "post" as POST) and answer HEAD with
+        # what answers GET; most servers read a fully qualified host name
+        # (with its trailing dot) as the name.
+        methods = [request.method]
+        upper = request.method.upper()
+        if upper != request.method:
+            methods.append(upper)
+        if upper == b"HEAD":
+            methods.append(b"GET")
         host = requestHost(request.headers)
+        hosts = [host]
+        if host.endswith(".") and host.rstrip("."):
+            hosts.append(host.rstrip("."))
         for path in paths:
-            refused = self._decide(request, path, host, uris, names)
-            if refused is not None:
-                return refused
+            for method in methods:
+                for name in hosts:
+                    refused = self._decide(request, method, path, name, uris, names)
+                    if refused is not None:
+                        return refused
         return None
 
     def _decide(
         self,
         request: ProxyRequest,
+        method: bytes,
         path: str,
         host: str,
         uris: Tuple[str, ...],
         names: Tuple[str, ...],
     ) -> Optional[ProxyError]:
         """
-        The first matching rule's decision on one reading of the path, or
-        the default's.
+        The first matching rule's decision on one reading of the method,
+        path and host, or the default's.
         """
         identity = request.peerIdentity
         for predicate, patterns, rule in self._rules:
-            if predicate(request.method, path, host, request.headers):
+            if predicate(method, path, host, request.headers):
                 if any(p.match(uris, names) is not None for p in patterns):
                     return None
                 return self._deny(request, path, f"no rule allows {identity or 'an anonymous caller'}")
@@ -183,6 +226,26 @@ class Authorizer:
         return self._deny(request, path, "no rule matches and the default is deny")
 
     def _deny(self, request: ProxyRequest, path: str, reason: str) -> Unauthorized:
+        # A burst of the same denial is one line, then one saying how many
+        # more there were (as for errors: see easymesh.errorlog).
+        key = (request.listener, request.peerIdentity, reason)
+        now = self.clock()
+        last = self._denied.get(key)
+        if last is not None and now - last[0] < QUIET:
+            self._denied[key] = (last[0], last[1] + 1)
+            return Unauthorized(reason)
+        if last is not None and last[1]:
+            _log.info(
+                "Denied {count} more request(s) from {identity} in the last "
+                "{seconds:.0f}s: {reason}",
+                count=last[1],
+                identity=request.peerIdentity or "an anonymous caller",
+                seconds=now - last[0],
+                reason=reason,
+            )
+        if len(self._denied) >= MAX_BURSTS:
+            self._denied.clear()
+        self._denied[key] = (now, 0)
         _log.info(
             "Denied {listener} {method} {path} from {identity}: {reason}",
             listener=request.listener,

@@ -128,13 +128,22 @@ def removeHopByHop(headers: Headers, also: Iterable[bytes] = ()) -> None:
     _remove(headers, _HOP_BY_HOP | frozenset(_nameEncoder.encode(n) for n in also), False)
 
 
+def _ownWithUnderscores(name: bytes) -> bool:
+    """
+    Whether C{name} spells one of the sidecar's own headers with
+    underscores (C{x_easymesh_peer_identity}), which CGI and WSGI servers
+    read as the same header: a client must not forge one that way.
+    """
+    return b"_" in name and name.lower().replace(b"_", b"-").startswith(OWN_PREFIX)
+
+
 def _remove(headers: Headers, dropped: frozenset, own: bool) -> None:
     raw = headers._rawHeaders
     named = raw.get(b"Connection")
     doomed = [
         name
         for name in raw
-        if name in dropped or (own and name.startswith(_OWN_PREFIX))
+        if name in dropped or (own and (name.startswith(_OWN_PREFIX) or _ownWithUnderscores(name)))
     ]
     for name in doomed:
         del raw[name]

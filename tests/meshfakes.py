@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseDone
 from twisted.web.http_headers import Headers
 
 from easymesh.config.addresses import UpstreamURL
@@ -31,12 +32,35 @@ class FakeResponse:
         self.length = len(body)
         self.body = body
         self.delivered: List[Any] = []
+        #: Whether a protocol given the body gets all of it, and its end,
+        #: at once (else the test feeds it).
+        self.endAtOnce = False
 
     def deliverBody(self, protocol: Any) -> None:
         self.delivered.append(protocol)
+        if self.endAtOnce:
+            protocol.makeConnection(_NoTransport())
+            if self.body:
+                protocol.dataReceived(self.body)
+            protocol.connectionLost(Failure(ResponseDone()))
 
     def __repr__(self) -> str:
         return f"<FakeResponse {self.code}>"
+
+
+class _NoTransport:
+    """
+    What a body is delivered from when it is delivered whole at once.
+    """
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class Sent:
@@ -81,8 +105,12 @@ class Sent:
     def unregisterProducer(self) -> None:
         pass
 
+    #: Given to each response (see L{FakeResponse.endAtOnce}).
+    endBodies = False
+
     def respond(self, code: int = 200, headers: Optional[Headers] = None) -> FakeResponse:
         response = self.response = FakeResponse(code, headers)
+        response.endAtOnce = self.endBodies
         self.deferred.callback(response)
         return response
 
@@ -117,8 +145,12 @@ class FakeUpstream:
         #: Where every request is recorded too, if given.
         self.journal: Optional[List[Sent]] = None
 
+    #: Whether responses deliver their whole body at once.
+    endBodies = False
+
     def request(self, request: ProxyRequest, timeout: Optional[float] = None) -> Deferred[Any]:
         sent = Sent(request, timeout)
+        sent.endBodies = self.endBodies
         self.sent.append(sent)
         if self.journal is not None:
             self.journal.append(sent)
@@ -152,11 +184,14 @@ class Upstreams:
         self.answer: Optional[Callable[[ProxyRequest], Any]] = None
         #: Every request sent to any of them, in order.
         self.journal: List[Sent] = []
+        #: Given to every upstream made from now on.
+        self.endBodies = False
 
     def make(self, url: UpstreamURL, settings: Any, reactor: Any, breakers: Any = None) -> FakeUpstream:
         upstream = FakeUpstream(url, settings, reactor, breakers)
         upstream.answer = self.answer
         upstream.journal = self.journal
+        upstream.endBodies = self.endBodies
         self.made.append(upstream)
         return upstream
 

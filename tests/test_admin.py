@@ -341,6 +341,29 @@ class ConfigDumpTests(AdminTestCase):
         for cluster in data["mesh"]["clusters"].values():
             self.assertIsNone(cluster["tls"])
 
+    def test_collectorCredentialsRedacted(self) -> None:
+        """
+        Credentials in the OTLP collector's URL (user and password, or a
+        query string) are not shown; the rest of the URL is.
+        """
+        self.config = SidecarConfig(
+            node_id="web-1",
+            otlp_endpoint="https://tenant:s3cr3t-token@collector.example:4318/v1/traces?api-key=k3y",
+        )
+        self.resource.config = self.config
+        response = self.get(b"/config_dump")
+        self.assertNotIn(b"s3cr3t", response.body)
+        self.assertNotIn(b"k3y", response.body)
+        self.assertEqual(
+            response.json()["settings"]["otlp-endpoint"],
+            "https://[redacted]@collector.example:4318/v1/traces?[redacted]",
+        )
+        self.resource.config = SidecarConfig(otlp_endpoint="http://127.0.0.1:4318/v1/traces")
+        self.assertEqual(
+            self.get(b"/config_dump").json()["settings"]["otlp-endpoint"],
+            "http://127.0.0.1:4318/v1/traces",
+        )
+
     def test_noMesh(self) -> None:
         self.runtime.mesh = None
         data = self.get(b"/config_dump").json()

@@ -545,6 +545,31 @@ class TestDecisions:
             f"Denied inbound GET /x from {WEB}: no rule matches and the default is deny"
         )
 
+    def test_denial_bursts_counted(self, log: Log) -> None:
+        """
+        The same caller denied again for the same reason within ten seconds
+        is counted rather than logged, so that a client retrying a denied
+        request does not flood the log; the count comes with the next line.
+        """
+        auth = authorizer(ADMIN_ONLY)
+        now = [1000.0]
+        auth.clock = lambda: now[0]
+        for _ in range(100):
+            assert not allowed(auth, b"/admin", WEB)
+        assert not allowed(auth, b"/admin", BILLING)
+        assert len(log.lines("Denied")) == 2
+        now[0] += 9.5
+        assert not allowed(auth, b"/admin/y", WEB)
+        assert len(log.lines("Denied")) == 2
+        now[0] += 1
+        assert not allowed(auth, b"/admin/z", WEB, method=b"POST")
+        assert log.lines("Denied")[-1] == (
+            f"Denied inbound POST /admin/z from {WEB}: no rule allows {WEB}"
+        )
+        assert log.lines("more") == [
+            f"Denied 100 more request(s) from {WEB} in the last 10s: no rule allows {WEB}"
+        ]
+
     def test_policy_object(self) -> None:
         """
         An L{Authorizer} can be built from policy objects directly, with
@@ -664,3 +689,115 @@ class TestBypassAttempts:
         slash = authorizer(ADMIN_ONLY.replace("/admin}", "/admin/}"))
         assert allowed(slash, b"/admin", WEB)
         assert not allowed(slash, b"/admin/x", WEB)
+
+
+# Other readings of the method and the host
+
+
+class TestOtherReadings:
+    def test_lower_case_method(self) -> None:
+        """
+        Methods are case-sensitive, but some apps read them upper-cased
+        (Django, Werkzeug): a rule on C{POST} holds for C{post} too.
+        """
+        auth = authorizer(
+            """\
+            authorization:
+              inbound:
+                default: allow
+                rules:
+                  - match: {prefix: /orders, methods: [POST]}
+                    identities: ["spiffe://example.org/ns/default/sa/web"]
+            """
+        )
+        for method in (b"post", b"Post", b"pOST"):
+            assert not allowed(auth, b"/orders", BILLING, method=method), method
+            assert allowed(auth, b"/orders", WEB, method=method), method
+        assert allowed(auth, b"/orders", BILLING, method=b"get")
+
+    def test_lower_case_method_default_deny(self) -> None:
+        """
+        A rule that allows C{GET} only still refuses C{get} to others, and
+        the default still applies to methods no rule names.
+        """
+        auth = authorizer(
+            """\
+            authorization:
+              inbound:
+                default: deny
+                rules:
+                  - match: {prefix: /, methods: [GET]}
+                    identities: ["*"]
+            """
+        )
+        assert allowed(auth, b"/x", WEB, method=b"GET")
+        assert not allowed(auth, b"/x", None, method=b"get")
+        assert not allowed(auth, b"/x", WEB, method=b"post")
+
+    def test_head_is_read_as_get(self) -> None:
+        """
+        Apps answer C{HEAD} by running what answers C{GET}: a rule on
+        C{GET} holds for C{HEAD} too, but not the other way round.
+        """
+        auth = authorizer(
+            """            authorization:
+              inbound:
+                default: allow
+                rules:
+                  - match: {prefix: /export, methods: [GET]}
+                    identities: ["spiffe://example.org/ns/ops/sa/admin"]
+                  - match: {prefix: /peek, methods: [HEAD]}
+                    identities: ["spiffe://example.org/ns/ops/sa/admin"]
+            """
+        )
+        for method in (b"HEAD", b"head"):
+            assert not allowed(auth, b"/export", WEB, method=method), method
+            assert allowed(auth, b"/export", ADMIN, method=method), method
+        assert allowed(auth, b"/peek", WEB, method=b"GET")
+
+    @pytest.mark.parametrize(
+        "target",
+        [b"/public/..;/admin", b"/public/..;x=1/admin/users", b"/public/%2E%2E;/admin",
+         b"/admin;jsessionid=1/users", b"/;x/admin", b"/public;/../admin"],
+    )
+    def test_path_parameters(self, target: bytes) -> None:
+        """
+        Servlet containers drop C{;parameters} from each segment before
+        they resolve dot-segments (C{/public/..;/admin} is C{/admin} to
+        Tomcat): a rule holds for the path read that way too.
+        """
+        auth = authorizer(ADMIN_ONLY)
+        assert not allowed(auth, target, WEB), target
+        assert allowed(auth, target, ADMIN), target
+        slash = authorizer(ADMIN_ONLY.replace("/admin}", "/admin/}"))
+        assert not allowed(slash, b"/admin;x/users", WEB)
+
+    def test_path_parameters_elsewhere_not_caught(self) -> None:
+        auth = authorizer(ADMIN_ONLY)
+        for target in (b"/public;x=1", b"/public/a;b/c", b"/x?;/../admin", b"/x?a=..;/admin"):
+            assert allowed(auth, target, WEB), target
+
+    @pytest.mark.parametrize(
+        "host",
+        [b"admin.example.org.", b"admin.example.org.:8443", b"ADMIN.example.org.",
+         b"x.admin.example.org."],
+    )
+    def test_host_with_trailing_dot(self, host: bytes) -> None:
+        """
+        A fully qualified host name (with its trailing dot) names the same
+        host to most servers: a rule on the host holds for it too.
+        """
+        auth = authorizer(
+            """\
+            authorization:
+              inbound:
+                rules:
+                  - match: {prefix: /, host: admin.example.org}
+                    identities: ["spiffe://example.org/ns/ops/sa/admin"]
+                  - match: {prefix: /, host: "*.admin.example.org"}
+                    identities: ["spiffe://example.org/ns/ops/sa/admin"]
+            """
+        )
+        assert not allowed(auth, b"/", WEB, host=host)
+        assert allowed(auth, b"/", ADMIN, host=host)
+        assert allowed(auth, b"/", WEB, host=b"orders.example.org.")

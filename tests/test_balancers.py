@@ -468,6 +468,26 @@ class PeakEWMATests(TestCase):
         later = Counter(self.simulate(balancer, endpoints, latency, 30))
         self.assertGreater(later[new], 30 * 10 / 4 * 0.5)
 
+    def test_clockStepBackNotALatency(self) -> None:
+        """
+        A latency below zero (the wall clock stepped back while a request
+        was out) is taken as zero: the endpoint's estimate never goes below
+        zero, so it does not win every pick, more so the busier it is.
+        """
+        stepped, *rest = endpoints = makeEndpoints([1] * 3)
+        now = self.clock.seconds()
+        stepped.observe(now, -30.0)
+        self.assertEqual(stepped.ewma(now), 0.0)
+        for e in rest:
+            e.observe(now, 0.010)
+        stepped.observe(now, -5.0)
+        self.assertEqual(stepped.ewma(now), 0.0)
+        for _ in range(5):
+            stepped.started()
+        balancer = PeakEWMA(random.Random(24), self.clock)
+        balancer.update(endpoints)
+        self.assertNotIn(stepped, count(balancer, endpoints, 100))
+
     def test_nonCandidate(self) -> None:
         """
         The fastest endpoint is not picked when it is not a candidate.
@@ -641,7 +661,20 @@ class RingHashTests(TestCase):
         self.assertEqual(len(self.ring(makeEndpoints([1] * 20))._hashes), 2000)
         self.assertEqual(len(self.ring(makeEndpoints([1, 2]))._hashes), 3 * 342)
         self.assertEqual(len(self.ring(makeEndpoints([1, 2]), maxRingSize=30)._hashes), 30)
-        self.assertEqual(len(self.ring(makeEndpoints([1, 2]), maxRingSize=2)._hashes), 3)
+        self.assertEqual(len(self.ring(makeEndpoints([1, 2]), maxRingSize=2)._hashes), 2)
+
+    def test_ringSizeBoundedWhateverTheWeights(self) -> None:
+        """
+        Weights whose sum is above C{maxRingSize} share it in proportion
+        (one point each at least), rather than a point per unit of weight:
+        a weight of a billion does not make a billion points.
+        """
+        endpoints = makeEndpoints([10**9, 3 * 10**9, 1])
+        balancer = self.ring(endpoints, maxRingSize=4000)
+        self.assertLessEqual(len(balancer._hashes), 4000 + len(endpoints))
+        self.assertEqual(balancer._owners.count(endpoints[0]), 999)
+        self.assertEqual(balancer._owners.count(endpoints[1]), 2999)
+        self.assertEqual(balancer._owners.count(endpoints[2]), 1)
 
 
 def subsets(endpoints: Sequence[Endpoint]) -> st.SearchStrategy[List[Endpoint]]:

@@ -287,6 +287,8 @@ class SetHostsTests(ClusterCase):
 
 class HealthTests(ClusterCase):
     def checked(self, **kw: Any) -> Cluster:
+        # Health checks read the whole body before they count.
+        self.upstreams.endBodies = True
         check = HealthCheck(**{"path": "/ready", "interval": 5.0, "timeout": 1.0, "unhealthyThreshold": 2, **kw})
         cluster = self.cluster(config("a1:8080", "a2", healthCheck=check))
         cluster.start()

@@ -9,8 +9,10 @@ they make of the mesh and the service tree.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any, Dict, List
@@ -420,6 +422,34 @@ def test_mesh_file_clusters(files: Files, tmp_path: Path) -> None:
     cluster = configOf("-c", path).mesh().clusters["billing"]
     assert isinstance(cluster, ClusterConfig)
     assert cluster.tls == UpstreamTLS(files.tlsFiles, ("*",))
+
+
+def test_mesh_file_peer_cluster_keeps_peer_identity(files: Files) -> None:
+    """
+    A config file's C{peer} cluster replaces the flags' one, but not the
+    C{--peer-identity} patterns: its https:// endpoints must present one of
+    them, not any identity from the CA.
+    """
+    directory = tempfile.mkdtemp()
+    try:
+        path = writeConfig(
+            Path(directory),
+            """            clusters:
+              peer:
+                endpoints: [https://10.0.0.7:8443, https://10.0.0.8:8443]
+              billing:
+                endpoints: [https://10.0.0.9:8443]
+            """,
+        )
+        config = configOf(
+            "-c", path, *files.flags(), "--peer", "https://10.0.0.7:8443", "--peer-identity", ORDERS
+        )
+    finally:
+        shutil.rmtree(directory, True)
+    mesh = config.mesh()
+    assert len(mesh.clusters["peer"].endpoints) == 2
+    assert mesh.clusters["peer"].tls == UpstreamTLS(files.tlsFiles, (ORDERS,))
+    assert mesh.clusters["billing"].tls == UpstreamTLS(files.tlsFiles, ("*",))
 
 
 def test_service_mtls_inbound(files: Files) -> None:

@@ -5,10 +5,15 @@ patterns that accept them.
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, List, Optional
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID, NameOID
 from OpenSSL import crypto
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -90,6 +95,72 @@ class IdentityTests(SynchronousTestCase):
         self.assertEqual(self.accepts("*", ORDERS), ORDERS)
         self.assertEqual(self.accepts("*", "api.example.org"), "api.example.org")
         self.assertIsNone(matches([IdentityPattern.parse("*")], self.ca.cert))
+
+    def test_anyIgnoresDNSNamesThatAreNotNames(self) -> None:
+        """
+        A DNS subjectAltName spelt as a URI (C{spiffe://...}) is not an
+        identity: C{*} does not return it, or it would pass for the SPIFFE
+        ID it spells (the authorization rules tell SPIFFE IDs from DNS
+        names by their text).
+        """
+        admin = "spiffe://example.org/ns/ops/sa/admin"
+        anyone = [IdentityPattern.parse("*")]
+        forged = self.certWith([x509.DNSName(admin)])
+        self.assertIsNone(matches(anyone, forged))
+        both = self.certWith([x509.DNSName(admin), x509.DNSName("api.example.org")])
+        self.assertEqual(matches(anyone, both), "api.example.org")
+        self.assertIsNone(matches([IdentityPattern.parse(admin)], forged))
+        prefix = [IdentityPattern.parse("spiffe://example.org/ns/ops/*")]
+        self.assertIsNone(matches(prefix, forged))
+
+    def test_anyIgnoresControlCharacters(self) -> None:
+        """
+        Nor is a subjectAltName with control characters or spaces, which
+        would go on into the caller identity header.
+        """
+        anyone = [IdentityPattern.parse("*")]
+        for names in (
+            [x509.UniformResourceIdentifier("spiffe://example.org/ns/a\r\nx-forged: 1")],
+            [x509.UniformResourceIdentifier("spiffe://example.org/ns/a b")],
+            [x509.DNSName("api.example.org\x00")],
+            [x509.DNSName("api example.org")],
+        ):
+            self.assertIsNone(matches(anyone, self.certWith(names)), names)
+
+    def test_malformedSubjectAltNames(self) -> None:
+        """
+        A certificate whose subjectAltName extension does not parse (OpenSSL
+        verifies it all the same) names no identity, rather than raising.
+        """
+        for raw in (b"\x30\x03\x82\x01\xff", b"\x30\x05\x86\x03a\xffb"):
+            cert = self.certWith(
+                [], x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, raw)
+            )
+            self.assertEqual(identitiesOf(cert), [])
+            self.assertIsNone(matches([IdentityPattern.parse("*")], cert))
+            with self.assertRaises(IdentityMismatch):
+                requireMatch([IdentityPattern.parse(ORDERS)], cert)
+
+    def certWith(
+        self, names: List[x509.GeneralName], extension: Optional[x509.ExtensionType] = None
+    ) -> x509.Certificate:
+        """
+        A certificate from the CA with these subjectAltNames, or with
+        C{extension} instead.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "w")]))
+            .issuer_name(self.ca.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(extension or x509.SubjectAlternativeName(names), critical=False)
+            .sign(self.ca.key, hashes.SHA256())
+        )
 
     def test_dns(self) -> None:
         """

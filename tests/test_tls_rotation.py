@@ -224,6 +224,29 @@ class CredentialFileTests(SynchronousTestCase):
         )
         self.assertEqual(e.path, self.cert.keyPath)
 
+    def test_unsupportedPublicKey(self) -> None:
+        """
+        A certificate whose public key cryptography cannot read (an unknown
+        curve) is a L{CredentialError} naming it, not another exception.
+        """
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        der = self.cert.cert.public_bytes(serialization.Encoding.DER)
+        p256 = bytes.fromhex("06082A8648CE3D030107")
+        self.assertEqual(der.count(p256), 1)
+        unknown = x509.load_der_x509_certificate(
+            der.replace(p256, bytes.fromhex("06082A8648CE3D03017F"))
+        )
+        with open(self.cert.certPath, "wb") as f:
+            f.write(unknown.public_bytes(serialization.Encoding.PEM))
+        c = self.cert
+        e = self.assertRaises(
+            CredentialError, loadCredentials, c.certPath, c.keyPath, self.ca.certPath
+        )
+        self.assertEqual(e.path, c.certPath)
+        self.assertIn("not supported", e.reason)
+
     def test_stamp(self) -> None:
         """
         The stamp changes when a file is replaced, and is L{None} for a

@@ -350,8 +350,10 @@ class RingHash(Balancer):
     """
     Consistent hashing on a Ketama-style ring: each endpoint is put at
     C{vnodesPerWeight} points per unit of weight, scaled up so that the
-    ring has at least C{minRingSize} points and down (to one point per unit
-    of weight at least) so that it has at most C{maxRingSize}.  An
+    ring has at least C{minRingSize} points and down so that it has at most
+    C{maxRingSize}: to one point per unit of weight, or, for weights that
+    sum to more than C{maxRingSize}, to its share of C{maxRingSize} by
+    weight (one point at least).  An
     endpoint's points are the 64-bit words of the BLAKE2b digests of
     C{b"host:port_0"}, C{b"host:port_1"} and on, so every sidecar with the
     same endpoints builds the same ring.
@@ -397,12 +399,18 @@ class RingHash(Balancer):
             return
         self._endpoints = list(endpoints)
         self._built = built
-        perWeight = self._pointsPerWeight(sum(e.weight for e in endpoints))
+        totalWeight = sum(e.weight for e in endpoints)
+        perWeight = self._pointsPerWeight(totalWeight)
+        # Weights summing to more than the ring's size share it instead.
+        shared = perWeight * totalWeight > self.maxRingSize
         hashes: List[int] = []
         owners: List[Endpoint] = []
         for e in sorted(endpoints, key=attrgetter("key")):
             prefix = e.key.encode("utf-8") + b"_"
-            count = e.weight * perWeight
+            if shared:
+                count = max(1, e.weight * self.maxRingSize // totalWeight)
+            else:
+                count = e.weight * perWeight
             for i in range(-(-count // _POINTS_PER_DIGEST)):
                 digest = blake2b(prefix + b"%d" % (i,), digest_size=64).digest()
                 hashes.extend(_unpackPoints(digest))

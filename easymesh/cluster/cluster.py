@@ -251,15 +251,42 @@ class Cluster:
         return f"<Cluster {self.name} {len(self.endpoints)} endpoint(s)>"
 
 
+#: The most of a health check's response body read (so that its connection
+#: can be reused); a longer body is cut off and its connection closed.
+PROBE_BODY_LIMIT = 64 * 1024
+
+
 class _Drain(Protocol):
     """
-    Read a body and forget it, so that its connection can be reused.
+    Read a health check's body and forget it, so that its connection can be
+    reused; C{done} fires with the status once the body has ended, and
+    cancelling it (the check's timeout) drops the connection.
     """
 
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.size = 0
+        self.done: Deferred[int] = Deferred(self._cancel)
+
     def dataReceived(self, data: bytes) -> None:
-        pass
+        self.size += len(data)
+        if self.size > PROBE_BODY_LIMIT:
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.callback(self.code)
+
+    def _cancel(self, d: Deferred[int]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
 
 
-def _drainStatus(response: IResponse) -> int:
-    response.deliverBody(_Drain())
-    return response.code
+def _drainStatus(response: IResponse) -> Deferred[int]:
+    """
+    The status of a health check's response, once its body has been read:
+    the check's timeout covers the whole response.
+    """
+    drain = _Drain(response.code)
+    response.deliverBody(drain)
+    return drain.done

@@ -80,8 +80,10 @@ class Endpoint:
         """
         Fold a latency into the peak-EWMA estimate: a slower observation
         replaces the estimate at once, a faster one is averaged in with a
-        weight that decays over L{EWMA_DECAY} seconds.
+        weight that decays over L{EWMA_DECAY} seconds.  A latency below
+        zero (the wall clock stepped back meanwhile) counts as zero.
         """
+        latency = max(0.0, latency)
         if self._ewmaStamp is None or latency > self._ewma:
             self._ewma = latency
         else:

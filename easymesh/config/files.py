@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from easymesh.config.meshfile import MESH_KEYS, Node, readMesh
+from easymesh.config.meshfile import MESH_KEYS, Node, construct, readMesh
 from easymesh.config.model import ConfigError
 from easymesh.config.settings import BY_NAME
 
@@ -56,6 +56,8 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
         raise ConfigError(f"{name}{line}", f"not valid YAML: {e.problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(name, f"not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(name, "not valid YAML: nested too deeply") from None
     if root is None:
         return ConfigValues()
     if not isinstance(root, yaml.MappingNode):
@@ -63,12 +65,13 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
             f"{name}:{root.start_mark.line + 1}",
             "the file must be a mapping of setting names to values",
         )
-    constructor = yaml.SafeLoader("")
     values = ConfigValues()
     meshNodes: Dict[str, Node] = {}
     authorization = None
     for keyNode, valueNode in root.value:
         where = f"{name}:{keyNode.start_mark.line + 1}"
+        if not isinstance(keyNode, yaml.ScalarNode):
+            raise ConfigError(where, "keys must be names")
         key = keyNode.value
         if isinstance(key, str):
             # Settings are spelt with dashes and mesh keys with underscores;
@@ -89,7 +92,7 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
                 raise ConfigError(where, f"key {key!r} is given twice")
             meshNodes[key] = Node(valueNode, name, key)
             continue
-        setting = BY_NAME.get(key) if isinstance(keyNode, yaml.ScalarNode) else None
+        setting = BY_NAME.get(key)
         if setting is None:
             raise ConfigError(
                 where,
@@ -99,11 +102,7 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
         if key in values:
             raise ConfigError(where, f"key {key!r} is given twice")
         try:
-            raw = constructor.construct_object(valueNode, deep=True)
-        except yaml.YAMLError as e:
-            raise ConfigError(where, f"key {key!r}: {e}") from None
-        try:
-            values[key] = setting.kind.fromValue(raw)
+            values[key] = setting.kind.fromValue(construct(valueNode, deep=True))
         except ValueError as e:
             raise ConfigError(where, f"key {key!r}: {e}") from None
         values.lines[key] = keyNode.start_mark.line + 1

@@ -11,9 +11,37 @@ have the right type (C{"5"} where a number is due is refused).
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import attrs
+
+
+def isFinite(value: Any) -> bool:
+    """
+    Whether a number is finite and within a float's range (an L{int} may
+    not be: C{math.isfinite} raises L{OverflowError} for it).
+    """
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+#: Shows values in error messages.  A value read from a file may be lists
+#: of aliases of lists, a few bytes of YAML standing for billions of items:
+#: only a few items and levels of it are shown.
+_shown = reprlib.Repr()
+_shown.maxlevel = 2
+_shown.maxlist = _shown.maxtuple = _shown.maxdict = _shown.maxset = 6
+_shown.maxstring = _shown.maxother = 200
+
+
+def shown(value: Any) -> str:
+    """
+    C{repr(value)}, cut short for a large or deep value.
+    """
+    return _shown.repr(value)
 
 
 class Kind:
@@ -56,13 +84,13 @@ class Number(Kind):
 
     def fromValue(self, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"must be {self.expected}, not {value!r}")
+            raise ValueError(f"must be {self.expected}, not {shown(value)}")
+        if not isFinite(value):
+            raise ValueError(f"must be {self.expected}, not {shown(value)}")
         if self.integer and not float(value).is_integer():
-            raise ValueError(f"must be {self.expected}, not {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"must be {self.expected}, not {value!r}")
+            raise ValueError(f"must be {self.expected}, not {shown(value)}")
         if value < self.minimum or (self.exclusiveMinimum and value == self.minimum):
-            raise ValueError(f"must be {self.expected}, not {value!r}")
+            raise ValueError(f"must be {self.expected}, not {shown(value)}")
         return int(value) if self.integer else float(value)
 
 
@@ -78,7 +106,7 @@ class Text(Kind):
 
     def fromValue(self, value: Any) -> Any:
         if not isinstance(value, str) or not value:
-            raise ValueError(f"must be {self.expected}, not {value!r}")
+            raise ValueError(f"must be {self.expected}, not {shown(value)}")
         return self.check(value)
 
 
@@ -111,7 +139,7 @@ class Choice(Kind):
 
     def fromValue(self, value: Any) -> Any:
         if value not in self.choices:
-            raise ValueError(f"must be {self.expected}, not {value!r}")
+            raise ValueError(f"must be {self.expected}, not {shown(value)}")
         return value
 
 
@@ -132,7 +160,7 @@ class ListOf(Kind):
 
     def fromValue(self, value: Any) -> Any:
         if isinstance(value, str) or not isinstance(value, Sequence):
-            raise ValueError(f"must be {self.expected}, not {value!r}")
+            raise ValueError(f"must be {self.expected}, not {shown(value)}")
         items = []
         for index, each in enumerate(value):
             try:

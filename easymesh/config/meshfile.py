@@ -7,12 +7,12 @@ objects, naming the file, line and key of anything refused.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.durations import parseDuration
+from easymesh.config.kinds import isFinite
 from easymesh.config.mesh import (
     ESCAPED_SLASHES,
     LB_POLICIES,
@@ -51,6 +51,30 @@ MESH_KEYS = frozenset(
         "retry_buffer_limit",
     )
 )
+
+
+def construct(node: Any, deep: bool = False) -> Any:
+    """
+    The value of a composed YAML node, as L{yaml.SafeLoader} makes it.
+
+    @raise ValueError: Its tag cannot make it (an unknown tag, a bad
+        C{!!timestamp}, C{!!int} or C{!!bool}, an integer of more digits
+        than Python converts, a recursive alias), with the reason.
+    """
+    import yaml
+
+    try:
+        return yaml.SafeLoader("").construct_object(node, deep=deep)
+    except yaml.MarkedYAMLError as e:
+        raise ValueError(f"cannot be read: {e.problem}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
+        raise ValueError(f"cannot be read: {e}") from None
+    except (TypeError, AttributeError, KeyError):
+        # What SafeLoader raises for a bad !!timestamp or !!bool.
+        if isinstance(node, yaml.ScalarNode):
+            tag = node.tag.rpartition(":")[2]
+            raise ValueError(f"cannot be read: not a valid {tag} {node.value!r}") from None
+        raise ValueError("cannot be read: an item is not what its tag says") from None
 
 
 class Node:
@@ -113,7 +137,10 @@ class Node:
 
         if not isinstance(self.node, yaml.ScalarNode):
             raise self.error("must be a single value")
-        return yaml.SafeLoader("").construct_object(self.node)
+        try:
+            return construct(self.node)
+        except ValueError as e:
+            raise self.error(str(e)) from None
 
     def scalarOrNone(self) -> Any:
         """
@@ -149,7 +176,7 @@ class Node:
         ok = (
             isinstance(value, int if integer else (int, float))
             and not isinstance(value, bool)
-            and math.isfinite(value)
+            and isFinite(value)
         )
         if not ok or value < minimum or (positive and value <= 0):
             kind = "an integer" if integer else "a number"
@@ -297,9 +324,12 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
         for required in ("name", "port"):
             if required not in fields:
                 raise entries["dns"].error(f"needs {required}")
+        port = fields["port"].number(1, integer=True)
+        if port > 65535:
+            raise fields["port"].error(f"must be a port from 1 to 65535, not {port}")
         kwargs["dns"] = DnsDiscovery(
             fields["name"].text(_checkHostName),
-            fields["port"].number(1, integer=True),
+            port,
             fields["refresh"].duration() if "refresh" in fields else 5.0,
             fields["scheme"].choice(("http", "https")) if "scheme" in fields else "http",
         )

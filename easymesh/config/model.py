@@ -365,7 +365,12 @@ class SidecarConfig:
             )
         for name, cluster in self.meshFile.get("clusters", {}).items():
             if files is not None and cluster.tls is None:
-                cluster = attrs.evolve(cluster, tls=UpstreamTLS(files))
+                # A file's peer cluster replaces the flags' one, but its
+                # endpoints must still present a --peer-identity.
+                peer = name == DEFAULT_CLUSTERS[OUTBOUND] and self.peer_identity
+                cluster = attrs.evolve(
+                    cluster, tls=UpstreamTLS(files, self.peer_identity if peer else ("*",))
+                )
             clusters[name] = cluster
         routes = {
             listener: (Route(f"{listener}-default", cluster=cluster),)

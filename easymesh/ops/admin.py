@@ -15,6 +15,7 @@ import ipaddress
 import json
 import pkgutil
 from typing import Any, Callable, Dict, Optional, Tuple
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from twisted.web import server
@@ -22,6 +23,23 @@ from twisted.web.resource import Resource
 
 #: Settings whose values are never shown.
 REDACTED = frozenset(("tls_key",))
+
+#: Settings that are URLs shown without their credentials (user, password
+#: and query string).
+URL_CREDENTIALS = frozenset(("otlp_endpoint",))
+
+
+def _withoutCredentials(url: str) -> str:
+    """
+    C{url} with any user and password, and any query, replaced by
+    C{[redacted]}.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "[redacted]@" + netloc.rpartition("@")[2]
+    query = "[redacted]" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def _jsonable(value: Any) -> Any:
@@ -40,8 +58,8 @@ def _jsonable(value: Any) -> Any:
 
 def configDump(config: Any, mesh: Any) -> Dict[str, Any]:
     """
-    The running config as JSON-ready data: settings (secrets and key paths
-    redacted) and the routes and clusters in force.
+    The running config as JSON-ready data: settings (secrets, key paths and
+    credentials in URLs redacted) and the routes and clusters in force.
     """
     settings = {}
     for field in attrs.fields(type(config)):
@@ -50,6 +68,8 @@ def configDump(config: Any, mesh: Any) -> Dict[str, Any]:
         value = getattr(config, field.name)
         if field.name in REDACTED and value is not None:
             value = "[redacted]"
+        elif field.name in URL_CREDENTIALS and value is not None:
+            value = _withoutCredentials(value)
         settings[field.name.replace("_", "-")] = _jsonable(value)
     dumped = _jsonable(mesh) if mesh is not None else {}
     for cluster in dumped.get("clusters", {}).values():

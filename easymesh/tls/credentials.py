@@ -88,7 +88,11 @@ def loadCredentials(certPath: StrPath, keyPath: StrPath, caPath: StrPath) -> Cre
         raise CredentialError(
             keyPath, f"no unencrypted PEM private key could be read ({e})"
         ) from None
-    if _publicBytes(key.public_key()) != _publicBytes(chain[0].public_key()):
+    try:
+        certKey = chain[0].public_key()
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise CredentialError(certPath, f"its public key cannot be read ({e})") from None
+    if _publicBytes(key.public_key()) != _publicBytes(certKey):
         raise CredentialError(
             keyPath, f"the key does not match the certificate in {os.fspath(certPath)}"
         )

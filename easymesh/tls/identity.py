@@ -43,6 +43,9 @@ _SCHEME = "spiffe://"
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_SPIFFE = 2048
+#: What URI and DNS subjectAltNames may be made of to be identities.
+_URI_CHARS = re.compile(r"[!-~]+")
+_DNS_CHARS = re.compile(r"[A-Za-z0-9*._-]+")
 
 
 def parseSPIFFE(text: str) -> Tuple[str, Tuple[str, ...]]:
@@ -83,6 +86,10 @@ def subjectAltNames(cert: AnyCertificate) -> Tuple[List[str], List[str]]:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
+        return [], []
+    except ValueError:
+        # The extensions do not parse (OpenSSL verifies such a chain all
+        # the same): the certificate names no identity.
         return [], []
     return (
         san.get_values_for_type(x509.UniformResourceIdentifier),
@@ -171,7 +178,13 @@ class IdentityPattern:
         C{api.example.org}).
         """
         if self.kind == "any":
-            return next(iter([*uris, *names]), None)
+            # Only names that can be identities: a DNS name spelt as a URI
+            # (a DNS subjectAltName of "spiffe://...") would pass for the
+            # SPIFFE ID it spells, and control characters would go on into
+            # the caller identity header.
+            usable = [u for u in uris if _URI_CHARS.fullmatch(u)]
+            usable += [n for n in names if _DNS_CHARS.fullmatch(n)]
+            return next(iter(usable), None)
         if self.kind == "spiffe":
             return self.text if self.text in uris else None
         if self.kind == "spiffe-prefix":
