@@ -424,6 +424,69 @@ def test_mesh_file_clusters(files: Files, tmp_path: Path) -> None:
     assert cluster.tls == UpstreamTLS(files.tlsFiles, ("*",))
 
 
+def test_mesh_file_cluster_identities(files: Files, tmp_path: Path) -> None:
+    """
+    A config file's cluster may name the identities its endpoints must
+    present; they go with the workload's files, and win over
+    C{--peer-identity} for a C{peer} cluster.
+    """
+    path = writeConfig(
+        tmp_path,
+        f"""\
+        clusters:
+          billing:
+            endpoints: [https://10.0.0.9:8443]
+            tls: {{identities: ["spiffe://example.org/ns/prod/sa/billing", "spiffe://example.org/ns/canary/*"]}}
+          peer:
+            endpoints: [https://10.0.0.7:8443]
+            tls: {{identities: ["{ORDERS}"]}}
+        """,
+    )
+    mesh = configOf("-c", path, *files.flags(), "--peer", "https://10.0.0.7:8443").mesh()
+    assert mesh.clusters["billing"].tls == UpstreamTLS(
+        files.tlsFiles,
+        ("spiffe://example.org/ns/prod/sa/billing", "spiffe://example.org/ns/canary/*"),
+    )
+    assert mesh.clusters["peer"].tls == UpstreamTLS(files.tlsFiles, (ORDERS,))
+
+
+@pytest.mark.parametrize(
+    "tls, reason",
+    [
+        ("{identities: []}", "must list at least one identity pattern"),
+        ('{identities: ["spiffe://"]}', "spiffe"),
+        ("{sni: x}", "unknown key 'sni'"),
+    ],
+)
+def test_mesh_file_cluster_identities_refused(tmp_path: Path, tls: str, reason: str) -> None:
+    path = writeConfig(
+        tmp_path,
+        f"""\
+        clusters:
+          billing:
+            endpoints: [https://10.0.0.9:8443]
+            tls: {tls}
+        """,
+    )
+    message = usageError("-c", path)
+    assert f"{path}:4: clusters.billing.tls" in message, message
+    assert reason in message, message
+
+
+def test_mesh_file_cluster_identities_need_files(tmp_path: Path) -> None:
+    path = writeConfig(
+        tmp_path,
+        """\
+        clusters:
+          billing:
+            endpoints: [https://10.0.0.9:8443]
+            tls: {identities: ["*"]}
+        """,
+    )
+    message = usageError("-c", path)
+    assert "cluster 'billing' names tls identities: it needs tls-cert, tls-key and tls-ca" in message
+
+
 def test_mesh_file_peer_cluster_keeps_peer_identity(files: Files) -> None:
     """
     A config file's C{peer} cluster replaces the flags' one, but not the

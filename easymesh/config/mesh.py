@@ -116,6 +116,10 @@ class ClusterConfig:
     circuitBreakers: CircuitBreakers = CircuitBreakers()
     outlierDetection: Optional[OutlierDetection] = None
     healthCheck: Optional[HealthCheck] = None
+    #: Identity patterns its C{https://} endpoints must present (with the
+    #: workload's certificate; see L{UpstreamTLS}); empty: any the CA
+    #: vouches for.
+    tlsIdentities: Tuple[str, ...] = ()
     tls: Optional[UpstreamTLS] = None
 
 

@@ -218,6 +218,12 @@ def _checkHeaderName(text: str) -> None:
         raise ValueError(f"not a header name: {text!r}")
 
 
+def _checkIdentityPattern(text: str) -> None:
+    from easymesh.tls.identity import IdentityPattern
+
+    IdentityPattern.parse(text)
+
+
 def _checkRegex(text: str) -> None:
     try:
         re.compile(text)
@@ -293,6 +299,7 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
             "circuit_breakers",
             "outlier_detection",
             "health_check",
+            "tls",
         }
     )
     node.exactlyOne(entries, ("endpoints", "dns"))
@@ -395,6 +402,15 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
                 "host": ("host", lambda n: n.text(_checkHost)),
             },
         )
+    if "tls" in entries:
+        fields = entries["tls"].mapping({"identities"})
+        if "identities" in fields:
+            patterns = []
+            for item in fields["identities"].sequence():
+                patterns.append(item.text(_checkIdentityPattern))
+            if not patterns:
+                raise fields["identities"].error("must list at least one identity pattern")
+            kwargs["tlsIdentities"] = tuple(patterns)
     return ClusterConfig(**kwargs)
 
 

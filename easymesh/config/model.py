@@ -244,6 +244,11 @@ class SidecarConfig:
             raise ConfigError("inbound-tls", "mtls needs tls-cert, tls-key and tls-ca")
         if self.inbound_allow and self.inbound_tls != "mtls":
             raise ConfigError("inbound-allow", "needs inbound-tls: mtls")
+        for name, cluster in self.meshFile.get("clusters", {}).items():
+            if cluster.tlsIdentities and self.tlsFiles is None:
+                raise ConfigError(
+                    "tls-cert", f"cluster {name!r} names tls identities: it needs tls-cert, tls-key and tls-ca"
+                )
         if self.peer_identity and (self.tlsFiles is None or not self.peerURL.scheme == "https"):
             raise ConfigError("peer-identity", "needs an https:// peer and tls-cert, tls-key, tls-ca")
 
@@ -368,9 +373,8 @@ class SidecarConfig:
                 # A file's peer cluster replaces the flags' one, but its
                 # endpoints must still present a --peer-identity.
                 peer = name == DEFAULT_CLUSTERS[OUTBOUND] and self.peer_identity
-                cluster = attrs.evolve(
-                    cluster, tls=UpstreamTLS(files, self.peer_identity if peer else ("*",))
-                )
+                identities = cluster.tlsIdentities or (self.peer_identity if peer else ("*",))
+                cluster = attrs.evolve(cluster, tls=UpstreamTLS(files, identities))
             clusters[name] = cluster
         routes = {
             listener: (Route(f"{listener}-default", cluster=cluster),)
