@@ -61,6 +61,9 @@ class ConfigReloader:
         self._checkEvery = checkEvery
         self._loop: Optional[LoopingCall] = None
         self._seen = _fingerprint(path)
+        #: A change seen at the last check, applied if it is still there at
+        #: the next.
+        self._changing: Optional[Tuple[Any, ...]] = None
         self.observers: List[Callable[[bool], None]] = []
         self.reloads = 0
         self.failures = 0
@@ -77,11 +80,18 @@ class ConfigReloader:
 
     def check(self) -> None:
         """
-        Reload if the file has changed since it was last read.
+        Reload if the file has changed since it was last read, and has then
+        stayed the same for one more check: a file being written in place
+        is not read half-written.
         """
         seen = _fingerprint(self.path)
-        if seen is not None and seen != self._seen:
+        if seen is None or seen == self._seen:
+            self._changing = None
+        elif seen == self._changing:
+            self._changing = None
             self.reload()
+        else:
+            self._changing = seen
 
     def reload(self) -> bool:
         """

@@ -69,6 +69,29 @@ class ReloadTests(SynchronousTestCase):
     def endpoints(self, cluster: str) -> List[str]:
         return [e.key for e in self.runtime.clusters[cluster].endpoints]
 
+    def settle(self) -> None:
+        """
+        Two checks: a change is seen, then applied once it has stayed.
+        """
+        self.clock.pump([1.0, 1.0])
+
+    def test_fileBeingWrittenNotApplied(self) -> None:
+        """
+        A file that changes at every check (being written in place) is not
+        read until it stays the same from one check to the next.
+        """
+        text = GOOD.replace("api1:8080", "api2:8080")
+        for size in (len(text) // 3, 2 * len(text) // 3):
+            self.write(text[:size])
+            self.clock.advance(1.0)
+        self.assertEqual((self.reloader.reloads, self.reloader.failures), (0, 0))
+        self.write(text)
+        self.clock.advance(1.0)
+        self.assertEqual((self.reloader.reloads, self.reloader.failures), (0, 0))
+        self.clock.advance(1.0)
+        self.assertEqual((self.reloader.reloads, self.reloader.failures), (1, 0))
+        self.assertEqual(self.endpoints("api"), ["api2:8080"])
+
     def reloadLogs(self, text: str) -> List[dict]:
         return logged(self.events, "easymesh.reload", text)
 
@@ -85,6 +108,10 @@ class ReloadTests(SynchronousTestCase):
         api = self.runtime.clusters["api"]
         peer = self.runtime.clusters["peer"]
         self.write(GOOD.replace("api1:8080", "api2:8080"))
+        # Seen at the first check; applied at the next, once it has stayed
+        # the same.
+        self.clock.advance(1.0)
+        self.assertEqual(self.reloader.reloads, 0)
         self.clock.advance(0.9)
         self.assertEqual(self.reloader.reloads, 0)
         self.clock.advance(0.1)
@@ -104,7 +131,7 @@ class ReloadTests(SynchronousTestCase):
         routers = dict(self.runtime.routers)
         mesh = self.runtime.mesh
         self.write(GOOD.replace("    endpoints: [http://api1:8080]\n", "    endpoints: [http://api1:8080]\n    timeout: soon\n"))
-        self.clock.advance(1)
+        self.settle()
         self.assertEqual((self.reloader.reloads, self.reloader.failures), (0, 1))
         self.assertEqual(self.runtime.routers, routers)
         self.assertIs(self.runtime.mesh, mesh)
@@ -121,28 +148,28 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(self.reloader.failures, 1)
         # Fixed: applied.
         self.write(GOOD.replace("api1", "api3"))
-        self.clock.advance(1)
+        self.settle()
         self.assertEqual((self.reloader.reloads, self.reloader.failures), (1, 1))
         self.assertEqual(self.endpoints("api"), ["api3:8080"])
         self.assertEqual(self.told, [False, True])
 
     def test_invalidYAMLRefused(self) -> None:
         self.write("clusters: [\n")
-        self.clock.advance(1)
+        self.settle()
         self.assertEqual(self.reloader.failures, 1)
         (error,) = self.reloadLogs("Config reload refused")
         self.assertTrue(error["error"].startswith(f"{self.path}:2: not valid YAML"), error["error"])
 
     def test_unknownClusterRefused(self) -> None:
         self.write(GOOD.replace("cluster: api", "cluster: apy"))
-        self.clock.advance(1)
+        self.settle()
         self.assertEqual(self.reloader.failures, 1)
         (error,) = self.reloadLogs("Config reload refused")
         self.assertEqual(error["error"], f"{self.path}:7: routes.outbound.0.cluster: no cluster named 'apy'")
 
     def test_settingsNeedingRestartLogged(self) -> None:
         self.write(GOOD + "drain: 9\nmax-headers: 50\n")
-        self.clock.advance(1)
+        self.settle()
         self.assertEqual(self.reloader.reloads, 1)
         (warning,) = self.reloadLogs("take effect only after a restart")
         self.assertEqual(warning["settings"], "drain, max-headers")
@@ -151,7 +178,7 @@ class ReloadTests(SynchronousTestCase):
     def test_flagClusterSettingsAreReloaded(self) -> None:
         peer = self.runtime.clusters["peer"]
         self.write(GOOD + "timeout: 3\npeer: http://10.1.1.1:9000\n")
-        self.clock.advance(1)
+        self.settle()
         self.assertEqual(self.reloadLogs("restart"), [])
         self.assertEqual(self.endpoints("peer"), ["10.1.1.1:9000"])
         self.assertEqual(self.runtime.clusters["peer"].config.timeout, 3)
@@ -182,7 +209,7 @@ class ReloadTests(SynchronousTestCase):
         (error,) = self.reloadLogs("Config reload refused")
         self.assertIn("cannot read the file", error["error"])
         self.write(GOOD.replace("api1", "api5"))
-        self.clock.advance(1)
+        self.settle()
         self.assertEqual(self.endpoints("api"), ["api5:8080"])
 
     def test_unexpectedFailureKeepsPolling(self) -> None:
@@ -196,13 +223,13 @@ class ReloadTests(SynchronousTestCase):
         self.runtime._makeUpstream = broken
         routers = dict(self.runtime.routers)
         self.write(GOOD.replace("api1", "boom"))
-        self.clock.advance(1)
+        self.settle()
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual((self.reloader.reloads, self.reloader.failures), (0, 1))
         self.assertEqual(self.runtime.routers, routers)
         self.assertEqual(self.told, [False])
         self.write(GOOD.replace("api1", "api6"))
-        self.clock.advance(1)
+        self.settle()
         self.assertEqual(self.endpoints("api"), ["api6:8080"])
 
     def test_stop(self) -> None:
