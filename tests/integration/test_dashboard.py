@@ -236,6 +236,14 @@ def _rows(container: Node) -> List[List[str]]:
     ]
 
 
+def _updatedAt(dom) -> float:
+    """
+    The sidecar time of the page's last update, or 0 if it never updated.
+    """
+    [body] = dom.all(lambda n: n.tag == "body")
+    return float(body.attrs.get("data-updated", 0))
+
+
 def test_dashboard_shows_live_traffic(launch, app, traffic, tmp_path):
     sidecar = launch(upstream=app.url)
     adminPort = sidecar.ports["admin"]
@@ -257,8 +265,13 @@ def test_dashboard_shows_live_traffic(launch, app, traffic, tmp_path):
 
     profile = tmp_path / "chromium-profile"
     first = parseDOM(chromium(profile, "--dump-dom", url))
-    time.sleep(2)
-    second = parseDOM(chromium(profile, "--dump-dom", url))
+    # Load the page again until it shows a later second of the sidecar's
+    # figures (a few tries, each a whole Chromium run, within a deadline).
+    deadline = time.monotonic() + 30
+    for _ in range(10):
+        second = parseDOM(chromium(profile, "--dump-dom", url))
+        if _updatedAt(second) >= _updatedAt(first) + 1 or time.monotonic() > deadline:
+            break
     screenshot = tmp_path / "dashboard.png"
     chromium(profile, f"--screenshot={screenshot}", url)
     loop.stop()
