@@ -31,7 +31,7 @@ from easymesh.forwarder import Forwarder
 from easymesh.h1server import DeadlineSweeper, HTTP1Channel
 from easymesh.headers import REQUEST_ID
 from easymesh.inflight import InFlight
-from easymesh.message import LocalReply, ProxyRequest
+from easymesh.message import LocalReply, ProxyRequest, discardResponse
 from easymesh.requestbody import EmptyBody, RequestBodyStream
 
 _EMPTY = EmptyBody()
@@ -190,15 +190,6 @@ class _BodyRelay(Protocol):
         self.transport.stopProducing()
 
 
-class _Discard(Protocol):
-    """
-    Drop a response nobody is waiting for, and its connection with it.
-    """
-
-    def connectionMade(self) -> None:
-        self.transport.stopProducing()
-
-
 class _Exchange:
     """
     One request on a listener, from its arrival to the end of its response.
@@ -220,7 +211,7 @@ class _Exchange:
         request = self.request
         if request._disconnected:
             if not isinstance(reply, LocalReply):
-                reply.deliverBody(_Discard())
+                discardResponse(reply)
             return
         if self.resource.inflight.draining or request.bodyIncomplete():
             reply.headers.setRawHeaders(b"connection", [b"close"])

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from twisted.internet.protocol import Protocol
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IBodyProducer, IResponse
 
 
 class ProxyRequest:
@@ -116,3 +117,20 @@ class LocalReply:
 
     def __repr__(self) -> str:
         return f"<LocalReply {self.code} {self.cause}>"
+
+
+class _Discard(Protocol):
+    """
+    Drop a response body nobody is waiting for, and its connection with it.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+def discardResponse(response: IResponse) -> None:
+    """
+    Drop an upstream response that will not be relayed (a client gone, a
+    try to be retried): its body is not read, its connection is closed.
+    """
+    response.deliverBody(_Discard())

@@ -57,6 +57,8 @@ class ConfigReloader:
         self._load = load
         self._runtime = runtime
         self.running = running
+        #: The config whose routes and clusters are in force.
+        self.current = running
         self._clock = clock
         self._checkEvery = checkEvery
         self._loop: Optional[LoopingCall] = None
@@ -120,6 +122,7 @@ class ConfigReloader:
             )
         else:
             self.log.info("Config reloaded from {path}", path=self.path)
+        self.current = config
         self.reloads += 1
         self._tell(True)
         return True

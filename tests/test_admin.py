@@ -332,6 +332,18 @@ class ConfigDumpTests(AdminTestCase):
         self.assertNotIn(KEY_PATH.encode("ascii"), response.body)
         self.assertNotIn(b"very-secret", response.body)
 
+    def test_afterReload(self) -> None:
+        """
+        After a reload, the settings shown are the reloaded config's.
+        """
+
+        class Reloader:
+            current = SidecarConfig(node_id="web-1", timeout=2.5)
+
+        self.sidecar.reloader = Reloader()
+        settings = self.get(b"/config_dump").json()["settings"]
+        self.assertEqual(settings["timeout"], 2.5)
+
     def test_withoutTLS(self) -> None:
         self.config = SidecarConfig(node_id="web-1")
         self.resource.config = self.config

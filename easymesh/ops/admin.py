@@ -239,7 +239,9 @@ class AdminResource(Resource):
         return self._json(snapshot)
 
     def _configDump(self, request: Any) -> Tuple[int, bytes, bytes]:
-        return self._json(configDump(self.config, self.sidecar.runtime.mesh))
+        reloader = getattr(self.sidecar, "reloader", None)
+        config = reloader.current if reloader is not None else self.config
+        return self._json(configDump(config, self.sidecar.runtime.mesh))
 
     def _clusters(self, request: Any) -> Tuple[int, bytes, bytes]:
         return self._json(clustersDump(self.sidecar.runtime, self.clock.seconds()))

@@ -21,7 +21,7 @@ from twisted.web.iweb import IResponse
 from easymesh.cluster.cluster import Cluster
 from easymesh.config.mesh import MeshConfig, Route
 from easymesh.errors import NoRoute, Overflow, ProxyError, UpstreamTimeout, classify
-from easymesh.message import LocalReply, ProxyRequest
+from easymesh.message import LocalReply, ProxyRequest, discardResponse
 from easymesh.routing.matcher import RouteTable
 from easymesh.routing.paths import normalisePath
 from easymesh.routing.ratelimit import KeyedRateLimiter, sourceAddress
@@ -170,7 +170,7 @@ class Router:
             if not cluster.breakers.tryRetry():
                 return _final(outcome, attempt)
             if not failed:
-                _discard(outcome)
+                discardResponse(outcome)
             cluster.retriesActive += 1
             cluster.retries += 1
             try:
@@ -189,12 +189,6 @@ def _final(outcome: Union[IResponse, ProxyError], attempts: int) -> Reply:
     reply: Reply = outcome.reply() if isinstance(outcome, ProxyError) else outcome
     reply.headers.setRawHeaders(ATTEMPTS_HEADER, [b"%d" % (attempts,)])
     return reply
-
-
-def _discard(response: IResponse) -> None:
-    from easymesh.listener import _Discard
-
-    response.deliverBody(_Discard())
 
 
 def _direct(route: Route) -> LocalReply:
