@@ -13,7 +13,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from easymesh.cluster.cluster import Cluster
-from easymesh.cluster.discovery import DnsHosts, Hosts
+from easymesh.cluster.discovery import RESOLVE_TIMEOUT, DnsHosts, Hosts
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.mesh import ClusterConfig, DnsDiscovery
 from tests.meshfakes import FakeResolver, Upstreams, logged, makeRequest
@@ -157,15 +157,43 @@ class DnsHostsTests(SynchronousTestCase):
         self.assertEqual(calls, [hosts("10.0.0.1"), hosts("10.0.0.2")])
 
     def test_slowResolutionNotDoubled(self) -> None:
+        """
+        While a resolution is under way, no other starts.
+        """
         self.resolver.answers["api.internal"] = ["10.0.0.1"]
         self.resolver.hold = True
         self.dns().start()
-        self.clock.pump([5.0] * 3)
+        self.clock.advance(4.9)
         self.assertEqual(len(self.resolver.calls), 1)
         self.resolver.release()
         self.assertEqual(self.updates, [hosts("10.0.0.1")])
         self.clock.advance(5)
         self.assertEqual(len(self.resolver.calls), 2)
+
+    def test_resolutionWithoutAnswerGivenUp(self) -> None:
+        """
+        A resolution with no answer within the timeout (the refresh period,
+        at least L{RESOLVE_TIMEOUT}) counts as failed, once: refreshing goes
+        on, the last good set stays, and a late answer is dropped.
+        """
+        self.resolver.answers["api.internal"] = ["10.0.0.1"]
+        discovery = self.dns()
+        discovery.start()
+        self.assertEqual(self.updates, [hosts("10.0.0.1")])
+        self.resolver.hold = True
+        self.resolver.answers["api.internal"] = ["10.0.0.2"]
+        self.clock.advance(5)
+        self.assertEqual(len(self.resolver.calls), 2)
+        self.clock.advance(RESOLVE_TIMEOUT)
+        self.assertEqual(len(self.resolver.calls), 2)
+        warnings = [e for e in self.events if "keeping the last" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("no answer for api.internal within 5s", warnings[0]["reason"])
+        self.clock.advance(5)
+        self.assertEqual(len(self.resolver.calls), 3)
+        self.resolver.release()
+        self.assertEqual(self.updates, [hosts("10.0.0.1"), hosts("10.0.0.2")])
+        discovery.stop()
 
     def test_stop(self) -> None:
         self.resolver.answers["api.internal"] = ["10.0.0.1"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import DNSLookupError
+from twisted.python.failure import Failure
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IResolutionReceiver
 from twisted.internet.task import LoopingCall
@@ -56,6 +58,38 @@ def resolveAll(resolver: Any, name: str, port: int) -> Deferred[List[Tuple[str, 
     return receiver.done
 
 
+#: Seconds a resolution may take (at least; the refresh period if longer)
+#: before it counts as failed and the next refresh is due.
+RESOLVE_TIMEOUT = 5.0
+
+
+def _within(d: Deferred[Any], seconds: float, clock: Any, name: str) -> Deferred[Any]:
+    """
+    The result of C{d}, or a L{DNSLookupError} if it takes longer than
+    C{seconds}; a late answer is dropped.
+    """
+    result: Deferred[Any] = Deferred()
+
+    def expire() -> None:
+        if not result.called:
+            result.errback(DNSLookupError(f"no answer for {name} within {seconds:g}s"))
+
+    timer = clock.callLater(seconds, expire)
+
+    def done(outcome: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if result.called:
+            return
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+
+    d.addBoth(done)
+    return result
+
+
 class DnsHosts:
     """
     Resolve a name every C{refresh} seconds and report the endpoints found;
@@ -79,6 +113,7 @@ class DnsHosts:
         self._resolver = resolver
         self._update = update
         self._cluster = cluster
+        self._clock = clock
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = clock
         self._current: Optional[List[Tuple[str, int]]] = None
@@ -100,6 +135,7 @@ class DnsHosts:
         never fails, so that refreshing goes on whatever happens.
         """
         d = maybeDeferred(resolveAll, self._resolver, self.config.name, self.config.port)
+        d = _within(d, max(RESOLVE_TIMEOUT, self.config.refresh), self._clock, self.config.name)
         d.addCallbacks(self._resolved, self._failed)
         return d.addErrback(self._updateFailed)
 
