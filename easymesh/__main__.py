@@ -13,19 +13,20 @@ from typing import List, Optional
 
 def checkConfig(argv: List[str]) -> int:
     """
-    Validate a config file as the sidecar would on start or reload.
+    Validate a config file as the sidecar would on start or reload,
+    certificate files included.
     """
     if len(argv) != 1 or argv[0].startswith("-"):
         print("usage: python -m easymesh check-config FILE", file=sys.stderr)
         return 2
     from easymesh.config.model import ConfigError
-    from easymesh.tap import buildChains, loadConfig
+    from easymesh.tap import checkRunnable, loadConfig
 
     path = argv[0]
     try:
         config = loadConfig(path, {})
         mesh = config.mesh()
-        buildChains(config)
+        checkRunnable(config)
     except ConfigError as e:
         print(f"{e}", file=sys.stderr)
         return 1

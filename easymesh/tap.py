@@ -88,19 +88,7 @@ class Options(usage.Options):
                 self._flag(setting.name, self[setting.name])
         try:
             self.config = loadConfig(self["config"], self.flags)
-            # Build the filters once now, so that bad filter arguments are
-            # refused before anything is bound; makeService builds them anew
-            # with its own reactor.
-            self.chains = buildChains(self.config)
-            checkCredentials(self.config)
-            if self.config.otlp_endpoint is not None:
-                from easymesh.ops.otel import available
-
-                if not available():
-                    raise ConfigError(
-                        "otlp-endpoint",
-                        "needs the opentelemetry extra: pip install 'easymesh[opentelemetry]'",
-                    )
+            self.chains = checkRunnable(self.config)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -118,6 +106,29 @@ def loadConfig(path: Optional[str], flags: Mapping[str, Any]) -> SidecarConfig:
         values.lines = {k: n for k, n in values.lines.items() if k not in flags}
     values.update(flags)
     return buildConfig(values, path or "", values.lines)
+
+
+def checkRunnable(config: SidecarConfig) -> Dict[str, Any]:
+    """
+    Check what a config needs beyond its own values, before anything is
+    bound: its filters accept their arguments (they are built here, and
+    again by makeService with its own reactor), its certificate files can
+    be read and fit together, and an OTLP exporter can be made.
+
+    @return: The filter chains built.
+    @raise ConfigError: Something is missing or refused.
+    """
+    chains = buildChains(config)
+    checkCredentials(config)
+    if config.otlp_endpoint is not None:
+        from easymesh.ops.otel import available
+
+        if not available():
+            raise ConfigError(
+                "otlp-endpoint",
+                "needs the opentelemetry extra: pip install 'easymesh[opentelemetry]'",
+            )
+    return chains
 
 
 def checkCredentials(config: SidecarConfig) -> None:

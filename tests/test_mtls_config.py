@@ -565,3 +565,22 @@ def test_service_plaintext_inbound(files: Files) -> None:
     inbound = service.getServiceNamed("inbound").factory
     assert isinstance(inbound, ProxySite)
     assert inbound.allowedIdentities is None
+
+
+def test_check_config_reads_certificates(files: Files, tmp_path: Path, capsys: Any) -> None:
+    """
+    C{python -m easymesh check-config} reads the certificate files as the
+    sidecar would at start: a key that is not the certificate's is refused.
+    """
+    from easymesh.__main__ import main
+
+    path = writeConfig(
+        tmp_path,
+        f"""\
+        tls-cert: {files.cert}
+        tls-key: {files.web.keyPath}
+        tls-ca: {files.caPath}
+        """,
+    )
+    assert main(["check-config", path]) == 1
+    assert "the key does not match the certificate" in capsys.readouterr().err
