@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, List, Tuple
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock as Clock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -82,6 +83,23 @@ class HTTPUpstreamTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"GET /a%2Fb?q=1 HTTP/1.1\r\nHost: svc\r\n\r\n")
         protocol.dataReceived(OK)
         self.assertEqual(result[0].code, 200)
+
+    def test_closedKeepsNoConnection(self) -> None:
+        """
+        After L{HTTPUpstream.close}, a connection busy at the time is closed
+        once its response is done, not kept in the pool.
+        """
+        clock = Clock()
+        up, endpoint = upstream(clock)
+        result = outcome(up.request(get()))
+        protocol, transport = endpoint.connections[0]
+        up.close()
+        protocol.dataReceived(OK)
+        self.assertEqual(result[0].code, 200)
+        result[0].deliverBody(Protocol())
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0)
+        self.assertTrue(transport.disconnecting)
 
     def test_hostAdded(self) -> None:
         """

@@ -238,6 +238,11 @@ class HTTPUpstream:
         return len(self.pool._connections.get(self._key, ()))
 
     def close(self) -> Deferred[None]:
+        """
+        Close idle connections now, and each busy one as soon as it is done
+        (a retired cluster's, or at stop): none is kept for reuse.
+        """
+        self.pool.cachedConnectionTimeout = 0
         return self.pool.closeCachedConnections()
 
 
