@@ -9,7 +9,7 @@ from __future__ import annotations
 import random as _random
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -198,7 +198,10 @@ class Cluster:
         endpoint.started()
         started = self._reactor.seconds()
         # A bug in an upstream must not leave the request counted forever.
-        d = maybeDeferred(endpoint.upstream.request, request, timeout)
+        try:
+            d = endpoint.upstream.request(request, timeout)
+        except Exception:
+            d = fail()
         return d.addBoth(self._finished, endpoint, started)
 
     def _finished(self, result: Any, endpoint: Endpoint, started: float) -> Any:

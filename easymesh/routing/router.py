@@ -96,8 +96,9 @@ class Router:
             return succeed(_direct(route))
         cluster = self.clusters[self._clusterName(route)]
         request.cluster = cluster.name
-        _rewrite(request, route, path)
-        hashKey = self._hashKey(request, cluster)
+        if route.prefixRewrite is not None or route.hostRewrite is not None:
+            _rewrite(request, route, path)
+        hashKey = self._hashKey(request, cluster) if cluster.config.hashOn is not None else None
         policy = route.retryPolicy
         if policy is None or policy.numRetries == 0:
             request.attempts = 1
