@@ -106,7 +106,7 @@ class Router:
         else:
             d = Deferred.fromCoroutine(self._withRetries(request, route, cluster, hashKey))
         if route.timeout is not None:
-            d = _within(d, route.timeout, self._clock)
+            d.addTimeout(route.timeout, self._clock, onTimeoutCancel=_routeTimeout)
         return d
 
     def _clusterName(self, route: Route) -> str:
@@ -231,25 +231,8 @@ def _cookie(headers: Headers, name: bytes) -> Optional[bytes]:
     return None
 
 
-def _within(d: Deferred[Any], seconds: float, clock: Any) -> Deferred[Any]:
+def _routeTimeout(result: Any, seconds: float) -> Failure:
     """
-    C{d}, failed with L{UpstreamTimeout} if it has no result within
-    C{seconds}.  (C{d.called} is no sign of a result: C{d} may be waiting
-    on another L{Deferred}.)
+    What a request cancelled by its route's timeout fails with.
     """
-    expired = []
-
-    def expire() -> None:
-        expired.append(True)
-        d.cancel()
-
-    timer = clock.callLater(seconds, expire)
-
-    def done(result: Any) -> Any:
-        if timer.active():
-            timer.cancel()
-        if expired and isinstance(result, Failure):
-            return Failure(UpstreamTimeout(f"route timeout of {seconds:g}s"))
-        return result
-
-    return d.addBoth(done)
+    return Failure(UpstreamTimeout(f"route timeout of {seconds:g}s"))

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 TACFILE = REPO / "tapfiles" / "easymesh.tac"
@@ -247,6 +247,23 @@ def sidecarArgs(
     if "--drain" not in extra:
         args += ["--drain", "1"]
     return args + list(extra)
+
+
+def waitUntil(predicate: Any, timeout: float, what: str, interval: float = POLL) -> Any:
+    """
+    Poll C{predicate} until it returns something true, at most C{timeout}
+    seconds; that value.
+
+    @raise AssertionError: It did not, naming C{what}.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(interval)
 
 
 # -- a bounded HTTP client --------------------------------------------

@@ -46,6 +46,7 @@ from tests.integration.harness import (
     Sidecar,
     request,
     send,
+    waitUntil,
 )
 
 WEB = "spiffe://example.org/ns/default/sa/web"
@@ -272,14 +273,6 @@ def servedSerial(port: int, ctx: ssl.SSLContext) -> int:
     finally:
         conn.close()
     return x509.load_der_x509_certificate(der).serial_number
-
-
-def waitUntil(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(POLL)
 
 
 # -- the path through both sidecars ----------------------------------------

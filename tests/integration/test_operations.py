@@ -33,7 +33,7 @@ from easymesh.ops.metrics import METRIC_DOCS
 from easymesh.tls.certs import makeCA, makeWorkload
 from tests.integration.app import TestApp
 from tests.integration.conftest import Launcher
-from tests.integration.harness import POLL, Reply, Sidecar, accepts, portIsFree, request
+from tests.integration.harness import POLL, Reply, Sidecar, accepts, portIsFree, request, waitUntil
 
 #: Credentials sent in traffic; none may show anywhere but at the app.
 AUTHORIZATION = "Bearer tok-" + uuid.uuid4().hex
@@ -194,14 +194,6 @@ def scrape(sidecar: Sidecar) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def waitUntil(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(POLL)
 
 
 def headerValues(fields: Sequence[Sequence[str]], name: str) -> List[str]:

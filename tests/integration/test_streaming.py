@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Optional
 
 import pytest
 
-from .harness import POLL
+from .harness import POLL, waitUntil
 
 MiB = 1024 * 1024
 BODY = 200 * MiB
@@ -45,14 +45,6 @@ def regularFilesOpen(pid: int) -> List[str]:
         if target.startswith("/") and not target.startswith(("/dev/", "/proc/")):
             found.append(target)
     return found
-
-
-def waitUntil(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(POLL)
 
 
 class StreamApp:

@@ -33,7 +33,7 @@ import pytest
 
 from tests.integration.app import NamedApp
 from tests.integration.conftest import Launcher
-from tests.integration.harness import REPO, Reply, Session, closedPort, request, send
+from tests.integration.harness import REPO, Reply, Session, closedPort, request, send, waitUntil
 
 #: Backends of the shared sidecar, by name.  C{a}, C{b} and C{c} only ever
 #: answer 200 and are shared by several clusters; the others are changed
@@ -298,20 +298,6 @@ def lineOf(text: str, fragment: str) -> int:
     found = [i + 1 for i, line in enumerate(text.splitlines()) if fragment in line]
     assert len(found) == 1, (fragment, found)
     return found[0]
-
-
-def waitUntil(predicate, timeout: float, what: str, interval: float = 0.02):
-    """
-    Poll C{predicate} until it returns something true; that value.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(interval)
 
 
 # -- 1. balancing -------------------------------------------------------
