@@ -1,7 +1,10 @@
 # -*- test-case-name: tests.test_listener -*-
 """
 Access log lines through C{twisted.logger}: one per request, as text or as
-JSON.  Header values (and so credentials) are never logged.
+JSON.  Header values (and so credentials) are never logged; the one
+header logged, C{x-request-id}, only when it is a bounded run of visible
+characters (L{easymesh.headers.validRequestId}), so that it cannot forge a
+field or a line.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from datetime import datetime, timezone
 from typing import Any, Dict, Optional
 
 from twisted.logger import Logger
+
+from easymesh.headers import validRequestId
 
 _log = Logger(namespace="easymesh.access")
 
@@ -46,6 +51,9 @@ class AccessLog:
             cluster, upstream host and attempts), or L{None} if it was
             refused before one was made.
         @param started: When the request arrived (POSIX seconds).
+        @param requestId: The request's C{x-request-id}; logged as L{None}
+            unless valid (one refused before its headers were prepared may
+            still carry the client's).
         """
         entry: Dict[str, Any] = {
             "timestamp": _iso(started) if started is not None else None,
@@ -60,7 +68,9 @@ class AccessLog:
             "cluster": getattr(proxied, "cluster", None),
             "upstream": getattr(proxied, "upstreamHost", None),
             "attempts": getattr(proxied, "attempts", 0),
-            "request_id": requestId.decode("latin-1") if requestId else None,
+            "request_id": (
+                requestId.decode("ascii") if requestId and validRequestId(requestId) else None
+            ),
             "error": cause,
         }
         if self.style == "json":

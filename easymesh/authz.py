@@ -17,7 +17,9 @@ servlet containers read it, each segment without its parameters
 (C{/public/..;/admin} is C{/admin} to Tomcat).  Likewise for the method,
 which some apps upper-case (C{post} is C{POST} to them) and answer
 C{HEAD} as C{GET}, and the host, whose trailing dot most servers ignore
-(C{admin.example.org.} is C{admin.example.org}).
+(C{admin.example.org.} is C{admin.example.org}).  A rule's path is matched
+as most app frameworks read paths: whatever its letter case (unless the
+rule says C{ignore_case: false}) and with or without a trailing slash.
 
 In the config file::
 
@@ -72,10 +74,14 @@ class AuthorizationRule:
     """
     Callers with one of C{identities} (patterns) may make requests that
     C{match}; others may not.
+
+    @ivar ignoreCase: Whether the rule's path matches whatever the letter
+        case of the request's path (as case-insensitive apps read it).
     """
 
     match: RouteMatch
     identities: Tuple[str, ...]
+    ignoreCase: bool = True
 
 
 @attrs.frozen
@@ -106,16 +112,65 @@ def readAuthorization(node: Any) -> Dict[str, AuthorizationPolicy]:
             defaultAllow = entries["default"].choice(("allow", "deny")) == "allow"
         rules = []
         for ruleNode in entries["rules"].sequence() if "rules" in entries else ():
-            fields = ruleNode.mapping({"match", "identities"})
+            fields = ruleNode.mapping({"match", "identities", "ignore_case"})
             if "identities" not in fields:
                 raise ruleNode.error("needs identities")
             identities = []
             for item in fields["identities"].sequence():
                 identities.append(item.text(lambda text: IdentityPattern.parse(text)))
             match = readMatch(fields["match"]) if "match" in fields else RouteMatch(prefix="/")
-            rules.append(AuthorizationRule(match, tuple(identities)))
+            ignoreCase = fields["ignore_case"].flag() if "ignore_case" in fields else True
+            rules.append(AuthorizationRule(match, tuple(identities), ignoreCase))
         policies[listener] = AuthorizationPolicy(tuple(rules), defaultAllow)
     return policies
+
+
+def _withoutTrailingSlash(path: str) -> str:
+    return path[:-1] if len(path) > 1 and path[-1] == "/" else path
+
+
+def _pathPredicate(match: RouteMatch, ignoreCase: bool) -> Optional[Callable[[str], bool]]:
+    """
+    A predicate on a normalised path for C{match}'s path condition, read as
+    the apps behind a sidecar commonly read paths: a trailing slash does not
+    make another path (Express, ASP.NET, Rails), and, with C{ignoreCase},
+    neither does letter case.  L{None} if C{match} has no path condition.
+    """
+    fold: Callable[[str], str] = str.lower if ignoreCase else str
+    if match.path is not None:
+        exact = fold(_withoutTrailingSlash(match.path))
+        return lambda path: fold(_withoutTrailingSlash(path)) == exact
+    if match.regex is not None:
+        pattern = re.compile(match.regex, re.IGNORECASE if ignoreCase else 0)
+
+        def matchesRegex(path: str) -> bool:
+            if pattern.fullmatch(path) is not None:
+                return True
+            other = _withoutTrailingSlash(path)
+            if other == path:
+                other = path + "/"
+            return pattern.fullmatch(other) is not None
+
+        return matchesRegex
+    if match.prefix is not None and match.prefix != "/":
+        prefix = fold(match.prefix)
+        # /admin is /admin/ to the apps that ignore a trailing slash.
+        return lambda path: fold(path).startswith(prefix) or fold(path + "/") == prefix
+    return None
+
+
+def rulePredicate(rule: AuthorizationRule) -> Callable[[bytes, str, str, Any], bool]:
+    """
+    A predicate on C{(method, path, host, headers)} true when C{rule}'s
+    match holds: its path condition read as L{_pathPredicate} reads it, the
+    others as routes read them.
+    """
+    match = rule.match
+    onPath = _pathPredicate(match, rule.ignoreCase)
+    rest = compileMatch(attrs.evolve(match, prefix=None, path=None, regex=None))
+    if onPath is None:
+        return rest
+    return lambda m, p, h, hd: onPath(p) and rest(m, p, h, hd)
 
 
 class Authorizer:
@@ -135,8 +190,7 @@ class Authorizer:
             if reading not in self._readings:
                 self._readings.append(reading)
         self._rules = [
-            (compileMatch(rule.match), parsePatterns(rule.identities), rule)
-            for rule in policy.rules
+            (rulePredicate(rule), parsePatterns(rule.identities), rule) for rule in policy.rules
         ]
         #: Gives the time, for bursts of denials.
         self.clock: Callable[[], float] = time.monotonic

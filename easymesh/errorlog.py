@@ -4,7 +4,8 @@ The log of failed requests: each error the sidecar answers with (5xx) is
 logged once, where the request ends, with what a human can act on: the
 listener, route, cluster and endpoint, the cause and its detail.  A burst
 of the same error is one line, then one line saying how many more there
-were.
+were.  A detail is kept to one line of bounded length, and never quotes a
+header value (see L{easymesh.upstream.h1client.ResponseParseError}).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from twisted.logger import Logger
 #: Seconds during which the same error (listener, cluster, cause) is
 #: counted rather than logged again.
 QUIET = 10.0
+
+#: The most characters of an error's detail logged.
+MAX_DETAIL = 500
 
 _log = Logger(namespace="easymesh.errors")
 
@@ -62,8 +66,21 @@ class ErrorLog:
             status=status or "no response",
             cause=cause,
             where=_where(proxied),
-            detail=f": {detail}" if detail else "",
+            detail=f": {_oneLine(detail)}" if detail else "",
         )
+
+
+def _oneLine(detail: str) -> str:
+    """
+    C{detail} on one line, at most L{MAX_DETAIL} characters: line breaks and
+    other control characters escaped, so that it cannot pass for another
+    log line.
+    """
+    if len(detail) > MAX_DETAIL:
+        detail = detail[:MAX_DETAIL] + "..."
+    if detail.isprintable():
+        return detail
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in detail)
 
 
 def _where(proxied: Any) -> str:

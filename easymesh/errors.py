@@ -10,11 +10,13 @@ body and an C{x-easymesh-error} header naming the cause.
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Sequence, Tuple, Type
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
+from twisted.python.reflect import safe_str
 from twisted.web._newclient import (
     ParseError,
     RequestGenerationFailed,
@@ -62,6 +64,16 @@ class BadRequest(ProxyError):
     code = 400
     cause = "bad_request"
     message = "bad request"
+
+
+class HeaderWithUnderscores(BadRequest):
+    """
+    A request header name holds an underscore, and the listener refuses
+    such requests (C{headers-with-underscores-action: reject_request}).
+    """
+
+    cause = "header_with_underscores"
+    message = "bad request: header names with underscores are refused"
 
 
 class RequestLoop(ProxyError):
@@ -121,6 +133,19 @@ class UpstreamTimeout(ProxyError):
     code = 504
     cause = "upstream_timeout"
     message = "upstream request timeout"
+
+
+class StreamIdleTimeout(ProxyError):
+    """
+    No body byte moved either way for the cluster's stream idle timeout
+    while a request or response body was streaming.  Answered with this
+    reply if no response head was sent yet; else the client connection is
+    aborted.  Never retried: the body was under way.
+    """
+
+    code = 504
+    cause = "stream_idle_timeout"
+    message = "stream idle timeout: no body bytes moved for too long"
 
 
 class UpstreamProtocolError(ProxyError):
@@ -213,9 +238,29 @@ def _describe(exc: BaseException) -> str:
 def replyFor(failure: Failure) -> LocalReply:
     """
     The response for any failure: a classified L{ProxyError}'s reply, or a
-    500 for anything unexpected.
+    500 C{internal_error} for anything unexpected, whose detail (for the
+    error log, never sent) names the exception and where it was raised.
     """
     error = classify(failure)
     if error is None:
-        error = ProxyError(str(failure.value))
+        error = ProxyError(_unexpected(failure))
     return error.reply()
+
+
+def _unexpected(failure: Failure) -> str:
+    """
+    What the error log says of an unexpected failure (a bug), on one line:
+    the exception and where it was raised (the innermost frames first).
+    """
+    exc = failure.value
+    text = f"unexpected {type(exc).__name__}"
+    message = safe_str(exc)
+    if message:
+        text += f": {message[:200]}"
+    frames = failure.frames[-3:]
+    if frames:
+        text += " at " + " < ".join(
+            f"{os.path.basename(fileName)}:{line} {function}"
+            for function, fileName, line, *_ in reversed(frames)
+        )
+    return text

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
-from easymesh.errors import ProxyError, classify
+from easymesh.errors import ProxyError, replyFor
 from easymesh.filters.chain import FilterChain
 from easymesh.headers import PEER_IDENTITY, HeaderPolicy
-from easymesh.message import LocalReply, ProxyRequest
+from easymesh.message import LocalReply, ProxyRequest, discardResponse
 from easymesh.tracing import continueTrace
 
 Reply = Union[IResponse, LocalReply]
@@ -32,7 +31,6 @@ class Forwarder:
         a reload takes effect for the next one.
     """
 
-    log = Logger()
     #: Whether traces started here are sampled (when spans are exported).
     sampleNewTraces = False
 
@@ -49,8 +47,13 @@ class Forwarder:
 
         @return: A L{Deferred} firing with the upstream's response (headers
             prepared for relaying, body not yet read) or a L{LocalReply}; it
-            never fails.  Cancel it if the client goes away.
+            never fails, and this never raises: whatever goes wrong on the
+            way (a bug included) is answered by L{replyFor}.  Cancel it if
+            the client goes away.
         """
+        return maybeDeferred(self._forward, request).addErrback(self._failed, request)
+
+    def _forward(self, request: ProxyRequest) -> Deferred[Reply]:
         try:
             self.policy.prepareRequest(
                 request.headers, request.clientAddress, request.scheme, request.version
@@ -70,12 +73,9 @@ class Forwarder:
         if self.chain:
             d = self.chain.requestReceived(request)
             d.addCallback(self._filtered, request)
-            d.addCallback(self._responded, request)
-            return d.addErrback(self._failed, request)
+            return d.addCallback(self._responded, request)
         d = self.routes.routers[self.listener].route(request)
-        return d.addCallbacks(
-            self._relayed, self._failed, callbackArgs=(request,), errbackArgs=(request,)
-        )
+        return d.addCallback(self._relayed, request)
 
     def _authorize(self, request: ProxyRequest) -> Optional[ProxyError]:
         mesh = self.routes.mesh
@@ -96,15 +96,32 @@ class Forwarder:
 
     def _relayed(self, response: Reply, request: ProxyRequest) -> Reply:
         if not isinstance(response, LocalReply):
-            self.policy.prepareResponse(response.headers, request.version)
+            try:
+                self.policy.prepareResponse(response.headers, request.version, request.attempts)
+            except BaseException:
+                discardResponse(response)
+                raise
         return response
 
     def _responded(self, response: Reply, request: ProxyRequest) -> Deferred[Reply]:
-        return self.chain.responseReceived(request, response)
+        d = self.chain.responseReceived(request, response)
+        if not isinstance(response, LocalReply):
+            d.addErrback(_discarding, response)
+        return d
 
     def _failed(self, failure: Failure, request: ProxyRequest) -> LocalReply:
-        error = classify(failure)
-        if error is None:
-            self.log.failure("Unexpected failure forwarding {request}", failure, request=request)
-            error = ProxyError()
-        return error.reply()
+        """
+        The one answer to every failure on the request path: its
+        L{ProxyError}'s reply, or 500 C{internal_error} for a bug (which the
+        listener's error log reports, with its detail, once).
+        """
+        return replyFor(failure)
+
+
+def _discarding(failure: Failure, response: IResponse) -> Failure:
+    """
+    Drop an upstream response that will not be relayed, because what came
+    after it failed; pass the failure on.
+    """
+    discardResponse(response)
+    return failure

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional
 
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IHandshakeListener,
@@ -266,6 +267,18 @@ class DeadlineSweeper:
         self._call = None
 
 
+def closeWithoutWaiting(transport: Any) -> None:
+    """
+    Let a TLS transport close its connection as soon as it has sent its own
+    close alert, rather than wait for the peer's, which a vanished or
+    careless peer never sends (RFC 8446 section 6.1 allows this).
+    """
+    getHandle = getattr(transport, "getHandle", None)
+    connection = getHandle() if getHandle is not None else None
+    if isinstance(connection, SSL.Connection):
+        connection.set_shutdown(connection.get_shutdown() | SSL.RECEIVED_SHUTDOWN)
+
+
 def _address(address: Any) -> str:
     return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
 
@@ -298,6 +311,7 @@ class HTTP1Channel(Protocol):
     #: Called once when the connection is closed, if set.
     onClose: Optional[Callable[[], None]] = None
     _handshakeDone = False
+    _registered = False
     requestFactory: Any = None
     sweeper: Optional["DeadlineSweeper"] = None
     deadline: Optional[float] = None
@@ -322,6 +336,7 @@ class HTTP1Channel(Protocol):
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
+        self._registered = True
         #: The client's and our addresses, and the scheme: fixed for the
         #: connection, so looked up once.
         self.peer = transport.getPeer()
@@ -342,7 +357,7 @@ class HTTP1Channel(Protocol):
         if allowed is None:
             return
         from easymesh.tls.contexts import peerCertificate
-        from easymesh.tls.identity import identitiesOf, matches
+        from easymesh.tls.identity import describeIdentities, matches
 
         cert = peerCertificate(self.transport)
         identity = matches(allowed, cert) if cert is not None else None
@@ -350,7 +365,7 @@ class HTTP1Channel(Protocol):
             _log.warn(
                 "Refused mTLS client {peer}: identity {presented} is not allowed",
                 peer=_address(self.peer),
-                presented=", ".join(identitiesOf(cert)) if cert is not None else "none",
+                presented=describeIdentities(cert),
             )
             self._state = _CLOSED
             self.transport.abortConnection()
@@ -392,9 +407,25 @@ class HTTP1Channel(Protocol):
         return self.scheme == b"https"
 
     def loseConnection(self) -> None:
+        """
+        Close the connection once what is written has been delivered; abort
+        it if that takes longer than the close timeout.  Over TLS the close
+        alert is sent and the connection closed without waiting for the
+        client's.
+        """
+        if self._state == _CLOSED:
+            return  # already closing, or closed: its deadline stands
         self._state = _CLOSED
-        self._setTimer(None)
-        self.transport.loseConnection()
+        self._setTimer(self.limits.closeTimeout)
+        transport = self.transport
+        if self._registered:
+            # No transport closes while it has a producer to wait for: TLS
+            # while one is registered, TCP while it has paused one.
+            self._registered = False
+            transport.unregisterProducer()
+        if self.scheme == b"https":
+            closeWithoutWaiting(transport)
+        transport.loseConnection()
 
     @property
     def closing(self) -> bool:
@@ -423,7 +454,10 @@ class HTTP1Channel(Protocol):
     def _timedOut(self) -> None:
         self.deadline = None
         state = self._state
-        if state == _HEAD:
+        if state == _CLOSED:
+            # Closing, and the client does not take what it is owed.
+            self.transport.abortConnection()
+        elif state == _HEAD:
             if self._buffer:
                 self._refuse(BadMessage(408, "request head not received in time"))
             else:
@@ -671,13 +705,13 @@ class HTTP1Channel(Protocol):
         Answer an unreadable request and close the connection.
         """
         request, self._request = self._request, None
-        self._state = _CLOSED
-        self._setTimer(None)
         self._buffer = b""
         if request is None or not request.startedWriting:
             self.transport.write(_errorResponse(error.code, error.reason))
-            self.transport.loseConnection()
+            self.loseConnection()
         else:
+            self._state = _CLOSED
+            self._setTimer(None)
             self.transport.abortConnection()
         if request is not None:
             request.connectionLost(Failure(error))

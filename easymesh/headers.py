@@ -3,7 +3,8 @@
 What a proxy does to headers (RFC 9110 section 7.6): remove hop-by-hop
 fields both ways, add C{Via}, C{X-Forwarded-For} and C{X-Forwarded-Proto},
 give every request an C{x-request-id}, drop the sidecar's own C{x-easymesh-*}
-vocabulary arriving from outside, and detect loops.
+vocabulary arriving from outside (from clients, and in the local app's
+responses), drop or refuse header names with underscores, and detect loops.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Dict, Iterable, List, Optional
 
 from twisted.web.http_headers import Headers, _nameEncoder
 
-from easymesh.errors import RequestLoop
+from easymesh.config.model import OUTBOUND, UNDERSCORE_ACTIONS
+from easymesh.errors import HeaderWithUnderscores, RequestLoop
 
 #: Hop-by-hop fields, lower case; plus whatever C{Connection} names.
 HOP_BY_HOP = frozenset(
@@ -39,6 +41,26 @@ TOKEN = frozenset(
 
 OWN_PREFIX = b"x-easymesh-"
 REQUEST_ID = b"x-request-id"
+
+#: Fields that C{Connection} may not name for removal: the request's
+#: authority, framing, and what the sidecar adds or relies on.  Such a
+#: token in C{Connection} is ignored and the field kept.
+PROTECTED = frozenset(
+    (
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"via",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        REQUEST_ID,
+        b"traceparent",
+        b"tracestate",
+    )
+)
+
+#: The longest C{x-request-id} kept from a client.
+MAX_REQUEST_ID = 128
 
 
 _canonicalNames: Dict[bytes, bytes] = {}
@@ -113,11 +135,43 @@ def commaList(values: Iterable[bytes]) -> List[bytes]:
     return [t.strip() for v in values for t in v.split(b",") if t.strip()]
 
 
+def offendingName(head: bytes) -> Optional[bytes]:
+    """
+    The name of the first header field of C{head} whose line
+    L{forbiddenInHead} objects to; L{None} if that is the first (status or
+    request) line, or the line has no valid field name.  Names only: a
+    field's value may be a credential.
+    """
+    lines = head.split(b"\r\n")
+    for index, line in enumerate(lines):
+        if len(line.translate(None, _CONTROLS)) != len(line):
+            if index == 0:
+                return None
+            name, sep, _ = line.partition(b":")
+            return name if sep and canonicalName(name) is not None else None
+    return None
+
+
+_VISIBLE = bytes(range(0x21, 0x7F))
+
+
+def validRequestId(value: bytes) -> bool:
+    """
+    Whether C{value} is kept as an C{x-request-id}: 1 to L{MAX_REQUEST_ID}
+    visible ASCII characters (no white space), so that it cannot forge or
+    bloat a log line.
+    """
+    return 0 < len(value) <= MAX_REQUEST_ID and not value.translate(None, _VISIBLE)
+
+
 # Headers stores names in one canonical form, so these sets (in that form)
 # are matched without lower-casing every name of every message.
 _HOP_BY_HOP = frozenset(_nameEncoder.encode(n) for n in HOP_BY_HOP)
 _REQUEST_DROPPED = _HOP_BY_HOP | frozenset(_nameEncoder.encode(n) for n in FRAMING)
 _OWN_PREFIX = _nameEncoder.encode(OWN_PREFIX + b"x")[:-1]
+_PROTECTED = frozenset(_nameEncoder.encode(n) for n in PROTECTED)
+_ERROR_HEADER = _nameEncoder.encode(b"x-easymesh-error")
+_ATTEMPTS_HEADER = _nameEncoder.encode(b"x-easymesh-attempts")
 
 
 def removeHopByHop(headers: Headers, also: Iterable[bytes] = ()) -> None:
@@ -137,21 +191,40 @@ def _ownWithUnderscores(name: bytes) -> bool:
     return b"_" in name and name.lower().replace(b"_", b"-").startswith(OWN_PREFIX)
 
 
-def _remove(headers: Headers, dropped: frozenset, own: bool) -> None:
+def _remove(
+    headers: Headers, dropped: frozenset, own: bool, underscores: bool = False
+) -> None:
+    """
+    Remove the fields in C{dropped}, and those C{Connection} names (but
+    never a L{PROTECTED} one); with C{own}, the sidecar's own fields in any
+    spelling; with C{underscores}, every name holding an underscore.
+    """
     raw = headers._rawHeaders
     named = raw.get(b"Connection")
     doomed = [
         name
         for name in raw
-        if name in dropped or (own and (name.startswith(_OWN_PREFIX) or _ownWithUnderscores(name)))
+        if name in dropped
+        or (underscores and b"_" in name)
+        or (own and (name.startswith(_OWN_PREFIX) or _ownWithUnderscores(name)))
     ]
     for name in doomed:
         del raw[name]
     if named:
         for token in commaList(named):
             key = canonicalName(token)
-            if key is not None:
+            if key is not None and key not in _PROTECTED:
                 raw.pop(key, None)
+
+
+#: What an C{x-easymesh-error} value from a peer sidecar may be: a cause
+#: (lower-case letters, digits and underscores).
+_CAUSE_CHARS = b"abcdefghijklmnopqrstuvwxyz0123456789_"
+MAX_CAUSE = 64
+
+
+def _isCause(value: bytes) -> bool:
+    return 0 < len(value) <= MAX_CAUSE and not value.translate(None, _CAUSE_CHARS)
 
 
 #: The caller's verified mTLS identity, for the app.
@@ -177,10 +250,33 @@ class HeaderPolicy:
     @param nodeId: This sidecar's name.
     @param listener: The listener's name; with C{nodeId} it makes the
         pseudonym (C{web-1.outbound}) this listener writes into C{Via}.
+    @param underscores: One of L{UNDERSCORE_ACTIONS}: what to do with a
+        request header whose name holds an underscore (C{X_Forwarded_For}),
+        which many servers read as its dashed spelling: keep it, drop it,
+        or refuse the request.  The sidecar's own names are dropped in any
+        spelling whatever this says.
+    @param upstreamIsSidecar: Whether this listener's upstreams are peer
+        sidecars, whose C{x-easymesh-*} response headers (the cause of an
+        error) are relayed; otherwise (the local app behind the inbound
+        listener) they are removed.  By default, only the outbound
+        listener's are.
     """
 
-    def __init__(self, nodeId: str, listener: str) -> None:
+    def __init__(
+        self,
+        nodeId: str,
+        listener: str,
+        underscores: str = "drop_header",
+        upstreamIsSidecar: Optional[bool] = None,
+    ) -> None:
+        if underscores not in UNDERSCORE_ACTIONS:
+            raise ValueError(f"underscores: one of {UNDERSCORE_ACTIONS}, not {underscores!r}")
         self.pseudonym = f"{nodeId}.{listener}".encode("ascii")
+        self._dropUnderscores = underscores == "drop_header"
+        self._rejectUnderscores = underscores == "reject_request"
+        if upstreamIsSidecar is None:
+            upstreamIsSidecar = listener == OUTBOUND
+        self.upstreamIsSidecar = upstreamIsSidecar
 
     def checkLoop(self, headers: Headers) -> None:
         """
@@ -201,13 +297,21 @@ class HeaderPolicy:
         Rewrite request headers in place for forwarding.
 
         @raise RequestLoop: The request has been through this listener.
+        @raise HeaderWithUnderscores: A header name holds an underscore, and
+            this listener refuses such requests.
         """
         # This runs for every request: it works on the canonical names that
         # Headers stores, rather than through its name-encoding methods.
         raw = headers._rawHeaders
         if b"Via" in raw:
             self.checkLoop(headers)
-        _remove(headers, _REQUEST_DROPPED, True)
+        if self._rejectUnderscores:
+            for name in raw:
+                if b"_" in name:
+                    raise HeaderWithUnderscores(
+                        f"header name {name[:64].decode('latin-1')!r} holds an underscore"
+                    )
+        _remove(headers, _REQUEST_DROPPED, True, self._dropUnderscores)
         client = clientAddress.encode("ascii")
         forwarded = raw.get(b"X-Forwarded-For")
         if forwarded:
@@ -220,15 +324,31 @@ class HeaderPolicy:
             raw[b"Via"] = [version + b" " + self.pseudonym]
         else:
             via.append(version + b" " + self.pseudonym)
-        if b"X-Request-Id" not in raw:
+        ids = raw.get(b"X-Request-Id")
+        if ids is None or len(ids) != 1 or not validRequestId(ids[0]):
             raw[b"X-Request-Id"] = [newRequestId()]
 
-    def prepareResponse(self, headers: Headers, version: bytes) -> None:
+    def prepareResponse(self, headers: Headers, version: bytes, attempts: int = 0) -> None:
         """
         Rewrite upstream response headers in place for relaying.
+
+        From an upstream that is not a sidecar, every C{x-easymesh-*} field
+        is removed, except an C{x-easymesh-attempts} saying this sidecar's
+        own count of tries (C{attempts}, which a retry policy writes).  From
+        a peer sidecar they are relayed, but an C{x-easymesh-error} whose
+        value is not a cause is removed.
         """
-        _remove(headers, _HOP_BY_HOP, False)
         raw = headers._rawHeaders
+        if self.upstreamIsSidecar:
+            _remove(headers, _HOP_BY_HOP, False)
+            errors = raw.get(_ERROR_HEADER)
+            if errors is not None and not all(_isCause(v) for v in errors):
+                del raw[_ERROR_HEADER]
+        else:
+            counted = raw.get(_ATTEMPTS_HEADER)
+            _remove(headers, _HOP_BY_HOP, True)
+            if counted == [b"%d" % (attempts,)]:
+                raw[_ATTEMPTS_HEADER] = counted
         via = raw.get(b"Via")
         if via is None:
             raw[b"Via"] = [version + b" " + self.pseudonym]

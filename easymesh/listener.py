@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from easymesh.accesslog import AccessLog
 from easymesh.config.model import EdgeLimits
-from easymesh.errors import ERROR_HEADER, BadRequest
+from easymesh.errors import ERROR_HEADER, BadRequest, StreamIdleTimeout, replyFor
 from easymesh.forwarder import Forwarder
 from easymesh.h1server import DeadlineSweeper, HTTP1Channel
 from easymesh.headers import REQUEST_ID
@@ -106,7 +106,20 @@ class StreamingRequest(server.Request):
         try:
             site.resource.render(self)
         except BaseException:
-            self.processingFailed(Failure())
+            # Never Twisted's HTML error page: the sidecar's own reply.
+            reply = replyFor(Failure())
+            errorLog = getattr(site.resource, "errorLog", None)
+            if errorLog is not None:
+                name = getattr(site.resource, "name", "-")
+                errorLog.report(name, reply.code, reply.cause, reply.detail, None)
+            else:
+                _log.error(
+                    "{request}: {cause}: {detail}",
+                    request=self,
+                    cause=reply.cause,
+                    detail=reply.detail,
+                )
+            _rescue(self, reply)
 
     @property
     def bytesReceived(self) -> int:
@@ -161,6 +174,42 @@ def _originForm(request: server.Request) -> bytes:
     raise BadRequest(f"unsupported request target {target[:100]!r}")
 
 
+def _writeLocal(request: server.Request, reply: LocalReply) -> None:
+    """
+    Send a reply the sidecar made, whole.
+    """
+    request.setResponseCode(reply.code, reply.phrase or None)
+    request.responseHeaders = reply.headers
+    if reply.code != 304:
+        reply.headers.setRawHeaders(b"content-length", [b"%d" % len(reply.body)])
+    request.write(reply.body)
+    request.finish()
+
+
+def _rescue(request: server.Request, reply: LocalReply) -> None:
+    """
+    Answer a request whose handling failed unexpectedly with C{reply} (from
+    L{replyFor}: 500 C{internal_error} for a bug), or, if its response has
+    begun or cannot be sent, abort the connection, so that nothing cut
+    short passes for a whole response.
+    """
+    if request._disconnected:
+        return
+    if not request.startedWriting:
+        try:
+            _writeLocal(request, reply)
+            return
+        except Exception:
+            # Sending failed as well: the abort below ends the request.
+            pass
+    request.channel.transport.abortConnection()
+
+
+#: Causes the error log reports even when the status sent is not a 5xx:
+#: the response was cut off.
+_CUT_OFF = ("upstream_reset_mid_body", "internal_error", StreamIdleTimeout.cause)
+
+
 @implementer(IPushProducer)
 class _BodyRelay(Protocol):
     """
@@ -175,7 +224,9 @@ class _BodyRelay(Protocol):
         self.exchange.request.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
-        self.exchange.request.write(data)
+        exchange = self.exchange
+        exchange.moved()
+        exchange.request.write(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.exchange.bodyEnded(reason)
@@ -193,61 +244,151 @@ class _BodyRelay(Protocol):
 class _Exchange:
     """
     One request on a listener, from its arrival to the end of its response.
+
+    While its request body is arriving or its response body is being
+    relayed, the body bytes moving either way are timed: once none has
+    moved for its cluster's stream idle timeout (checked by the listener's
+    L{ProxyResource.streams} once a second), the upstream connection is
+    closed and the client answered 504, or dropped if its response has
+    begun.  A client that does not read pauses the upstream, so it too
+    stops the bytes and is timed out.
+
+    @ivar movedAt: When a body byte last moved (or the exchange began, or
+        its response head arrived).
+    @ivar idle: The reply for its stream idle timeout, once it has timed
+        out.
     """
 
     def __init__(self, resource: "ProxyResource", request: server.Request) -> None:
         self.resource = resource
         self.request = request
-        self.started = resource.clock.seconds()
+        self.started = self.movedAt = resource.clock.seconds()
         self.pending: Optional[Deferred[Any]] = None
         self.relay: Optional[_BodyRelay] = None
         self.cause: Optional[str] = None
         #: What this sidecar says of an error it made, for the error log.
         self.detail: Optional[str] = None
         self.proxied: Optional[ProxyRequest] = None
+        self.idle: Optional[LocalReply] = None
+        body = getattr(request, "body", None)
+        if isinstance(body, RequestBodyStream) and not body.complete:
+            body.onData = self.moved
+            resource.streams.add(self)
+
+    def moved(self) -> None:
+        """
+        Body bytes moved, from the client or to it.
+        """
+        self.movedAt = self.resource.clock.seconds()
+
+    @property
+    def deadline(self) -> Optional[float]:
+        """
+        When its streaming bodies time out; L{None} while none streams or
+        before its cluster (and so its timeout) is known.
+        """
+        proxied = self.proxied
+        timeout = proxied.streamIdleTimeout if proxied is not None else None
+        if timeout is None or self.idle is not None:
+            return None
+        if self.relay is None and not self.request.bodyIncomplete():
+            return None
+        return self.movedAt + timeout
+
+    def _timedOut(self) -> None:
+        """
+        No body byte has moved for the stream idle timeout: close the
+        upstream connection, and answer 504, or drop the client if its
+        response has begun.
+        """
+        assert self.proxied is not None
+        seconds = self.proxied.streamIdleTimeout
+        self.idle = idle = StreamIdleTimeout(
+            f"no body bytes moved either way for {seconds:g}s"
+        ).reply()
+        request = self.request
+        relay = self.relay
+        if relay is not None:
+            relay.transport.stopProducing()
+            request.unregisterProducer()
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            # Closes the upstream connection; respond() answers 504 for
+            # whatever the cancellation then yields.
+            pending.cancel()
+        if request.finished or request._disconnected:
+            return
+        if request.startedWriting:
+            self._abort(idle.cause, idle.detail)
+        else:
+            self.respond(idle)
+
+    def _abort(self, cause: Optional[str], detail: str) -> None:
+        """
+        Drop the client in the middle of its response, so that a truncated
+        body is never presented as complete.
+        """
+        self.cause = cause
+        self.detail = detail
+        self.request.channel.transport.abortConnection()
 
     def respond(self, reply: Union[IResponse, LocalReply]) -> None:
         self.pending = None
         request = self.request
-        if request._disconnected:
+        if request._disconnected or request.finished:
             if not isinstance(reply, LocalReply):
                 discardResponse(reply)
             return
+        if self.idle is not None and reply is not self.idle:
+            # Timed out while waiting for it: the answer is the timeout's.
+            if not isinstance(reply, LocalReply):
+                discardResponse(reply)
+            reply = self.idle
         if self.resource.inflight.draining or request.bodyIncomplete():
             reply.headers.setRawHeaders(b"connection", [b"close"])
             request.channel.persistent = False
-        request.setResponseCode(reply.code, reply.phrase or None)
-        request.responseHeaders = reply.headers
         if isinstance(reply, LocalReply):
             self.cause = reply.cause
             self.detail = reply.detail
-            if reply.code != 304:
-                reply.headers.setRawHeaders(b"content-length", [b"%d" % len(reply.body)])
-            request.write(reply.body)
-            request.finish()
+            _writeLocal(request, reply)
             return
+        request.setResponseCode(reply.code, reply.phrase or None)
+        request.responseHeaders = reply.headers
         errors = reply.headers.getRawHeaders(ERROR_HEADER)
         if errors:
             self.cause = errors[0].decode("latin-1")
         self.relay = _BodyRelay(self)
+        # The response head counts as movement: its body is timed from now.
+        self.moved()
+        self.resource.streams.add(self)
         reply.deliverBody(self.relay)
+
+    def failed(self, failure: Failure) -> None:
+        """
+        Answering this request failed unexpectedly (a bug): answer with the
+        sidecar's reply for the failure, or drop the client if the response
+        has begun; the logs say why, once, when the request ends.
+        """
+        self.pending = None
+        reply = replyFor(failure)
+        self.cause = reply.cause
+        self.detail = reply.detail
+        _rescue(self.request, reply)
 
     def bodyEnded(self, reason: Failure) -> None:
         request = self.request
-        if request._disconnected:
+        if request._disconnected or self.idle is not None:
             return
         request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
             request.finish()
         else:
-            # Never present a truncated body as complete: drop the client.
-            self.cause = "upstream_reset_mid_body"
-            self.detail = reason.getErrorMessage()
-            request.channel.transport.abortConnection()
+            self._abort("upstream_reset_mid_body", reason.getErrorMessage())
 
     def finished(self, result: Optional[Failure]) -> None:
         resource = self.resource
         resource.inflight.leave()
+        resource.streams.remove(self)
         request = self.request
         if result is not None:
             if self.pending is not None:
@@ -261,7 +402,7 @@ class _Exchange:
         if (
             self.detail is not None
             and self.cause is not None
-            and (status >= 500 or self.cause == "upstream_reset_mid_body")
+            and (status >= 500 or self.cause in _CUT_OFF)
             and resource.errorLog is not None
         ):
             resource.errorLog.report(resource.name, status, self.cause, self.detail, self.proxied)
@@ -323,16 +464,26 @@ class ProxyResource(Resource):
         #: An L{easymesh.errorlog.ErrorLog} for the errors this listener
         #: answers with, or L{None}.
         self.errorLog = errorLog
+        #: Times out the exchanges whose bodies stream and have stopped
+        #: moving (see L{_Exchange}).
+        self.streams = DeadlineSweeper(clock)
 
     def render(self, request: StreamingRequest) -> Any:
-        self.inflight.enter()
         exchange = _Exchange(self, request)
+        self.inflight.enter()
         request.onDone = exchange.finished
+        try:
+            self._start(exchange, request)
+        except BaseException:
+            exchange.failed(Failure())
+        return server.NOT_DONE_YET
+
+    def _start(self, exchange: _Exchange, request: StreamingRequest) -> None:
         try:
             target = _originForm(request)
         except BadRequest as e:
             exchange.respond(e.reply())
-            return server.NOT_DONE_YET
+            return
         body = request.body
         proxied = ProxyRequest(
             request.method,
@@ -351,8 +502,7 @@ class ProxyResource(Resource):
         # a reused pooled connection) has been called already, and must
         # still be cancelled if the client goes away.  respond() clears it.
         exchange.pending = d
-        d.addCallback(exchange.respond)
-        return server.NOT_DONE_YET
+        d.addCallback(exchange.respond).addErrback(exchange.failed)
 
 
 class ProxySite(server.Site):

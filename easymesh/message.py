@@ -35,6 +35,8 @@ class ProxyRequest:
     @ivar upstreamHost: The endpoint (C{host:port}) of its last try.
     @ivar attempts: How many times it was sent upstream.
     @ivar trace: This hop's L{easymesh.tracing.TraceContext}.
+    @ivar streamIdleTimeout: Its cluster's stream idle timeout, once a
+        cluster is chosen; L{None} before.
     """
 
     __slots__ = (
@@ -52,6 +54,7 @@ class ProxyRequest:
         "upstreamHost",
         "attempts",
         "trace",
+        "streamIdleTimeout",
     )
 
     def __init__(
@@ -80,6 +83,7 @@ class ProxyRequest:
         self.upstreamHost: Optional[str] = None
         self.attempts = 0
         self.trace: Optional[Any] = None
+        self.streamIdleTimeout: Optional[float] = None
 
     def __repr__(self) -> str:
         return f"<ProxyRequest {self.listener} {self.method!r} {self.target!r}>"

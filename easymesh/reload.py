@@ -152,6 +152,7 @@ def _needsRestart(old: SidecarConfig, new: SidecarConfig) -> List[str]:
         "connect_timeout",
         "pool_size",
         "pool_idle",
+        "stream_idle_timeout",
     }
     differ = []
     for field in attrs.fields(SidecarConfig):

@@ -66,7 +66,11 @@ class RequestBodyStream:
 
     @param pauseSource: Stop reading from the client.
     @param resumeSource: Read from the client again.
+    @ivar onData: Called with no argument for each piece of body received,
+        if set: the listener times the body's silences with it.
     """
+
+    onData: Optional[Callable[[], None]] = None
 
     def __init__(
         self,
@@ -97,6 +101,8 @@ class RequestBodyStream:
         if self.stopped:
             return
         self.received += len(data)
+        if self.onData is not None:
+            self.onData()
         if self._consumer is not None and not self._consumerPaused and not self._buffer:
             self._consumer.write(data)
             return

@@ -131,19 +131,24 @@ def checkRunnable(config: SidecarConfig) -> Dict[str, Any]:
     return chains
 
 
-def checkCredentials(config: SidecarConfig) -> None:
+def checkCredentials(config: SidecarConfig, now: Optional[float] = None) -> None:
     """
     Read the workload's certificate, key and CA bundle, if configured.
 
-    @raise ConfigError: One cannot be read or they do not fit together.
+    @param now: POSIX time at which the certificate must be valid (default:
+        the time now; nothing runs yet to tell it).
+    @raise ConfigError: One cannot be read, they do not fit together, or
+        the certificate has expired or is not valid yet.
     """
     files = config.tlsFiles
     if files is None:
         return
+    import time
+
     from easymesh.tls.credentials import CredentialError, loadCredentials
 
     try:
-        loadCredentials(files.cert, files.key, files.ca)
+        loadCredentials(files.cert, files.key, files.ca, now=time.time() if now is None else now)
     except CredentialError as e:
         raise ConfigError(f"tls {e.path}", e.reason) from None
 
@@ -201,7 +206,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     chains = buildChains(config, reactor)
     inflight = InFlight()
     telemetry = buildTelemetry(config, reactor)
-    contexts = TLSContexts(reactor)
+    contexts = TLSContexts(reactor, expiryWarning=config.tls_expiry_warning)
     runtime = MeshRuntime(
         reactor, makeUpstream=partial(upstreamFor, tls=contexts), telemetry=telemetry
     )
@@ -211,6 +216,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     sidecar.telemetry = telemetry
     if telemetry.metrics is not None:
         telemetry.metrics.setPoolSource(lambda: poolFigures(runtime))
+        telemetry.metrics.setCertificateSource(contexts.expiries)
     sidecar.notifier = Notifier(clock=reactor)
     if options["config"] is not None:
         path, flags = options["config"], dict(options.flags)
@@ -231,7 +237,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         sidecar.addBackend(adminService)
     for listener in config.listeners():
         forwarder = Forwarder(
-            HeaderPolicy(config.nodeId, listener.name),
+            HeaderPolicy(config.nodeId, listener.name, config.headers_with_underscores_action),
             chains[listener.name],
             runtime,
             listener.name,

@@ -683,12 +683,139 @@ class TestBypassAttempts:
     def test_prefix_is_textual(self) -> None:
         """
         A prefix is matched as text, as for routes: C{/admin} covers
-        C{/administrator}; C{/admin/} does not cover C{/admin}.
+        C{/administrator}; C{/admin/} covers C{/admin} (which apps that
+        ignore a trailing slash serve alike) but not C{/administrator}.
         """
         assert not allowed(authorizer(ADMIN_ONLY), b"/administrator", WEB)
         slash = authorizer(ADMIN_ONLY.replace("/admin}", "/admin/}"))
-        assert allowed(slash, b"/admin", WEB)
+        assert not allowed(slash, b"/admin", WEB)
         assert not allowed(slash, b"/admin/x", WEB)
+        assert allowed(slash, b"/administrator", WEB)
+
+
+# Letter case and a trailing slash, as Express, ASP.NET and IIS read paths
+
+EXPRESS_RULES = """\
+authorization:
+  inbound:
+    rules:
+      - match: {prefix: /admin}
+        identities: ["spiffe://example.org/ns/ops/sa/admin"]
+      - match: {prefix: /orders, methods: [POST, DELETE]}
+        identities: ["spiffe://example.org/ns/ops/sa/admin"]
+      - match: {path: /internal/reindex}
+        identities: []
+      - match: {regex: "/reports/[0-9]+"}
+        identities: ["spiffe://example.org/ns/ops/sa/admin"]
+"""
+
+
+class TestCaseAndTrailingSlash:
+    @pytest.mark.parametrize(
+        "method, target",
+        [
+            (b"GET", b"/ADMIN/users"),
+            (b"GET", b"/Admin/users/"),
+            (b"GET", b"/aDmIn"),
+            (b"POST", b"/internal/reindex/"),
+            (b"POST", b"/Internal/Reindex"),
+            (b"POST", b"/INTERNAL/REINDEX/"),
+            (b"POST", b"/Orders/1"),
+            (b"GET", b"/reports/12/"),
+            (b"GET", b"/REPORTS/12"),
+        ],
+    )
+    def test_denied_whatever_the_spelling(self, method: bytes, target: bytes) -> None:
+        """
+        A path an app reads as a protected one, ignoring letter case or a
+        trailing slash, is denied as the protected path is.
+        """
+        assert not allowed(authorizer(EXPRESS_RULES), target, WEB, method=method)
+
+    @pytest.mark.parametrize(
+        "target", [b"/ADMIN/users", b"/admin/users/", b"/reports/12/", b"/Reports/12"]
+    )
+    def test_allowed_caller_still_allowed(self, target: bytes) -> None:
+        """
+        The caller a rule allows is allowed on every spelling it covers.
+        """
+        assert allowed(authorizer(EXPRESS_RULES), target, ADMIN)
+
+    def test_other_paths_unaffected(self) -> None:
+        for target in (b"/public", b"/internal/reindexer", b"/reports/x", b"/", b"/Public/"):
+            assert allowed(authorizer(EXPRESS_RULES), target, WEB), target
+
+    def test_exact_allow_rule_under_default_deny(self) -> None:
+        """
+        Under C{default: deny}, an exact rule still allows its own path,
+        with or without a trailing slash: the extra spellings make no
+        legitimate request fall to the default.
+        """
+        auth = authorizer(
+            """\
+            authorization:
+              inbound:
+                default: deny
+                rules:
+                  - match: {path: /healthz}
+                    identities: ["*"]
+            """
+        )
+        assert allowed(auth, b"/healthz", WEB)
+        assert allowed(auth, b"/healthz/", WEB)
+        assert not allowed(auth, b"/healthzz", WEB)
+
+    def test_ignore_case_false(self) -> None:
+        """
+        C{ignore_case: false} keeps a rule case-sensitive, for apps that
+        read paths so.
+        """
+        auth = authorizer(
+            """\
+            authorization:
+              inbound:
+                rules:
+                  - match: {prefix: /admin}
+                    identities: ["spiffe://example.org/ns/ops/sa/admin"]
+                    ignore_case: false
+                  - match: {regex: "/secret/[a-z]+"}
+                    identities: []
+                    ignore_case: false
+            """
+        )
+        assert not allowed(auth, b"/admin/x", WEB)
+        assert allowed(auth, b"/ADMIN/x", WEB)
+        assert not allowed(auth, b"/secret/abc", WEB)
+        assert not allowed(auth, b"/secret/abc/", WEB)
+        assert allowed(auth, b"/Secret/abc", WEB)
+
+    def test_ignore_case_must_be_a_flag(self) -> None:
+        message = refused(
+            """\
+            authorization:
+              inbound:
+                rules:
+                  - match: {prefix: /admin}
+                    identities: []
+                    ignore_case: sometimes
+            """
+        )
+        assert "authz.yaml:6: authorization.inbound.rules.0.ignore_case" in message
+
+    def test_rule_built_in_code(self) -> None:
+        policy = AuthorizationPolicy(
+            (AuthorizationRule(RouteMatch(path="/internal/reindex"), ()),)
+        )
+        auth = Authorizer(policy, PathOptions())
+        assert not allowed(auth, b"/INTERNAL/reindex/", WEB)
+        strict = Authorizer(
+            AuthorizationPolicy(
+                (AuthorizationRule(RouteMatch(path="/internal/reindex"), (), ignoreCase=False),)
+            ),
+            PathOptions(),
+        )
+        assert allowed(strict, b"/INTERNAL/reindex", WEB)
+        assert not allowed(strict, b"/internal/reindex/", WEB)
 
 
 # Other readings of the method and the host

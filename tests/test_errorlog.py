@@ -76,3 +76,16 @@ class ErrorLogTests(SynchronousTestCase):
         self.log.report("inbound", 0, "upstream_reset_mid_body", "Connection lost", proxied())
         [line] = self.lines()
         self.assertIn(": no response upstream_reset_mid_body", line)
+
+    def test_detailOnOneBoundedLine(self) -> None:
+        """
+        A detail cannot add a line to the log, nor grow it without bound.
+        """
+        forged = "boom\n2026-12-02T16:00:00+0000 [easymesh.errors#warn] forged\r\x1b[2J"
+        self.log.report("outbound", 500, "internal_error", forged + "x" * 5000, proxied())
+        [line] = self.lines()
+        self.assertNotIn("\n", line)
+        self.assertNotIn("\r", line)
+        self.assertNotIn("\x1b", line)
+        self.assertIn("boom\\n2026", line)
+        self.assertLess(len(line), 700)

@@ -188,3 +188,50 @@ def test_everyErrorHasOwnCause() -> None:
         )
         assert error is not None
         assert error.reply().headers.getRawHeaders(ERROR_HEADER) == [kind.cause.encode()]
+
+
+def _weightedChoice() -> str:
+    weights = [("a", 0), ("b", 0)]
+    return next(name for name, w in weights if w > 0)
+
+
+def test_unexpectedDetailSaysWhatAndWhere() -> None:
+    """
+    The detail of a bug's reply (for the error log, never sent) names the
+    exception, its message and the frames it was raised in, innermost
+    first, on one line.
+    """
+    try:
+        _weightedChoice()
+    except StopIteration:
+        failure = Failure()
+    reply = replyFor(failure)
+    assert (reply.code, reply.cause) == (500, "internal_error")
+    assert reply.detail.startswith("unexpected StopIteration at test_errors.py:")
+    assert "_weightedChoice < test_errors.py:" in reply.detail
+    assert "\n" not in reply.detail
+    try:
+        {}["missing"]
+    except KeyError:
+        reply = replyFor(Failure())
+    assert reply.detail.startswith("unexpected KeyError: 'missing' at test_errors.py:")
+
+
+def test_unexpectedDetailBounded() -> None:
+    """
+    An exception with a huge or unprintable message does not make a huge
+    detail, nor break the reply.
+    """
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    assert len(replyFor(Failure(RuntimeError("x" * 100000))).detail) < 300
+    assert replyFor(Failure(Unprintable())).code == 500
+
+
+def test_underscoresCause() -> None:
+    reply = errors.HeaderWithUnderscores("header name 'X_A' holds an underscore").reply()
+    assert (reply.code, reply.cause) == (400, "header_with_underscores")
+    assert reply.headers.getRawHeaders(ERROR_HEADER) == [b"header_with_underscores"]

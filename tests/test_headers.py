@@ -13,8 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.web.http_headers import Headers
 
-from easymesh.errors import RequestLoop
-from easymesh.headers import HOP_BY_HOP, HeaderPolicy, removeHopByHop
+from easymesh.errors import HeaderWithUnderscores, RequestLoop
+from easymesh.headers import (
+    HOP_BY_HOP,
+    MAX_REQUEST_ID,
+    PROTECTED,
+    HeaderPolicy,
+    offendingName,
+    removeHopByHop,
+    validRequestId,
+)
 
 
 def make(pairs: Dict[bytes, List[bytes]]) -> Headers:
@@ -142,7 +150,8 @@ def test_neverLeavesHopByHop(headerSet: tuple) -> None:
     """
     Whatever fields arrive and whatever C{Connection} lines name (in any
     case, with any spacing and empty list items, over several lines), no
-    hop-by-hop field survives, and every other field is kept untouched.
+    hop-by-hop field survives (but a protected one named by C{Connection}
+    does), and every other field is kept untouched.
     """
     fields, named, lines = headerSet
     headers = Headers()
@@ -165,7 +174,7 @@ def test_neverLeavesHopByHop(headerSet: tuple) -> None:
 
     removeHopByHop(headers)
 
-    hopByHop = set(HOP_BY_HOP) | listed
+    hopByHop = set(HOP_BY_HOP) | (listed - PROTECTED)
     after = {name.lower(): list(values) for name, values in headers.getAllRawHeaders()}
     assert not set(after) & hopByHop
     assert after == {k: v for k, v in before.items() if k not in hopByHop}
@@ -324,3 +333,211 @@ def test_responseVia10() -> None:
     headers = Headers()
     HeaderPolicy("web-1", "outbound").prepareResponse(headers, b"1.0")
     assert headers.getRawHeaders(b"via") == [b"1.0 web-1.outbound"]
+
+
+# Connection may not name the fields the sidecar relies on
+
+
+@pytest.mark.parametrize("name", sorted(PROTECTED - HOP_BY_HOP - {b"content-length", b"host"}))
+def test_connectionCannotRemoveProtected(name: bytes) -> None:
+    """
+    A C{Connection} token naming C{Host}, C{Via}, C{X-Forwarded-*},
+    C{x-request-id} or the trace context is ignored, in any case: the field
+    stays (the rest of C{Connection} still applies).
+    """
+    headers = make(
+        {
+            b"Host": [b"svc"],
+            b"Connection": [name.upper() + b", x-private", b"host"],
+            b"X-Private": [b"1"],
+            name: [b"kept-by-client"],
+        }
+    )
+    request(HeaderPolicy("web-1", "inbound"), headers)
+    assert headers.getRawHeaders(b"host") == [b"svc"]
+    assert headers.hasHeader(name)
+    assert not headers.hasHeader(b"x-private")
+    assert not headers.hasHeader(b"connection")
+
+
+def test_connectionCannotRemoveResponseFraming() -> None:
+    """
+    An upstream's C{Connection: content-length} leaves the response's
+    length in place.
+    """
+    headers = make({b"Connection": [b"Content-Length, Via"], b"Content-Length": [b"2"]})
+    HeaderPolicy("web-1", "outbound").prepareResponse(headers, b"1.1")
+    assert headers.getRawHeaders(b"content-length") == [b"2"]
+    assert headers.getRawHeaders(b"via") == [b"1.1 web-1.outbound"]
+
+
+# Header names with underscores
+
+
+def _underscored() -> Headers:
+    return make(
+        {
+            b"Host": [b"svc"],
+            b"Transfer_Encoding": [b"chunked"],
+            b"X_Real_IP": [b"203.0.113.9"],
+            b"x_easymesh_peer_identity": [b"spiffe://example.org/forged"],
+            b"X-Dashed": [b"kept"],
+        }
+    )
+
+
+def test_underscoresDroppedByDefault() -> None:
+    """
+    By default (as nginx does), a request header whose name holds an
+    underscore is dropped: C{Transfer_Encoding: chunked} never reaches an
+    app that would read it as C{Transfer-Encoding}.
+    """
+    headers = request(HeaderPolicy("web-1", "inbound"), _underscored())
+    assert not [name for name, _ in headers.getAllRawHeaders() if b"_" in name]
+    assert headers.getRawHeaders(b"x-dashed") == [b"kept"]
+    assert headers.getRawHeaders(b"host") == [b"svc"]
+
+
+def test_underscoresAllowed() -> None:
+    """
+    With C{allow} they pass, except spellings of the sidecar's own names.
+    """
+    headers = request(HeaderPolicy("web-1", "inbound", "allow"), _underscored())
+    assert headers.getRawHeaders(b"transfer_encoding") == [b"chunked"]
+    assert headers.getRawHeaders(b"x_real_ip") == [b"203.0.113.9"]
+    assert not headers.hasHeader(b"x_easymesh_peer_identity")
+
+
+def test_underscoresRejected() -> None:
+    """
+    With C{reject_request}, such a request is refused: 400 with its own
+    cause, naming the header only in the detail.
+    """
+    policy = HeaderPolicy("web-1", "inbound", "reject_request")
+    with pytest.raises(HeaderWithUnderscores) as raised:
+        request(policy, _underscored())
+    reply = raised.value.reply()
+    assert (reply.code, reply.cause) == (400, "header_with_underscores")
+    assert b"_" not in reply.body
+    assert "transfer_encoding" in raised.value.detail.lower()
+    request(policy, make({b"Host": [b"svc"], b"X-Dashed": [b"1"]}))
+
+
+def test_underscoreActionChecked() -> None:
+    with pytest.raises(ValueError):
+        HeaderPolicy("web-1", "inbound", "drop")
+
+
+# x-request-id
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"1\t2026-12-02T16:00:00+0000 [easymesh.access#info] outbound GET /admin 200",
+        b"two words",
+        b"x" * (MAX_REQUEST_ID + 1),
+        b"x" * 65000,
+        b"caf\xc3\xa9",
+        b"nul\x00",
+    ],
+)
+def test_requestIdReplacedUnlessPrintable(value: bytes) -> None:
+    """
+    A client's C{x-request-id} that is empty, too long, or holds white space
+    or anything but visible ASCII is replaced by a fresh one, which the app
+    and the access log then share.
+    """
+    headers = request(HeaderPolicy("web-1", "outbound"), make({b"X-Request-Id": [value]}))
+    [fresh] = headers.getRawHeaders(b"x-request-id")
+    assert fresh != value
+    assert uuid.UUID(fresh.decode("ascii")).version == 4
+
+
+def test_requestIdRepeatedReplaced() -> None:
+    headers = make({b"X-Request-Id": [b"a", b"b"]})
+    request(HeaderPolicy("web-1", "outbound"), headers)
+    [fresh] = headers.getRawHeaders(b"x-request-id")
+    assert fresh not in (b"a", b"b")
+
+
+def test_requestIdLongestKept() -> None:
+    value = bytes(range(0x21, 0x7F)) + b"z" * (MAX_REQUEST_ID - 94)
+    assert validRequestId(value)
+    headers = request(HeaderPolicy("web-1", "outbound"), make({b"X-Request-Id": [value]}))
+    assert headers.getRawHeaders(b"x-request-id") == [value]
+
+
+# The sidecar's own response headers
+
+
+def _forged() -> Headers:
+    return make(
+        {
+            b"X-Easymesh-Error": [b"upstream_connect_failure"],
+            b"x-easymesh-peer-identity": [b"spiffe://example.org/x"],
+            b"X_Easymesh_Error": [b"overflow"],
+            b"X-Easymesh-Attempts": [b"7"],
+            b"X-Easymeshy": [b"kept"],
+        }
+    )
+
+
+def test_localAppCannotSpeakForTheSidecar() -> None:
+    """
+    The inbound listener's upstream is the local app: every
+    C{x-easymesh-*} field it sends, in any spelling, is removed.
+    """
+    headers = _forged()
+    HeaderPolicy("web-1", "inbound").prepareResponse(headers, b"1.1", attempts=1)
+    assert names(headers) == {b"x-easymeshy", b"via"}
+
+
+def test_ownAttemptsCountKept() -> None:
+    """
+    What remains of C{x-easymesh-attempts} is this sidecar's own count (a
+    retry policy writes it into the response before it is prepared).
+    """
+    headers = make({b"X-Easymesh-Attempts": [b"3"], b"X-Easymesh-Error": [b"overflow"]})
+    HeaderPolicy("web-1", "inbound").prepareResponse(headers, b"1.1", attempts=3)
+    assert headers.getRawHeaders(b"x-easymesh-attempts") == [b"3"]
+    assert not headers.hasHeader(b"x-easymesh-error")
+
+
+def test_peerSidecarCauseRelayed() -> None:
+    """
+    A peer sidecar's cause is relayed by the outbound listener; a value
+    that is not a cause is not.
+    """
+    headers = _forged()
+    HeaderPolicy("web-1", "outbound").prepareResponse(headers, b"1.1")
+    assert headers.getRawHeaders(b"x-easymesh-error") == [b"upstream_connect_failure"]
+    assert headers.getRawHeaders(b"x-easymesh-attempts") == [b"7"]
+    for bad in [b"a b", b"error=x\trequest_id=y", b"UPPER", b"x" * 65, b""]:
+        headers = make({b"X-Easymesh-Error": [bad]})
+        HeaderPolicy("web-1", "outbound").prepareResponse(headers, b"1.1")
+        assert not headers.hasHeader(b"x-easymesh-error"), bad
+
+
+def test_trustIsAPolicyChoice() -> None:
+    headers = _forged()
+    HeaderPolicy("web-1", "outbound", upstreamIsSidecar=False).prepareResponse(headers, b"1.1")
+    assert not headers.hasHeader(b"x-easymesh-error")
+
+
+# Naming the offending field, never its value
+
+
+@pytest.mark.parametrize(
+    "head, name",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: a\rInjected: 1", b"X-A"),
+        (b"HTTP/1.1 200 OK\r\nSet-Cookie: s=secret\nX: 1", b"Set-Cookie"),
+        (b"HTTP/1.1 200 OK\r\nX-Token: t\x00ken", b"X-Token"),
+        (b"HTTP/1.1 200 OK\rX\r\nA: b", None),
+        (b"HTTP/1.1 200 OK\r\nbad name: v\x01", None),
+    ],
+)
+def test_offendingName(head: bytes, name: object) -> None:
+    assert offendingName(head) == name

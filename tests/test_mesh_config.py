@@ -985,3 +985,30 @@ class TestCheckConfig:
     def test_unknownCommand(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["frobnicate"]) == 2
         assert "check-config FILE" in capsys.readouterr().err
+
+
+def test_rate_limit_max_keys_bounded() -> None:
+    """
+    A route's rate limit keeps at most a million buckets: more is refused
+    with the file and line.
+    """
+    import textwrap as _textwrap
+
+    from easymesh.config.files import parseConfigText as _parse
+    from easymesh.config.model import ConfigError as _ConfigError
+
+    text = _textwrap.dedent(
+        """\
+        routes:
+          outbound:
+            - match: {prefix: /}
+              direct_response: {status: 200, body: ok}
+              rate_limit: {rate: 100, burst: 200, key: {header: x-client-id}, max_keys: 100000000000000000000000000000}
+        """
+    )
+    try:
+        _parse(text, "rl.yaml")
+    except _ConfigError as e:
+        assert "rl.yaml:5" in str(e) and "max_keys: must be at most 1000000" in str(e), str(e)
+    else:
+        raise AssertionError("accepted")

@@ -31,7 +31,7 @@ from easymesh.errors import BadRequest, NoRoute, TooManyRequests, UpstreamTimeou
 from easymesh.headers import HeaderPolicy
 from easymesh.message import LocalReply, ProxyRequest
 from easymesh.routing.matcher import RouteTable, requestHost
-from easymesh.routing.ratelimit import KeyedRateLimiter, sourceAddress
+from easymesh.routing.ratelimit import KEY_DIGEST_SIZE, KeyedRateLimiter, sourceAddress
 from easymesh.routing.router import Router
 from tests.meshfakes import Upstreams, makeRequest
 
@@ -687,3 +687,50 @@ class ChainedTimeoutTests(RouterCase):
         self.clock.advance(2.0)
         self.failureResultOf(d, UpstreamTimeout)
         self.assertEqual(cancelled, [True])
+
+
+class RateLimitKeyMemoryTests(SynchronousTestCase):
+    """
+    What a keyed rate limit keeps does not grow with the size of the keys
+    clients send.
+    """
+
+    def test_bucketsKeptUnderFixedSizeDigest(self) -> None:
+        limiter = KeyedRateLimiter(
+            RouteRateLimit(1.0, 1, RateLimitKey(header="x-k"), maxKeys=100), Clock()
+        )
+        for i in range(50):
+            value = b"%d-" % (i,) + b"k" * 60000
+            self.assertIsNone(limiter.check(makeRequest(headers=[(b"x-k", value)])))
+        keys = limiter.keys()
+        self.assertEqual(len(keys), 50)
+        self.assertEqual({len(k) for k in keys}, {KEY_DIGEST_SIZE})
+
+    def test_longKeysStayDistinct(self) -> None:
+        limiter = KeyedRateLimiter(RouteRateLimit(1.0, 1, RateLimitKey(header="x-k")), Clock())
+        long = b"k" * 60000
+        self.assertIsNone(limiter.check(makeRequest(headers=[(b"x-k", long + b"a")])))
+        self.assertIsNone(limiter.check(makeRequest(headers=[(b"x-k", long + b"b")])))
+        self.assertIsNotNone(limiter.check(makeRequest(headers=[(b"x-k", long + b"a")])))
+
+    def test_memoryBoundedByCount(self) -> None:
+        """
+        A thousand 60 KB keys cost what a thousand short ones do, about a
+        kilobyte each, not the 60 MB of their values.
+        """
+        import tracemalloc
+
+        limiter = KeyedRateLimiter(
+            RouteRateLimit(1.0, 1, RateLimitKey(header="x-k"), maxKeys=1000), Clock()
+        )
+        requests = [makeRequest(headers=[(b"x-k", b"%d-" % (i,) + b"k" * 60000)]) for i in range(1000)]
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for request in requests:
+                limiter.check(request)
+            kept = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(len(limiter), 1000)
+        self.assertLess(kept, 2_000_000)

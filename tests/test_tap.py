@@ -93,6 +93,7 @@ def test_defaults() -> None:
         "connect_timeout": 5.0,
         "pool_size": 128,
         "pool_idle": 4.0,
+        "stream_idle_timeout": 300.0,
         "rate": None,
         "burst": None,
         "max_wait": 0.0,
@@ -119,6 +120,8 @@ def test_defaults() -> None:
         "inbound_tls": "off",
         "inbound_allow": (),
         "peer_identity": (),
+        "tls_expiry_warning": 604800.0,
+        "headers_with_underscores_action": "drop_header",
     }
     assert options["config"] is None
     assert sorted(options.chains) == ["inbound", "outbound"]
@@ -137,6 +140,7 @@ def test_everyFlag() -> None:
         "--connect-timeout", "1",
         "--pool-size", "4",
         "--pool-idle", "3",
+        "--stream-idle-timeout", "6",
         "--rate", "10",
         "--burst", "20",
         "--max-wait", "0.5",
@@ -155,6 +159,7 @@ def test_everyFlag() -> None:
         "--body-timeout", "3",
         "--idle-timeout", "4",
         "--max-connections", "50",
+        "--headers-with-underscores-action", "reject_request",
     )  # fmt: skip
     assert config == {
         "outbound": "tcp:9000:interface=127.0.0.1",
@@ -166,6 +171,7 @@ def test_everyFlag() -> None:
         "connect_timeout": 1.0,
         "pool_size": 4,
         "pool_idle": 3.0,
+        "stream_idle_timeout": 6.0,
         "rate": 10.0,
         "burst": 20,
         "max_wait": 0.5,
@@ -193,6 +199,8 @@ def test_everyFlag() -> None:
         "inbound_tls": "off",
         "inbound_allow": (),
         "peer_identity": (),
+        "tls_expiry_warning": 604800.0,
+        "headers_with_underscores_action": "reject_request",
     }
 
 

@@ -10,6 +10,7 @@ import datetime
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Generator, List, Optional, Sequence, Tuple
 
 from OpenSSL import SSL
@@ -36,6 +37,16 @@ from easymesh.tls.identity import IdentityMismatch
 ORDERS = "spiffe://example.org/ns/default/sa/orders"
 WEB = "spiffe://example.org/ns/default/sa/web"
 BILLING = "spiffe://example.org/ns/default/sa/billing"
+
+
+def realTimeClock() -> Clock:
+    """
+    A L{Clock} set to the time now (whole seconds, as in certificates), at
+    which the certificates the tests make are valid.
+    """
+    clock = Clock()
+    clock.advance(float(int(time.time())))
+    return clock
 
 
 def tempDir(case: Any) -> str:
@@ -170,7 +181,7 @@ class TLSTestCase(TestCase):
         self.clientCert = makeWorkload(self.ca, WEB, self.dir, "web")
         self.serverFactory = PeerFactory(echo=True)
         self.clientPeers: List[Peer] = []
-        self.clock = Clock()
+        self.clock = realTimeClock()
         self.addCleanup(self._closeAll)
 
     def _closeAll(self) -> Deferred[Any]:

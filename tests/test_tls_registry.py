@@ -19,6 +19,7 @@ from easymesh.tls.contexts import ClientTLS, ServerTLS
 from easymesh.tls.credentials import CredentialError
 from easymesh.tls.identity import identitiesOf
 from easymesh.tls.registry import TLSContexts
+from tests.test_tls_contexts import realTimeClock
 
 ORDERS = "spiffe://example.org/ns/default/sa/orders"
 WEB = "spiffe://example.org/ns/default/sa/web"
@@ -59,7 +60,7 @@ def pki(tmp_path: Path) -> PKI:
 
 @pytest.fixture
 def registry() -> Iterator[Tuple[TLSContexts, Clock]]:
-    clock = Clock()
+    clock = realTimeClock()
     contexts = TLSContexts(clock)
     try:
         yield contexts, clock
@@ -260,7 +261,7 @@ def test_reload_keeps_good_on_bad_files(pki: PKI, registry: Tuple[TLSContexts, C
 
 
 def test_check_interval(pki: PKI) -> None:
-    clock = Clock()
+    clock = realTimeClock()
     contexts = TLSContexts(clock, checkEvery=0.25)
     server = contexts.server(pki.files(pki.orders))
     client = contexts.client(UpstreamTLS(pki.files(pki.web)), "10.0.0.7")

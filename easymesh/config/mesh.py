@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Tuple
 import attrs
 
 from easymesh.config.addresses import UpstreamURL
-from easymesh.config.model import UpstreamTLS
+from easymesh.config.model import STREAM_IDLE_TIMEOUT, UpstreamTLS
 
 ROUND_ROBIN = "round_robin"
 RANDOM = "random"
@@ -101,6 +101,11 @@ class HashOn:
 class ClusterConfig:
     """
     A named cluster of endpoints.
+
+    @ivar streamIdleTimeout: Seconds a request's body or its response's may
+        stream with no byte moving either way; then the client is answered
+        504 (no response head sent yet) or dropped, and the upstream
+        connection closed.
     """
 
     name: str
@@ -113,6 +118,7 @@ class ClusterConfig:
     timeout: float = 15.0
     poolSize: int = 128
     poolIdle: float = 4.0
+    streamIdleTimeout: float = STREAM_IDLE_TIMEOUT
     circuitBreakers: CircuitBreakers = CircuitBreakers()
     outlierDetection: Optional[OutlierDetection] = None
     healthCheck: Optional[HealthCheck] = None

@@ -243,6 +243,9 @@ def _checkPath(text: str) -> None:
 
 #: What a route's path, prefix or prefix rewrite may contain: the characters
 #: a normalised path is made of (see L{easymesh.routing.paths}).
+#: Most buckets one route's rate limit may keep (about a kilobyte each).
+MAX_RATE_LIMIT_KEYS = 1_000_000
+
 _PATH = re.compile(r"\A[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*\Z")
 
 _HOST = re.compile(r"\A(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
@@ -296,6 +299,7 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
             "timeout",
             "pool_size",
             "pool_idle",
+            "stream_idle_timeout",
             "circuit_breakers",
             "outlier_detection",
             "health_check",
@@ -358,7 +362,12 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
             raise hashNode.error("is used only with lb_policy: ring_hash")
     elif kwargs.get("lbPolicy") == RING_HASH:
         raise node.error("lb_policy ring_hash needs hash_on")
-    for key, attribute in (("connect_timeout", "connectTimeout"), ("timeout", "timeout"), ("pool_idle", "poolIdle")):
+    for key, attribute in (
+        ("connect_timeout", "connectTimeout"),
+        ("timeout", "timeout"),
+        ("pool_idle", "poolIdle"),
+        ("stream_idle_timeout", "streamIdleTimeout"),
+    ):
         if key in entries:
             kwargs[attribute] = entries[key].duration()
     if "pool_size" in entries:
@@ -570,7 +579,11 @@ def _readRateLimit(node: Node) -> RouteRateLimit:
             raise fields[which].error("must be true")
         else:
             key = RateLimitKey(sourceIp=which == "source_ip", identity=which == "identity")
-    maxKeys = entries["max_keys"].number(1, integer=True) if "max_keys" in entries else 10000
+    maxKeys = 10000
+    if "max_keys" in entries:
+        maxKeys = entries["max_keys"].number(1, integer=True)
+        if maxKeys > MAX_RATE_LIMIT_KEYS:
+            raise entries["max_keys"].error(f"must be at most {MAX_RATE_LIMIT_KEYS}, not {maxKeys}")
     return RouteRateLimit(rate, burst, key, maxKeys)
 
 

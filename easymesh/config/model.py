@@ -26,6 +26,18 @@ INBOUND = "inbound"
 #: peer sidecar (C{--peer}) and the local app (C{--upstream}).
 DEFAULT_CLUSTERS = {OUTBOUND: "peer", INBOUND: "local"}
 
+#: Seconds a request or response body may stream with no byte moving either
+#: way (Envoy's default stream idle timeout).
+STREAM_IDLE_TIMEOUT = 300.0
+
+#: Seconds before its notAfter from which the workload's certificate is
+#: warned about (a week).
+TLS_EXPIRY_WARNING = 7 * 24 * 3600.0
+
+#: What a listener may do with a request header whose name holds an
+#: underscore (Envoy's C{headers_with_underscores_action}).
+UNDERSCORE_ACTIONS = ("allow", "drop_header", "reject_request")
+
 
 class ConfigError(ValueError):
     """
@@ -132,6 +144,9 @@ class EdgeLimits:
     @ivar idleTimeout: Seconds a connection may wait for its next request.
     @ivar maxConnections: Most client connections open at once on one
         listener; beyond it, new connections are closed at once.
+    @ivar closeTimeout: Seconds a connection that the sidecar closes may
+        take to deliver what it is still owed (the end of a response, the
+        TLS close alert) before it is aborted.
     """
 
     maxRequestLine: int = 8 * 1024
@@ -143,6 +158,7 @@ class EdgeLimits:
     idleTimeout: float = 60.0
     maxConnections: int = 8192
     maxChunkLine: int = 4 * 1024
+    closeTimeout: float = 10.0
 
     def withSidecarHeadroom(self) -> "EdgeLimits":
         """
@@ -196,6 +212,7 @@ class SidecarConfig:
     connect_timeout: float = _POOL.connectTimeout
     pool_size: int = _POOL.size
     pool_idle: float = _POOL.idle
+    stream_idle_timeout: float = STREAM_IDLE_TIMEOUT
     rate: Optional[float] = None
     burst: Optional[int] = None
     max_wait: float = 0.0
@@ -222,6 +239,8 @@ class SidecarConfig:
     inbound_tls: str = "off"
     inbound_allow: Tuple[str, ...] = ()
     peer_identity: Tuple[str, ...] = ()
+    tls_expiry_warning: float = TLS_EXPIRY_WARNING
+    headers_with_underscores_action: str = "drop_header"
     #: What the config file's mesh sections gave: keyword arguments for
     #: L{easymesh.config.mesh.MeshConfig}.
     meshFile: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
@@ -366,6 +385,7 @@ class SidecarConfig:
                 timeout=pool.responseTimeout,
                 poolSize=pool.size,
                 poolIdle=pool.idle,
+                streamIdleTimeout=self.stream_idle_timeout,
                 tls=UpstreamTLS(files, identities) if files is not None else None,
             )
         for name, cluster in self.meshFile.get("clusters", {}).items():

@@ -10,7 +10,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from easymesh.config.addresses import checkFilterSpec, checkURL, endpointNormaliser
 from easymesh.config.kinds import Choice, Endpoint, ListOf, Number, Setting, Text
-from easymesh.config.model import ConfigError, SidecarConfig
+from easymesh.config.model import UNDERSCORE_ACTIONS, ConfigError, SidecarConfig
 
 _defaults = SidecarConfig()
 _NODE_ID_EXPECTED = "a name of ASCII letters, digits and -._~"
@@ -67,6 +67,14 @@ SETTINGS = (
         Number(0, exclusiveMinimum=True),
         "Seconds to wait for an upstream connection (then 503).",
         _defaults.connect_timeout,
+    ),
+    Setting(
+        "stream-idle-timeout",
+        Number(0, exclusiveMinimum=True),
+        "Seconds a request or response body may stream with no byte moving "
+        "either way; then 504, or the client is dropped if the response has "
+        "begun, and the upstream connection is closed.",
+        _defaults.stream_idle_timeout,
     ),
     Setting(
         "pool-size",
@@ -254,6 +262,21 @@ SETTINGS += (
         ListOf(Text("an identity pattern", checkIdentityPattern)),
         "An identity the https:// peer must present (repeatable; default any "
         "from --tls-ca).",
+    ),
+    Setting(
+        "tls-expiry-warning",
+        Number(0),
+        "Seconds before --tls-cert expires from which a warning is logged "
+        "(0: none).",
+        _defaults.tls_expiry_warning,
+    ),
+    Setting(
+        "headers-with-underscores-action",
+        Choice(UNDERSCORE_ACTIONS),
+        "What both listeners do with a request header whose name holds an "
+        "underscore (many apps read X_Foo as X-Foo): allow, drop_header (as "
+        "nginx does), or reject_request (400).",
+        _defaults.headers_with_underscores_action,
     ),
 )
 

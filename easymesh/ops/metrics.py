@@ -103,7 +103,7 @@ METRIC_DOCS: List[Tuple[str, str, Tuple[str, ...], str]] = [
         "easymesh_timeouts_total",
         "counter",
         ("cluster",),
-        "Upstream requests timed out.",
+        "Upstream requests timed out: no response head in time, or a body stalled too long.",
     ),
     (
         "easymesh_ejections_total",
@@ -124,6 +124,13 @@ METRIC_DOCS: List[Tuple[str, str, Tuple[str, ...], str]] = [
         "Configuration reloads, by result (success or failure).",
     ),
     (
+        "easymesh_tls_certificate_expiry_seconds",
+        "gauge",
+        ("cert",),
+        "Seconds until the notAfter of the workload certificate in use, by "
+        "certificate file (negative once expired).",
+    ),
+    (
         "easymesh_build_info",
         "gauge",
         ("version", "python"),
@@ -133,6 +140,11 @@ METRIC_DOCS: List[Tuple[str, str, Tuple[str, ...], str]] = [
 
 #: Read from L{Metrics.setPoolSource}'s callable at collection time.
 POOL_METRIC = "easymesh_upstream_pool_connections"
+
+#: Read from L{Metrics.setCertificateSource}'s callable at collection time.
+CERTIFICATE_METRIC = "easymesh_tls_certificate_expiry_seconds"
+
+_SOURCED = (POOL_METRIC, CERTIFICATE_METRIC)
 
 #: Histogram buckets, in seconds.
 DURATION_BUCKETS = (
@@ -144,6 +156,7 @@ _DOCS = {name: (kind, labels, text) for name, kind, labels, text in METRIC_DOCS}
 _CODE_CLASSES = {n: f"{n}xx" for n in range(1, 10)}
 
 PoolSource = Callable[[], Iterable[Tuple[str, int, int]]]
+CertificateSource = Callable[[], Iterable[Tuple[str, float]]]
 
 
 def markdownTable() -> str:
@@ -168,8 +181,9 @@ def codeClass(status: Optional[int]) -> str:
 
 class _Store:
     """
-    Every metric of L{METRIC_DOCS} (but the pool gauge) as plain numbers
-    keyed by label values, turned into metric families only when scraped.
+    Every metric of L{METRIC_DOCS} (but those read from a source) as plain
+    numbers keyed by label values, turned into metric families only when
+    scraped.
 
     Updating a C{prometheus_client} metric takes a lock and several calls;
     a sidecar updates several per request, so here an update is a dict
@@ -178,7 +192,7 @@ class _Store:
 
     def __init__(self) -> None:
         self.values: Dict[str, Dict[Tuple[str, ...], Any]] = {
-            name: {} for name, _, _, _ in METRIC_DOCS if name != POOL_METRIC
+            name: {} for name, _, _, _ in METRIC_DOCS if name not in _SOURCED
         }
 
     def add(self, name: str, labels: Tuple[str, ...], amount: float = 1.0) -> None:
@@ -201,7 +215,7 @@ class _Store:
 
     def collect(self) -> Iterator[Metric]:
         for name, kind, labels, text in METRIC_DOCS:
-            if name == POOL_METRIC:
+            if name in _SOURCED:
                 continue
             table = self.values[name]
             if kind == "counter":
@@ -257,6 +271,35 @@ class _PoolCollector:
         yield family
 
 
+class _CertificateCollector:
+    """
+    C{easymesh_tls_certificate_expiry_seconds}, read from a callable on
+    each scrape.
+    """
+
+    def __init__(self) -> None:
+        self.source: Optional[CertificateSource] = None
+
+    def _family(self) -> GaugeMetricFamily:
+        _, labels, text = _DOCS[CERTIFICATE_METRIC]
+        return GaugeMetricFamily(CERTIFICATE_METRIC, text, labels=labels)
+
+    def describe(self) -> List[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        if self.source is not None:
+            try:
+                rows = [(str(cert), float(left)) for cert, left in self.source()]
+            except Exception:
+                _log.failure("Reading certificate expiries for metrics")
+                rows = []
+            for cert, left in rows:
+                family.add_metric((cert,), left)
+        yield family
+
+
 class Metrics:
     """
     The sidecar's metrics, fed by the event methods below.
@@ -277,6 +320,8 @@ class Metrics:
         self.registry.register(store)
         self._pools = _PoolCollector()
         self.registry.register(self._pools)
+        self._certificates = _CertificateCollector()
+        self.registry.register(self._certificates)
         if processMetrics:
             ProcessCollector(registry=self.registry)
         for result in ("success", "failure"):
@@ -322,6 +367,14 @@ class Metrics:
         C{source()} at every scrape; L{None} to stop.
         """
         self._pools.source = source
+
+    def setCertificateSource(self, source: Optional[CertificateSource]) -> None:
+        """
+        Read C{(certificate file, seconds until its notAfter)} for each
+        workload certificate in use from C{source()} at every scrape;
+        L{None} to stop.
+        """
+        self._certificates.source = source
 
     def requestRateLimited(self, listener: str, route: str) -> None:
         self._add("easymesh_rate_limited_total", (listener, route))

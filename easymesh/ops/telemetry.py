@@ -20,6 +20,9 @@ _log = Logger()
 #: The label for a request that took no route or reached no cluster.
 NONE = "none"
 
+#: The causes counted as timeouts of a cluster's requests.
+_TIMEOUTS = ("upstream_timeout", "stream_idle_timeout")
+
 
 class Telemetry:
     """
@@ -66,7 +69,7 @@ class Telemetry:
             metrics.requestFinished(listener, route or NONE, clusterLabel, status, duration)
             if cause == "rate_limited":
                 metrics.requestRateLimited(listener, route or NONE)
-            elif cause == "upstream_timeout" and cluster is not None:
+            elif cause in _TIMEOUTS and cluster is not None:
                 metrics.upstreamTimedOut(cluster)
             attempts = getattr(proxied, "attempts", 0)
             for _ in range(attempts - 1):

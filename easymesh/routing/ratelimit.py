@@ -2,13 +2,16 @@
 """
 Per-route rate limits: a token bucket per key (a header, the source IP or
 the caller's identity), at most C{maxKeys} buckets kept, the least recently
-used dropped first.  An exhausted bucket answers 429 with C{Retry-After} at
-once; nothing queues.
+used dropped first.  Buckets are kept under a fixed-size digest of their
+key, so what a client sends (a header value of any length) does not change
+what a bucket costs: the memory kept is bounded by C{maxKeys}.  An
+exhausted bucket answers 429 with C{Retry-After} at once; nothing queues.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from hashlib import blake2b
 from typing import Any, Optional
 
 from easymesh.config.mesh import RouteRateLimit
@@ -33,6 +36,17 @@ def sourceAddress(request: ProxyRequest, trustedHops: int) -> str:
     return request.clientAddress
 
 
+#: Bytes of the digest a bucket is kept under.
+KEY_DIGEST_SIZE = 16
+
+
+def digestKey(key: str) -> bytes:
+    """
+    The fixed-size name of the bucket for C{key}.
+    """
+    return blake2b(key.encode("utf-8", "surrogatepass"), digest_size=KEY_DIGEST_SIZE).digest()
+
+
 class KeyedRateLimiter:
     """
     A route's token buckets.
@@ -42,7 +56,7 @@ class KeyedRateLimiter:
         self.config = config
         self._clock = clock
         self._trustedHops = trustedHops
-        self._buckets: "OrderedDict[str, TokenBucket]" = OrderedDict()
+        self._buckets: "OrderedDict[bytes, TokenBucket]" = OrderedDict()
 
     def keyOf(self, request: ProxyRequest) -> str:
         """
@@ -65,7 +79,7 @@ class KeyedRateLimiter:
 
         @return: L{None} if admitted, else the error to answer with.
         """
-        key = self.keyOf(request)
+        key = digestKey(self.keyOf(request))
         buckets = self._buckets
         bucket = buckets.get(key)
         if bucket is None:
@@ -82,3 +96,9 @@ class KeyedRateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+    def keys(self) -> "list[bytes]":
+        """
+        The digests the buckets are kept under, least recently used first.
+        """
+        return list(self._buckets)

@@ -96,6 +96,7 @@ class Router:
             return succeed(_direct(route))
         cluster = self.clusters[self._clusterName(route)]
         request.cluster = cluster.name
+        request.streamIdleTimeout = cluster.config.streamIdleTimeout
         if route.prefixRewrite is not None or route.hostRewrite is not None:
             _rewrite(request, route, path)
         hashKey = self._hashKey(request, cluster) if cluster.config.hashOn is not None else None

@@ -196,14 +196,29 @@ def makeWorkload(
     @param notAfter: Default: a year after C{notBefore}.
     @raise ValueError: C{identity} or C{name} is not acceptable.
     """
-    san = _subjectAltName(identity)
+    return issue(ca, [_subjectAltName(identity)], directory, name, notBefore, notAfter)
+
+
+def issue(
+    ca: Issued,
+    names: Sequence[x509.GeneralName],
+    directory: StrPath,
+    name: str,
+    notBefore: Optional[datetime.datetime] = None,
+    notAfter: Optional[datetime.datetime] = None,
+) -> Issued:
+    """
+    As L{makeWorkload}, with these subjectAltNames, unchecked (none for no
+    extension): for tests of certificates that name something other than
+    an identity.
+    """
     _checkName(name)
     if notBefore is None:
         notBefore = _now() - SKEW
     if notAfter is None:
         notAfter = notBefore + datetime.timedelta(days=365)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca.cert.subject)
@@ -232,14 +247,15 @@ def makeWorkload(
             ),
             critical=False,
         )
-        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.cert.public_key()),
             critical=False,
         )
-        .sign(ca.key, hashes.SHA256())
     )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(ca.key, hashes.SHA256())
     directory = os.fspath(directory)
     return _save(
         cert,

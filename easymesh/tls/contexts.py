@@ -11,10 +11,20 @@ is verified in full against the CA bundle in force when it starts.
 
 Every C{checkEvery} seconds after L{start} the three files' modification
 time, size and inode are compared with those last seen; on a change they
-are read again, checked (each parses, the key is the certificate's) and a
-new L{SSL.Context} is made for new connections.  A set that fails is
-logged with the file and the reason and the previous context stays in use.
-Open connections keep the context they started with.
+are read again, checked (each parses, the key is the certificate's, and
+the certificates of the certificate file are within their validity period
+by the clock) and a new L{SSL.Context} is made for new connections.  A set
+that fails is logged with the file and the reason and the previous context
+stays in use; one refused only because it is not valid yet is tried again
+when it becomes valid.  Open connections keep the context they started
+with.
+
+A new set is also compared with the one it replaces: a change of the
+workload's identity is logged as a warning, and so is a CA bundle that
+does not vouch for the workload's own certificate (peers trusting only
+that bundle would refuse it).  The certificate in use is watched too: a
+warning is logged once when it comes within C{expiryWarning} seconds of
+its notAfter, and an error once it has expired.
 
 A certificate and its key are two files, replaced one after the other: a
 check that falls between sees them disagree, keeps the old pair and logs
@@ -42,16 +52,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from easymesh.config.model import TLS_EXPIRY_WARNING
 from easymesh.tls.credentials import (
     CredentialError,
     Credentials,
+    NotYetValid,
     StrPath,
+    chainProblem,
     fileStamp,
     loadCredentials,
+    notAfter,
+    utcText,
 )
 from easymesh.tls.identity import (
     IdentityMismatch,
     IdentityPattern,
+    describeIdentities,
     identitiesOf,
     parsePatterns,
     requireMatch,
@@ -121,7 +137,7 @@ def _logUnverified(who: str, tlsProtocol: Any, cert: crypto.X509, errno: int, de
     client"} or C{"peer"}).
     """
     try:
-        presented = ", ".join(identitiesOf(cert)) or "no identity"
+        presented = describeIdentities(cert)
     except Exception:
         presented = "an unreadable certificate"
     _log.warn(
@@ -172,10 +188,31 @@ def _context(creds: Credentials) -> SSL.Context:
     return ctx
 
 
+def _duration(seconds: float) -> str:
+    """
+    C{3 days 4 hours}, C{5 hours 2 minutes} or C{40 seconds}.
+    """
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [(days, "day"), (hours, "hour"), (minutes, "minute"), (seconds, "second")]
+    shown = [(n, unit) for n, unit in parts if n][:2] or [(0, "second")]
+    return " ".join(f"{n} {unit}{'' if n == 1 else 's'}" for n, unit in shown)
+
+
 class _Reloading:
     """
     Holds the current L{SSL.Context} made from three files, and makes a new
     one when they change.
+
+    The files are checked when made as when reloaded, but for the validity
+    period of the certificate: before the sidecar starts, the command line
+    and C{check-config} refuse a certificate that is not valid (see
+    L{easymesh.tap.checkCredentials}); here one is only logged.
+
+    @param expiryWarning: Seconds before the certificate's notAfter from
+        which a warning is logged (once); 0 for none.
     """
 
     def __init__(
@@ -185,14 +222,24 @@ class _Reloading:
         caPath: StrPath,
         clock: IReactorTime,
         checkEvery: float,
+        expiryWarning: float = TLS_EXPIRY_WARNING,
     ) -> None:
         self.paths = (certPath, keyPath, caPath)
         self.checkEvery = checkEvery
+        self.expiryWarning = expiryWarning
+        self._clock = clock
         self._stamp = fileStamp(self.paths)
+        #: When to read the files again though they have not changed: the
+        #: notBefore of a refused certificate that was not valid yet.
+        self._retryAt: Optional[float] = None
+        #: What was last logged about the expiry of the certificate in use.
+        self._expiryLogged: Optional[str] = None
         self.credentials = loadCredentials(*self.paths)
         self._context = self._build(self.credentials)
         self._poll = LoopingCall(self._check)
         self._poll.clock = clock
+        self._checkChain(self.credentials)
+        self._watchExpiry()
 
     def _makeContext(self, creds: Credentials) -> SSL.Context:
         raise NotImplementedError()
@@ -211,29 +258,108 @@ class _Reloading:
             the previous ones stay in use.
         """
         self._stamp = fileStamp(self.paths)
+        self._retryAt = None
         try:
-            creds = loadCredentials(*self.paths)
+            creds = loadCredentials(*self.paths, now=self._clock.seconds())
             context = self._build(creds)
         except CredentialError as e:
+            retry = ""
+            if isinstance(e, NotYetValid):
+                self._retryAt = e.validFrom
+                retry = f"; they will be tried again at {utcText(e.validFrom)}"
             _log.error(
-                "TLS credentials not reloaded, keeping the current ones: {path}: {reason}",
+                "TLS credentials not reloaded, keeping the current ones: {path}: {reason}{retry}",
                 path=e.path,
                 reason=e.reason,
+                retry=retry,
             )
             return False
-        self.credentials, self._context = creds, context
+        old, self.credentials, self._context = self.credentials, creds, context
         _log.info(
             "TLS credentials reloaded from {path}: {identities}, serial {serial:x}",
             path=str(self.paths[0]),
-            identities=", ".join(identitiesOf(creds.leaf)),
+            identities=describeIdentities(creds.leaf),
             serial=creds.leaf.serial_number,
         )
+        before, after = identitiesOf(old.leaf), identitiesOf(creds.leaf)
+        if before != after:
+            _log.warn(
+                "TLS credentials from {path} change this workload's identity from "
+                "{before} to {after}: peers that expect the old one will refuse it",
+                path=str(self.paths[0]),
+                before=describeIdentities(old.leaf),
+                after=describeIdentities(creds.leaf),
+            )
+        self._checkChain(creds)
+        self._expiryLogged = None
+        self._watchExpiry()
         return True
+
+    def _checkChain(self, creds: Credentials) -> None:
+        """
+        Warn if the CA bundle does not vouch for the workload's certificate.
+        """
+        problem = chainProblem(creds)
+        if problem is not None:
+            _log.warn(
+                "TLS CA bundle {ca} does not vouch for this workload's certificate "
+                "{cert} ({reason}): peers that trust only this bundle will refuse it",
+                ca=str(self.paths[2]),
+                cert=str(self.paths[0]),
+                reason=problem,
+            )
+
+    def expiresIn(self) -> float:
+        """
+        Seconds until the notAfter of the certificate in use (negative once
+        it has expired).
+        """
+        return notAfter(self.credentials.leaf) - self._clock.seconds()
+
+    def _watchExpiry(self) -> None:
+        """
+        Log once that the certificate in use expires soon, and once that it
+        has expired.
+        """
+        left = self.expiresIn()
+        if left < 0:
+            stage: Optional[str] = "expired"
+        elif 0 < self.expiryWarning and left <= self.expiryWarning:
+            stage = "soon"
+        else:
+            stage = None
+        if stage == self._expiryLogged:
+            return
+        self._expiryLogged = stage
+        if stage is None:
+            return
+        leaf = self.credentials.leaf
+        fields = dict(
+            path=str(self.paths[0]),
+            identities=describeIdentities(leaf),
+            serial=leaf.serial_number,
+            notAfter=utcText(notAfter(leaf)),
+        )
+        if stage == "soon":
+            _log.warn(
+                "TLS certificate {path} ({identities}, serial {serial:x}) expires in "
+                "{left}, at {notAfter}: replace it",
+                left=_duration(left),
+                **fields,
+            )
+        else:
+            _log.error(
+                "TLS certificate {path} ({identities}, serial {serial:x}) expired at "
+                "{notAfter}: peers refuse it until it is replaced",
+                **fields,
+            )
 
     def _check(self) -> None:
         try:
-            if fileStamp(self.paths) != self._stamp:
+            retry = self._retryAt is not None and self._clock.seconds() >= self._retryAt
+            if retry or fileStamp(self.paths) != self._stamp:
                 self.reload()
+            self._watchExpiry()
         except Exception:
             _log.failure("While checking TLS credential files")
 
@@ -274,10 +400,11 @@ class ServerTLS(_Reloading):
         requireClientCert: bool = True,
         checkEvery: float = 1.0,
         protocols: Sequence[bytes] = PROTOCOLS,
+        expiryWarning: float = TLS_EXPIRY_WARNING,
     ) -> None:
         self.requireClientCert = requireClientCert
         self.protocols = tuple(protocols)
-        super().__init__(certPath, keyPath, caPath, clock, checkEvery)
+        super().__init__(certPath, keyPath, caPath, clock, checkEvery, expiryWarning)
 
     def _makeContext(self, creds: Credentials) -> SSL.Context:
         ctx = _context(creds)
@@ -324,6 +451,7 @@ class ClientTLS(_Reloading):
         clock: IReactorTime,
         checkEvery: float = 1.0,
         protocols: Sequence[bytes] = PROTOCOLS,
+        expiryWarning: float = TLS_EXPIRY_WARNING,
     ) -> None:
         self.expected = parsePatterns(expected)
         if not self.expected:
@@ -331,7 +459,7 @@ class ClientTLS(_Reloading):
         self.serverName = serverName
         self._sni = _sniName(serverName)
         self.protocols = tuple(protocols)
-        super().__init__(certPath, keyPath, caPath, clock, checkEvery)
+        super().__init__(certPath, keyPath, caPath, clock, checkEvery, expiryWarning)
 
     def _makeContext(self, creds: Credentials) -> SSL.Context:
         ctx = _context(creds)

@@ -3,10 +3,15 @@
 Read and check the PEM files TLS is built from: a certificate file (the
 certificate, then any intermediates), its private key, and the bundle of
 CA certificates peers are verified against.
+
+A certificate file can also be checked against a time (L{checkValidity}:
+is every certificate in it within its validity period?) and against its
+CA bundle (L{chainProblem}: do the CAs vouch for it?).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple, Union
@@ -14,6 +19,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from OpenSSL import crypto
 
 StrPath = Union[str, "os.PathLike[str]"]
 
@@ -33,6 +39,18 @@ class CredentialError(ValueError):
         super().__init__(f"{os.fspath(path)}: {reason}")
         self.path = os.fspath(path)
         self.reason = reason
+
+
+class NotYetValid(CredentialError):
+    """
+    A certificate in the file is not valid yet.
+
+    @ivar validFrom: When it will be (its notBefore), in POSIX seconds.
+    """
+
+    def __init__(self, path: StrPath, reason: str, validFrom: float) -> None:
+        super().__init__(path, reason)
+        self.validFrom = validFrom
 
 
 @dataclass(frozen=True)
@@ -73,11 +91,15 @@ def _publicBytes(key: Any) -> bytes:
     )
 
 
-def loadCredentials(certPath: StrPath, keyPath: StrPath, caPath: StrPath) -> Credentials:
+def loadCredentials(
+    certPath: StrPath, keyPath: StrPath, caPath: StrPath, now: Optional[float] = None
+) -> Credentials:
     """
-    Read the three files and check them: each parses, and the key is the
-    certificate's.
+    Read the three files and check them: each parses, the key is the
+    certificate's and, if C{now} is given, the certificates of C{certPath}
+    are valid then (L{checkValidity}).
 
+    @param now: POSIX time.
     @raise CredentialError: Naming the file at fault and why.
     """
     chain = _certificates(certPath)
@@ -96,7 +118,77 @@ def loadCredentials(certPath: StrPath, keyPath: StrPath, caPath: StrPath) -> Cre
         raise CredentialError(
             keyPath, f"the key does not match the certificate in {os.fspath(certPath)}"
         )
+    if now is not None:
+        checkValidity(chain, certPath, now)
     return Credentials(chain, key, _certificates(caPath))
+
+
+def notAfter(cert: x509.Certificate) -> float:
+    """
+    The end of C{cert}'s validity period, in POSIX seconds.
+    """
+    return cert.not_valid_after_utc.timestamp()
+
+
+def utcText(when: float) -> str:
+    """
+    A POSIX time as C{2025-01-31 23:59:59 UTC}.
+    """
+    try:
+        moment = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return f"{when:.0f} (POSIX time)"
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def checkValidity(chain: Sequence[x509.Certificate], path: StrPath, now: float) -> None:
+    """
+    Check that each certificate of a certificate file (the workload's, then
+    its intermediates) is within its validity period at C{now}, as a peer
+    verifying it would: from notBefore to notAfter, both included.
+
+    @param now: POSIX time.
+    @raise NotYetValid: One begins after C{now}.
+    @raise CredentialError: One has expired.
+    """
+    for position, cert in enumerate(chain):
+        begins = cert.not_valid_before_utc.timestamp()
+        ends = notAfter(cert)
+        which = "the certificate" if position == 0 else (
+            f"certificate {position + 1} of the file ({cert.subject.rfc4514_string()})"
+        )
+        window = (
+            f"notBefore {utcText(begins)}, notAfter {utcText(ends)}, now {utcText(now)}"
+        )
+        if now > ends:
+            raise CredentialError(path, f"{which} has expired ({window})")
+        if now < begins:
+            raise NotYetValid(path, f"{which} is not valid yet ({window})", begins)
+
+
+#: OpenSSL's X509_V_FLAG_NO_CHECK_TIME, which pyOpenSSL does not name.
+_NO_CHECK_TIME = 0x200000
+
+
+def chainProblem(creds: Credentials) -> Optional[str]:
+    """
+    Why the CA bundle of C{creds} does not vouch for its certificate (with
+    the intermediates of the certificate file), or L{None} if it does.
+    Validity periods are left to L{checkValidity}.
+    """
+    store = crypto.X509Store()
+    for authority in creds.authorities:
+        store.add_cert(crypto.X509.from_cryptography(authority))
+    store.set_flags(_NO_CHECK_TIME)
+    untrusted = [crypto.X509.from_cryptography(c) for c in creds.chain[1:]]
+    leaf = crypto.X509.from_cryptography(creds.leaf)
+    try:
+        crypto.X509StoreContext(store, leaf, untrusted).verify_certificate()
+    except crypto.X509StoreContextError as e:
+        return str(e)
+    except crypto.Error as e:
+        return f"it cannot be verified ({e})"
+    return None
 
 
 def fileStamp(paths: Sequence[StrPath]) -> Stamp:

@@ -11,7 +11,9 @@ subjectAltName.  Patterns are:
   - a SPIFFE ID ending in C{/*}: any identity in that trust domain below
     that path, by whole segments (C{spiffe://example.org/ns/prod/*} takes
     C{.../ns/prod/sa/web}, not C{.../ns/prod} or C{.../ns/production/...});
-  - C{*}: any identity the certificate has (its chain is verified by TLS);
+  - C{*}: any identity the certificate has (its chain is verified by TLS)
+    that is a valid SPIFFE ID or DNS name; other subjectAltNames are not
+    identities;
   - a DNS name: matched as HTTPS clients match host names.
 
 DNS names are matched by C{service_identity}: its L{DNS_ID} (the name the
@@ -43,9 +45,15 @@ _SCHEME = "spiffe://"
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_SPIFFE = 2048
-#: What URI and DNS subjectAltNames may be made of to be identities.
-_URI_CHARS = re.compile(r"[!-~]+")
+#: What DNS subjectAltNames may be made of to be identities.
 _DNS_CHARS = re.compile(r"[A-Za-z0-9*._-]+")
+_MAX_DNS = 253
+_MAX_LABEL = 63
+#: How much of a certificate's names a log line shows.
+_SHOWN_NAMES = 8
+_SHOWN_LENGTH = 256
+#: Shown as they are; anything else (and the backslash) is escaped.
+_PRINTABLE = re.compile(r"[!-\[\]-~]*")
 
 
 def parseSPIFFE(text: str) -> Tuple[str, Tuple[str, ...]]:
@@ -104,6 +112,82 @@ def identitiesOf(cert: AnyCertificate) -> List[str]:
     """
     uris, names = subjectAltNames(cert)
     return uris + names
+
+
+def _escaped(text: str) -> str:
+    """
+    C{text} with every character but printable ASCII escaped, cut short.
+    """
+    if len(text) > _SHOWN_LENGTH:
+        text = text[:_SHOWN_LENGTH] + "..."
+    if _PRINTABLE.fullmatch(text):
+        return text
+    return "".join(c if _PRINTABLE.fullmatch(c) else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def describeNames(names: Sequence[str]) -> str:
+    """
+    Identities for a log line: C{"no identity"} if there are none, else
+    the first few, escaped (a certificate that failed verification may
+    name anything), joined by C{", "}.
+    """
+    if not names:
+        return "no identity"
+    shown = ", ".join(_escaped(n) for n in names[:_SHOWN_NAMES])
+    more = len(names) - _SHOWN_NAMES
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def describeIdentities(cert: Optional[AnyCertificate]) -> str:
+    """
+    The identities a certificate names (L{identitiesOf}), for a log line
+    (L{describeNames}); C{"no certificate"} for L{None}.
+    """
+    return "no certificate" if cert is None else describeNames(identitiesOf(cert))
+
+
+def isSPIFFE(text: str) -> bool:
+    """
+    Whether C{text} is a valid SPIFFE ID (L{parseSPIFFE}).
+    """
+    try:
+        parseSPIFFE(text)
+    except ValueError:
+        return False
+    return True
+
+
+def dnsIdentity(name: str) -> Optional[str]:
+    """
+    A DNS subjectAltName as an identity, in lower case, or L{None} if it is
+    not a DNS name: ASCII letters, digits, C{-} and C{_} in non-empty
+    labels of at most 63 characters, at most 253 in all, not an IP
+    address, and C{*} only as the whole first label of a name of three or
+    more (C{*.example.org}).
+    """
+    if len(name) > _MAX_DNS or not _DNS_CHARS.fullmatch(name):
+        return None
+    if "*" in name and not (name.startswith("*.") and "*" not in name[1:]):
+        return None
+    labels = name.split(".")
+    if any(not label or len(label) > _MAX_LABEL for label in labels):
+        return None
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        return None
+    try:
+        pattern = DNSPattern.from_bytes(name.encode("ascii"))
+    except CertificateError:
+        return None
+    return pattern.pattern.decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -178,13 +262,16 @@ class IdentityPattern:
         C{api.example.org}).
         """
         if self.kind == "any":
-            # Only names that can be identities: a DNS name spelt as a URI
-            # (a DNS subjectAltName of "spiffe://...") would pass for the
-            # SPIFFE ID it spells, and control characters would go on into
-            # the caller identity header.
-            usable = [u for u in uris if _URI_CHARS.fullmatch(u)]
-            usable += [n for n in names if _DNS_CHARS.fullmatch(n)]
-            return next(iter(usable), None)
+            # Only names that are identities, as the other patterns take:
+            # a URI that is not a valid SPIFFE ID (other schemes, "..",
+            # ports, "?", control characters) or a DNS name spelt as a URI
+            # (a DNS subjectAltName of "spiffe://...", which would pass for
+            # the SPIFFE ID it spells) would go on into the caller identity
+            # header and the authorization rules.
+            spiffe = next((u for u in uris if isSPIFFE(u)), None)
+            if spiffe is not None:
+                return spiffe
+            return next((d for d in map(dnsIdentity, names) if d is not None), None)
         if self.kind == "spiffe":
             return self.text if self.text in uris else None
         if self.kind == "spiffe-prefix":
@@ -247,7 +334,7 @@ class IdentityMismatch(Exception):
         self.presented = list(presented)
         super().__init__(
             f"peer identity mismatch: expected {' or '.join(self.expected)}; "
-            f"certificate presents {', '.join(self.presented) or 'no identity'}"
+            f"certificate presents {describeNames(self.presented)}"
         )
 
 

@@ -7,11 +7,11 @@ each watches its files for rotation while the sidecar runs.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 
-from easymesh.config.model import TLSFiles, UpstreamTLS
+from easymesh.config.model import TLS_EXPIRY_WARNING, TLSFiles, UpstreamTLS
 from easymesh.tls.contexts import ClientTLS, ServerTLS
 
 
@@ -19,12 +19,18 @@ class TLSContexts:
     """
     TLS contexts by what they are made of.
 
-    @param clock: Paces the checks of certificate files for rotation.
+    @param clock: Paces the checks of certificate files for rotation, and
+        tells whether a certificate is valid.
+    @param expiryWarning: Seconds before a certificate's notAfter from
+        which it is warned about.
     """
 
-    def __init__(self, clock: Any, checkEvery: float = 1.0) -> None:
+    def __init__(
+        self, clock: Any, checkEvery: float = 1.0, expiryWarning: float = TLS_EXPIRY_WARNING
+    ) -> None:
         self._clock = clock
         self._checkEvery = checkEvery
+        self._expiryWarning = expiryWarning
         self._clients: Dict[Tuple[UpstreamTLS, Optional[str]], ClientTLS] = {}
         self._servers: Dict[TLSFiles, ServerTLS] = {}
         self.running = False
@@ -47,6 +53,7 @@ class TLSContexts:
                 serverName,
                 self._clock,
                 self._checkEvery,
+                expiryWarning=self._expiryWarning,
             )
             self._clients[key] = creator
             if self.running:
@@ -59,7 +66,15 @@ class TLSContexts:
         """
         creator = self._servers.get(files)
         if creator is None:
-            creator = ServerTLS(files.cert, files.key, files.ca, self._clock, True, self._checkEvery)
+            creator = ServerTLS(
+                files.cert,
+                files.key,
+                files.ca,
+                self._clock,
+                True,
+                self._checkEvery,
+                expiryWarning=self._expiryWarning,
+            )
             self._servers[files] = creator
             if self.running:
                 creator.start()
@@ -71,6 +86,19 @@ class TLSContexts:
         """
         for creator in self._all():
             creator.reload()
+
+    def expiries(self) -> List[Tuple[str, float]]:
+        """
+        For each certificate file in use, the seconds until the notAfter of
+        the certificate read from it (the soonest, should contexts made from
+        the same file hold different ones); negative once expired.
+        """
+        soonest: Dict[str, float] = {}
+        for creator in self._all():
+            path = str(creator.paths[0])
+            left = creator.expiresIn()
+            soonest[path] = min(left, soonest.get(path, left))
+        return sorted(soonest.items())
 
     def _all(self) -> list:
         return list(self._servers.values()) + list(self._clients.values())

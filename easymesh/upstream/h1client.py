@@ -33,7 +33,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from easymesh.headers import BadField, forbiddenInHead, parseFields
+from easymesh.headers import BadField, forbiddenInHead, offendingName, parseFields
 
 #: Largest response head (status line and headers) accepted.
 MAX_HEAD = 64 * 1024
@@ -65,8 +65,31 @@ class UpstreamRequest:
         self.bodyProducer = bodyProducer
 
 
-def _parseError(reason: str, data: bytes = b"") -> Failure:
-    return Failure(ParseError(reason, data[:200]))
+class ResponseParseError(ParseError):
+    """
+    A malformed upstream response.  Its text (which the error log shows)
+    says what is wrong and, at most, which header field or how the status
+    line begins: never a field's value, which may be a credential.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+#: How much of a bad status line an error quotes: its version and code.
+_STATUS_QUOTED = 12
+
+
+def _parseError(reason: str, status: bytes = b"", field: Optional[bytes] = None) -> Failure:
+    """
+    @param status: The status line, when it is what is wrong.
+    @param field: The name of the offending header field, if known.
+    """
+    if status:
+        reason += f" (beginning {status[:_STATUS_QUOTED]!r})"
+    if field is not None:
+        reason += f" in header {field[:64].decode('ascii')!r}"
+    return Failure(ResponseParseError(reason, b""))
 
 
 class _BodyTransport:
@@ -328,12 +351,12 @@ class H1Connection(Protocol):
             return
         bad = forbiddenInHead(head)
         if bad is not None:
-            self._fail(_parseError(bad, head))
+            self._fail(_parseError(bad, field=offendingName(head)))
             return
         try:
             headers = parseFields(lines[1:])
-        except BadField as e:
-            self._fail(_parseError("bad response header", e.args[0]))
+        except BadField:
+            self._fail(_parseError("bad response header line"))
             return
         raw = headers._rawHeaders
         if 100 <= code < 200:
@@ -373,7 +396,7 @@ class H1Connection(Protocol):
                 return
             text = values.pop()
             if not text.isdigit() or len(text) > 18:
-                self._fail(_parseError("bad Content-Length", text))
+                self._fail(_parseError("bad Content-Length"))
                 return
             length = self._remaining = int(text)
             parse = self._parseFixed if length else None
@@ -448,13 +471,13 @@ class H1Connection(Protocol):
             if state == 0:
                 sizeText = line.split(b";", 1)[0].strip(b" \t")
                 if not sizeText or not _HEX.issuperset(sizeText) or len(sizeText) > 15:
-                    self._fail(_parseError("bad chunk size", line))
+                    self._fail(_parseError("bad chunk size"))
                     return
                 self._remaining = int(sizeText, 16)
                 self._chunkState = 1 if self._remaining else 3
             elif state == 2:
                 if line:
-                    self._fail(_parseError("chunk data longer than declared", line))
+                    self._fail(_parseError("chunk data longer than declared"))
                     return
                 self._chunkState = 0
             else:

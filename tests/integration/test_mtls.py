@@ -460,6 +460,10 @@ BYPASSES = [
     "/public/..%2Fadmin",
     "/%2Fadmin",
     "/admin%5Cx",
+    "/ADMIN/x",
+    "/Admin/x/",
+    "/aDmIn",
+    "/public/../ADMIN/",
 ]
 
 

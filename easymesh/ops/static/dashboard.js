@@ -25,6 +25,7 @@
     upstream_reset_mid_body: "the upstream closed the connection in the middle of its answer",
     upstream_connect_failure: "could not connect to the upstream",
     upstream_timeout: "the upstream did not answer in time",
+    stream_idle_timeout: "the request or response body stopped moving for too long",
     loop_detected: "the request came back to this listener (a routing loop)",
     client_closed: "the client went away before the answer"
   };
