@@ -46,6 +46,7 @@ from easymesh.config.mesh import PathOptions, RouteMatch
 from easymesh.config.model import DEFAULT_CLUSTERS
 from easymesh.errors import ProxyError
 from easymesh.message import ProxyRequest
+from easymesh.patterns import compilePattern
 from easymesh.routing.matcher import compileMatch, requestHost
 from easymesh.routing.paths import normalisePath
 from easymesh.tls.identity import IdentityPattern, parsePatterns
@@ -141,7 +142,7 @@ def _pathPredicate(match: RouteMatch, ignoreCase: bool) -> Optional[Callable[[st
         exact = fold(_withoutTrailingSlash(match.path))
         return lambda path: fold(_withoutTrailingSlash(path)) == exact
     if match.regex is not None:
-        pattern = re.compile(match.regex, re.IGNORECASE if ignoreCase else 0)
+        pattern = compilePattern(match.regex, ignoreCase)
 
         def matchesRegex(path: str) -> bool:
             if pattern.fullmatch(path) is not None:

@@ -37,10 +37,65 @@ from easymesh.headers import TOKEN as _TOKEN, BadField, forbiddenInHead, parseFi
 _log = Logger()
 
 _CTL_BUT_TAB = bytes(c for c in range(32) if c != 9) + b"\x7f"
-_CTL_AND_SPACE = bytes(range(33)) + b"\x7f"
-_HOST_CHARS = frozenset(
-    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%"
-)
+_ALNUM = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+#: The bytes a request target may hold (RFC 3986 section 2): unreserved and
+#: reserved characters and C{%}, but not C{#} (no fragment, RFC 9112 section
+#: 3.2); what is not here (controls, space, non-ASCII, C{"<>\\^`{|}}) is
+#: refused.
+_NOT_TARGET = bytes(set(range(256)) - set(_ALNUM + b"-._~:/?[]@!$&'()*+,;=%"))
+#: A host name's bytes: what DNS names and the names services use hold.
+_REG_NAME = frozenset(_ALNUM + b"-._~")
+_IP_LITERAL = frozenset(b"0123456789abcdefABCDEF:.")
+
+
+def validAuthority(value: bytes) -> bool:
+    """
+    Whether C{value} is C{host[:port]}, the host a name (letters, digits,
+    C{-._~}) or a bracketed IPv6 address, the port up to five digits: the
+    form of a C{Host} field and of an absolute-form target's authority.
+    Userinfo, C{%}-escapes, C{,}, C{;} and the like are not.  An empty value
+    is (a C{Host} field may be empty).
+    """
+    if value[:1] == b"[":
+        end = value.find(b"]")
+        if end < 3 or not _IP_LITERAL.issuperset(value[1:end]):
+            return False
+        port = value[end + 1 :]
+    else:
+        host, colon, rest = value.partition(b":")
+        if not _REG_NAME.issuperset(host) or (colon and not host):
+            return False
+        port = colon + rest
+    if not port:
+        return True
+    digits = port[1:]
+    return port[:1] == b":" and len(digits) <= 5 and (not digits or digits.isdigit())
+
+
+def _checkTarget(target: bytes) -> None:
+    """
+    @raise BadMessage: C{target} holds a byte outside the URI grammar, a
+        fragment, or (in absolute form) userinfo or an authority that is
+        not a valid host.
+    """
+    if not target or len(target.translate(None, _NOT_TARGET)) != len(target):
+        raise BadMessage(400, "invalid request target")
+    if target[:1] == b"/":
+        return
+    scheme, sep, rest = target.partition(b"://")
+    if sep and scheme.lower() in (b"http", b"https"):
+        end = len(rest)
+        for delimiter in (b"/", b"?"):
+            found = rest.find(delimiter)
+            if 0 <= found < end:
+                end = found
+        authority = rest[:end]
+        if b"@" in authority:
+            raise BadMessage(400, "userinfo in request target")
+        if not authority or not validAuthority(authority):
+            raise BadMessage(400, "invalid authority in request target")
+
+
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 
@@ -600,8 +655,7 @@ class HTTP1Channel(Protocol):
             raise BadMessage(400, "invalid request line")
         method, target, version = parts
         _checkToken(method, "method")
-        if not target or len(target.translate(None, _CTL_AND_SPACE)) != len(target):
-            raise BadMessage(400, "invalid request target")
+        _checkTarget(target)
         if version not in _VERSIONS:
             if version[:5] == b"HTTP/" and len(version) == 8 and version[5:6].isdigit():
                 raise BadMessage(505, "HTTP version not supported")
@@ -615,7 +669,7 @@ class HTTP1Channel(Protocol):
         raw = headers._rawHeaders
         hosts = raw.get(b"Host")
         if hosts is not None:
-            if len(hosts) != 1 or not _HOST_CHARS.issuperset(hosts[0]):
+            if len(hosts) != 1 or not validAuthority(hosts[0]):
                 raise BadMessage(400, "invalid Host")
         elif version == b"HTTP/1.1":
             raise BadMessage(400, "missing Host")

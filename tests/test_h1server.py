@@ -214,7 +214,7 @@ def assertRefused(conn: Conn, code: int) -> None:
 def test_requestHeadHandedOut() -> None:
     conn = Conn()
     conn.feed(
-        b"GET /a%2Fb/c?x=1&y=%20#frag HTTP/1.1\r\n"
+        b"GET /a%2Fb/c?x=1&y=%20 HTTP/1.1\r\n"
         b"Host: example.test:8080\r\n"
         b"X-Multi: one\r\n"
         b"Accept: */*\r\n"
@@ -226,7 +226,7 @@ def test_requestHeadHandedOut() -> None:
     )
     [request] = conn.requests
     assert request.method == b"GET"
-    assert request.uri == b"/a%2Fb/c?x=1&y=%20#frag"
+    assert request.uri == b"/a%2Fb/c?x=1&y=%20"
     assert request.path == b"/a%2Fb/c"
     assert request.clientproto == b"HTTP/1.1"
     headers = request.requestHeaders
@@ -238,7 +238,7 @@ def test_requestHeadHandedOut() -> None:
     assert headers.getRawHeaders(b"x-text") == [b"\x80caf\xe9 with\tinner  space"]
     assert headers.getRawHeaders(b"accept") == [b"*/*"]
     assert request.events == [("length", 0), "received"]
-    assert request.received == (b"GET", b"/a%2Fb/c?x=1&y=%20#frag", b"HTTP/1.1")
+    assert request.received == (b"GET", b"/a%2Fb/c?x=1&y=%20", b"HTTP/1.1")
     assert conn.output() == b""
     assert not conn.transport.disconnecting
 
@@ -314,7 +314,7 @@ def test_http10WithoutHostAccepted() -> None:
 
 @pytest.mark.parametrize(
     "host",
-    [b"example.test", b"example.test:8080", b"[::1]:8080", b"10.0.0.1", b"", b"a-b_c~d%41"],
+    [b"example.test", b"example.test:8080", b"[::1]:8080", b"10.0.0.1", b"", b"a-b_c~d", b"x:"],
 )
 def test_validHostAccepted(host: bytes) -> None:
     conn = Conn()
@@ -393,6 +393,32 @@ REJECTED = [
     (b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: a.test\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: a.test\r\nhost: b.test\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    # A Host that is not host[:port] (one check for Host and authority).
+    (b"GET / HTTP/1.1\r\nHost: admin.example.org,\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: admin.example.org;\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: u@admin.example.org\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: %61dmin.example.org\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a:b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a:123456\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: [x]\r\n\r\n", 400),
+    # Absolute-form targets: no userinfo, a valid authority.
+    (b"GET http://u@admin.example.org/x HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET http://u:p@admin.example.org/x HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET HTTP://u@admin.example.org HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET http://admin.example.org,/x HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET http://admin.example.org;/x HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET http:///x HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET http://[x/ HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    # A fragment, and bytes outside the URI grammar, in the target.
+    (b"GET /public#/../admin HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET /a?b#c HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET /caf\xc3\xa9 HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET /\x80 HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET /a\\b HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET /a\"b HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET /a<b> HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    (b"GET /a{b}|c^d`e HTTP/1.1\r\n" + HOST + b"\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: user@a.test\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: a.test/path\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: a.test\xff\r\n\r\n", 400),

@@ -225,10 +225,12 @@ def _checkIdentityPattern(text: str) -> None:
 
 
 def _checkRegex(text: str) -> None:
+    from easymesh.patterns import PatternError, compilePattern
+
     try:
-        re.compile(text)
-    except re.error as e:
-        raise ValueError(f"not a valid regular expression: {e}") from None
+        compilePattern(text)
+    except PatternError as e:
+        raise ValueError(str(e)) from None
 
 
 def _checkPath(text: str) -> None:

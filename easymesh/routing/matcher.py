@@ -6,12 +6,12 @@ a request's method, normalised path, host and headers; first match wins.
 
 from __future__ import annotations
 
-import re
 from typing import Callable, List, Optional, Sequence
 
 from twisted.web.http_headers import Headers
 
 from easymesh.config.mesh import HeaderMatch, Route, RouteMatch
+from easymesh.patterns import compilePattern
 
 Predicate = Callable[[bytes, str, str, Headers], bool]
 
@@ -49,7 +49,7 @@ def _headerPredicate(match: HeaderMatch) -> Callable[[Headers], bool]:
         prefix = match.prefix.encode("latin-1")
         return lambda headers: any(v.startswith(prefix) for v in headers.getRawHeaders(name) or ())
     assert match.regex is not None
-    pattern = re.compile(match.regex.encode("latin-1"))
+    pattern = compilePattern(match.regex.encode("latin-1"))
     return lambda headers: any(pattern.fullmatch(v) for v in headers.getRawHeaders(name) or ())
 
 
@@ -63,8 +63,8 @@ def compileMatch(match: RouteMatch) -> Predicate:
         exact = match.path
         checks.append(lambda m, p, h, hd: p == exact)
     elif match.regex is not None:
-        pattern = re.compile(match.regex)
-        checks.append(lambda m, p, h, hd: pattern.fullmatch(p) is not None)
+        regex = compilePattern(match.regex)
+        checks.append(lambda m, p, h, hd: regex.fullmatch(p) is not None)
     elif match.prefix is not None and match.prefix != "/":
         prefix = match.prefix
         checks.append(lambda m, p, h, hd: p.startswith(prefix))

@@ -464,6 +464,9 @@ BYPASSES = [
     "/Admin/x/",
     "/aDmIn",
     "/public/../ADMIN/",
+    "/public#/../admin",
+    "http://u@admin.example.org/admin/x",
+    "http://admin.example.org,/admin/x",
 ]
 
 
