@@ -36,7 +36,6 @@ from easymesh.headers import TOKEN as _TOKEN, BadField, forbiddenInHead, parseFi
 
 _log = Logger()
 
-_CTL_BUT_TAB = bytes(c for c in range(32) if c != 9) + b"\x7f"
 _ALNUM = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 #: The bytes a request target may hold (RFC 3986 section 2): unreserved and
 #: reserved characters and C{%}, but not C{#} (no fragment, RFC 9112 section
@@ -167,11 +166,63 @@ class _IdentityBody:
         return data[remaining:]
 
 
+_QDTEXT_BAD = frozenset(bytes(c for c in range(32) if c != 9) + b"\x7f")
+
+
+def _validExtensions(text: bytes) -> bool:
+    """
+    Whether C{text} (what follows a chunk size) is empty or chunk extensions
+    written strictly (RFC 9112 section 7.1.1, without optional white space):
+    C{;name} or C{;name=value}, a name a token and a value a token or a
+    closed quoted-string.
+    """
+    position, size = 0, len(text)
+    while position < size:
+        if text[position] != 59:  # ;
+            return False
+        position += 1
+        start = position
+        while position < size and text[position] in _TOKEN:
+            position += 1
+        if position == start:
+            return False  # a bare ;
+        if position == size or text[position] == 59:
+            continue
+        if text[position] != 61:  # =
+            return False
+        position += 1
+        if position < size and text[position] == 34:  # a quoted-string
+            position += 1
+            while True:
+                if position >= size:
+                    return False  # never closed
+                byte = text[position]
+                if byte == 34:
+                    position += 1
+                    break
+                if byte == 92:  # a quoted pair
+                    position += 1
+                    if position >= size or text[position] in _QDTEXT_BAD:
+                        return False
+                elif byte in _QDTEXT_BAD:
+                    return False
+                position += 1
+        else:
+            start = position
+            while position < size and text[position] in _TOKEN:
+                position += 1
+            if position == start:
+                return False
+    return True
+
+
 class _ChunkedBody:
     """
-    A chunked body (RFC 9112 section 7.1), parsed strictly: hex sizes,
-    extensions without bare CR or LF, CRLF after each chunk; trailers are
-    read and dropped.
+    A chunked body (RFC 9112 section 7.1), parsed strictly: hex sizes with
+    nothing after them but strict extensions, CRLF after each chunk;
+    trailers are read and dropped.  What one read yields is delivered in
+    one piece, however many chunks it held, so that the next hop never sees
+    more pieces than this one read.
     """
 
     def __init__(
@@ -190,13 +241,25 @@ class _ChunkedBody:
         self._remaining = 0
 
     def feed(self, data: bytes) -> Optional[bytes]:
+        """
+        @return: L{None} while more is due; the bytes after the body once it
+            is complete.
+        """
+        pieces: List[bytes] = []
+        try:
+            return self._parse(data, pieces)
+        finally:
+            if pieces:
+                self._deliver(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+
+    def _parse(self, data: bytes, pieces: List[bytes]) -> Optional[bytes]:
         buffer = self._buffer + data if self._buffer else data
         self._buffer = b""
         position, size = 0, len(buffer)
         while position < size:
             if self._state == 1:
                 take = min(self._remaining, size - position)
-                self._deliver(buffer[position : position + take])
+                pieces.append(buffer[position : position + take])
                 position += take
                 self._remaining -= take
                 if not self._remaining:
@@ -217,11 +280,11 @@ class _ChunkedBody:
             if b"\r" in line:
                 raise BadMessage(400, "bare CR in chunked body")
             if self._state == 0:
-                sizeText, _, extensions = line.partition(b";")
-                sizeText = sizeText.rstrip(b" \t")
+                cut = line.find(b";")
+                sizeText = line if cut < 0 else line[:cut]
                 if not sizeText or not _HEX.issuperset(sizeText) or len(sizeText) > 15:
                     raise BadMessage(400, "invalid chunk size")
-                if len(extensions.translate(None, _CTL_BUT_TAB)) != len(extensions):
+                if cut >= 0 and not _validExtensions(line[cut:]):
                     raise BadMessage(400, "invalid chunk extension")
                 self._remaining = int(sizeText, 16)
                 if self._bodyBudget is not None:

@@ -618,7 +618,7 @@ def test_chunkedBody() -> None:
     conn.feed(
         chunkedPost(
             b"5;name=value\r\nhello\r\n"
-            b"A ; a=b ; c=\"q; x\"\r\n0123456789\r\n"
+            b"A;a=b;c=\"q; x\\\"y\"\r\n0123456789\r\n"
             b"1b\r\n" + b"z" * 27 + b"\r\n"
             b"0;last\r\n"
             b"X-Trailer: dropped\r\n"
@@ -659,7 +659,7 @@ def chunkedBodies(draw: Any) -> Tuple[bytes, bytes]:
         if draw(st.booleans()):
             size = size.upper()
         size = b"0" * draw(st.integers(0, 3)) + size
-        extension = draw(st.sampled_from([b"", b";a", b";a=b", b' ;a="x;y" ;c', b"\t;k=v"]))
+        extension = draw(st.sampled_from([b"", b";a", b";a=b", b';a="x;y";c', b";k=v;l"]))
         wire.append(size + extension + b"\r\n" + chunk + b"\r\n")
     wire.append(b"0" + draw(st.sampled_from([b"", b";end"])) + b"\r\n")
     trailers = draw(st.lists(st.sampled_from([b"X-T: 1", b"Expires: never", b"A:"]), max_size=3))
@@ -708,6 +708,20 @@ BAD_CHUNKED = [
     b"3\r\nabc\r\n0\r\n continued: x\r\n\r\n",  # folded trailer
     b"3\r\nabc\r\n0\r\nno-colon\r\n\r\n",
     b"3;" + b"e" * 5000 + b"\r\nabc\r\n0\r\n\r\n",  # overlong chunk line
+    b"3;\r\nabc\r\n0\r\n\r\n",  # a bare ;
+    b"3;a;\r\nabc\r\n0\r\n\r\n",  # a bare ; after an extension
+    b"3;=b\r\nabc\r\n0\r\n\r\n",  # no name
+    b"3;a=\r\nabc\r\n0\r\n\r\n",  # no value
+    b'3;a="b\r\nabc\r\n0\r\n\r\n',  # an unclosed quoted value
+    b'3;a="b\\"\r\nabc\r\n0\r\n\r\n',  # closed only by a quoted pair
+    b"3;a=b c\r\nabc\r\n0\r\n\r\n",  # white space in a value
+    b"3 \r\nabc\r\n0\r\n\r\n",  # white space after the size
+    b"3\t\r\nabc\r\n0\r\n\r\n",
+    b"3 ;a=b\r\nabc\r\n0\r\n\r\n",  # white space before an extension
+    b"3\t;a=b\r\nabc\r\n0\r\n\r\n",
+    b"3; a=b\r\nabc\r\n0\r\n\r\n",  # white space inside one
+    b"3;a =b\r\nabc\r\n0\r\n\r\n",
+    b"3;a@b\r\nabc\r\n0\r\n\r\n",  # not a token
 ]
 
 
@@ -1535,3 +1549,21 @@ def test_siteBodyPauseEndsWithRequest() -> None:
     answer(request, b"no")  # e.g. a local reply that never reads the body
     assert not transport.disconnecting
     assert transport.producerState == "producing"
+
+
+def test_oneDeliveryPerRead() -> None:
+    """
+    However many chunks one read holds, the body gets one piece of it: the
+    next hop sees no more pieces than this one read, not one per chunk.
+    """
+    conn = Conn()
+    tiny = b"1\r\na\r\n" * 10000
+    reads = [tiny[i : i + 16384] for i in range(0, len(tiny), 16384)]
+    conn.feed(chunkedPost(b""))
+    for read in reads:
+        conn.feed(read)
+    conn.feed(b"0\r\n\r\n")
+    [request] = conn.requests
+    assert b"".join(request.chunks) == b"a" * 10000
+    assert len(request.chunks) <= len(reads)
+    assert request.received is not None
