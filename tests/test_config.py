@@ -366,6 +366,10 @@ node-id: web-1
             ("filter: [ok, 'bad name']\n", 1, "filter", "item 1: invalid filter"),
             ("timeout: 1\ntimeout: 2\n", 2, "timeout", "is given twice"),
             ("timeout: !!python/object:os.system x\n", 1, "timeout", "constructor"),
+            ("drain: 1\npool-size: 100000000000000000000000000000\n", 2, "pool-size",
+             "must be at most 10,000"),
+            ("max-head-size: 1e29\n", 1, "max-head-size", "must be"),
+            ("max-headers: 5000\n", 1, "max-headers", "must be at most 1,000"),
         ],
     )
     def test_badValue(self, text: str, line: int, key: str, reason: str) -> None:

@@ -299,6 +299,13 @@ def test_flagRateWithFileBurst(tmp_path: Any) -> None:
         ("--filter", "bad name", "invalid filter 'bad name'"),
         ("--outbound-filter", "", "must be NAME[:ARGS]"),
         ("--inbound-filter", ":x", "invalid filter ':x'"),
+        ("--pool-size", "1" + "0" * 29, "must be at most 10,000, not " + "1" + "0" * 29),
+        ("--max-head-size", "1" + "0" * 29, "must be at most 1,048,576"),
+        ("--max-request-line", "2097152", "must be at most 1,048,576"),
+        ("--max-headers", "100000", "must be at most 1,000"),
+        ("--max-connections", "10000000", "must be at most 1,000,000"),
+        ("--idle-timeout", "1e12", "must be at most 86,400"),
+        ("--drain", "86401", "must be at most 86,400"),
     ],
 )
 def test_badFlag(flag: str, value: str, reason: str) -> None:

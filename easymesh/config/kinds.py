@@ -62,12 +62,15 @@ class Kind:
 @attrs.frozen
 class Number(Kind):
     """
-    A number within bounds; C{integer} refuses fractions.
+    A number within bounds; C{integer} refuses fractions.  C{maximum}, if
+    given, is the largest value that makes sense, so that a typo of a few
+    digits is refused rather than taken.
     """
 
     minimum: float = 0
     integer: bool = False
     exclusiveMinimum: bool = False
+    maximum: Optional[float] = None
 
     @property
     def expected(self) -> str:
@@ -91,6 +94,10 @@ class Number(Kind):
             raise ValueError(f"must be {self.expected}, not {shown(value)}")
         if value < self.minimum or (self.exclusiveMinimum and value == self.minimum):
             raise ValueError(f"must be {self.expected}, not {shown(value)}")
+        if self.maximum is not None and value > self.maximum:
+            limit = self.maximum
+            shownLimit = f"{int(limit):,}" if float(limit).is_integer() else f"{limit:g}"
+            raise ValueError(f"must be at most {shownLimit}, not {shown(value)}")
         return int(value) if self.integer else float(value)
 
 

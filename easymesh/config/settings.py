@@ -22,6 +22,10 @@ def checkIdentityPattern(text: str) -> str:
     return text
 
 
+#: Bounds past which a value is a typo rather than a choice.
+DAY = 24 * 3600.0
+MiB = 1024 * 1024
+
 SETTINGS = (
     Setting(
         "outbound",
@@ -57,20 +61,20 @@ SETTINGS = (
     ),
     Setting(
         "timeout",
-        Number(0, exclusiveMinimum=True),
+        Number(0, exclusiveMinimum=True, maximum=DAY),
         "Seconds to wait for upstream response headers, from the end of the "
         "request body (then 504).",
         _defaults.timeout,
     ),
     Setting(
         "connect-timeout",
-        Number(0, exclusiveMinimum=True),
+        Number(0, exclusiveMinimum=True, maximum=DAY),
         "Seconds to wait for an upstream connection (then 503).",
         _defaults.connect_timeout,
     ),
     Setting(
         "stream-idle-timeout",
-        Number(0, exclusiveMinimum=True),
+        Number(0, exclusiveMinimum=True, maximum=DAY),
         "Seconds a request or response body may stream with no byte moving "
         "either way; then 504, or the client is dropped if the response has "
         "begun, and the upstream connection is closed.",
@@ -78,38 +82,38 @@ SETTINGS = (
     ),
     Setting(
         "pool-size",
-        Number(1, integer=True),
+        Number(1, integer=True, maximum=10_000),
         "Idle persistent connections kept per upstream host.",
         _defaults.pool_size,
     ),
     Setting(
         "pool-idle",
-        Number(0, exclusiveMinimum=True),
+        Number(0, exclusiveMinimum=True, maximum=DAY),
         "Seconds an idle upstream connection is kept (keep it below the app's "
         "keep-alive timeout).",
         _defaults.pool_idle,
     ),
     Setting(
         "rate",
-        Number(0, exclusiveMinimum=True),
+        Number(0, exclusiveMinimum=True, maximum=1e9),
         "Requests per second admitted by the inbound listener's token bucket "
         "(off unless given).",
     ),
     Setting(
         "burst",
-        Number(1, integer=True),
+        Number(1, integer=True, maximum=1_000_000_000),
         "Token bucket size: requests admitted at once after a quiet spell.",
         "the rate, rounded up",
     ),
     Setting(
         "max-wait",
-        Number(0),
+        Number(0, maximum=DAY),
         "Seconds a request may queue for a token before 429 (0: reject at once).",
         _defaults.max_wait,
     ),
     Setting(
         "max-queue",
-        Number(0, integer=True),
+        Number(0, integer=True, maximum=1_000_000),
         "Requests that may queue for a token at once; beyond it, 429.",
         _defaults.max_queue,
     ),
@@ -136,58 +140,58 @@ SETTINGS = (
     ),
     Setting(
         "drain",
-        Number(0),
+        Number(0, maximum=DAY),
         "Seconds to let in-flight requests finish on SIGTERM.",
         _defaults.drain,
     ),
     Setting(
         "max-request-line",
-        Number(256, integer=True),
+        Number(256, integer=True, maximum=MiB),
         "Longest request line a client may send (then 414).",
         _defaults.max_request_line,
     ),
     Setting(
         "max-head-size",
-        Number(1024, integer=True),
+        Number(1024, integer=True, maximum=MiB),
         "Largest request head (request line and headers) a client may send "
         "(then 431).",
         _defaults.max_head_size,
     ),
     Setting(
         "max-headers",
-        Number(1, integer=True),
+        Number(1, integer=True, maximum=1000),
         "Most header fields in a request (then 431).",
         _defaults.max_headers,
     ),
     Setting(
         "max-body",
-        Number(0, integer=True),
+        Number(0, integer=True, maximum=2**53),
         "Largest request body in bytes (then 413; checked before reading when "
         "the length is declared).",
         "no limit: bodies stream and the app decides",
     ),
     Setting(
         "head-timeout",
-        Number(0, exclusiveMinimum=True),
+        Number(0, exclusiveMinimum=True, maximum=DAY),
         "Seconds from a request's first byte to its complete head (then 408 "
         "and close).",
         _defaults.head_timeout,
     ),
     Setting(
         "body-timeout",
-        Number(0, exclusiveMinimum=True),
+        Number(0, exclusiveMinimum=True, maximum=DAY),
         "Seconds a request body may go without a byte (then 408 and close).",
         _defaults.body_timeout,
     ),
     Setting(
         "idle-timeout",
-        Number(0, exclusiveMinimum=True),
+        Number(0, exclusiveMinimum=True, maximum=DAY),
         "Seconds a client connection may wait for its next request.",
         _defaults.idle_timeout,
     ),
     Setting(
         "max-connections",
-        Number(1, integer=True),
+        Number(1, integer=True, maximum=1_000_000),
         "Client connections open at once per listener; beyond it, new ones "
         "are closed at once.",
         _defaults.max_connections,
@@ -265,7 +269,7 @@ SETTINGS += (
     ),
     Setting(
         "tls-expiry-warning",
-        Number(0),
+        Number(0, maximum=365 * DAY),
         "Seconds before --tls-cert expires from which a warning is logged "
         "(0: none).",
         _defaults.tls_expiry_warning,
