@@ -334,6 +334,9 @@ class DeadlineSweeper:
 
     def remove(self, channel: "HTTP1Channel") -> None:
         self._channels.discard(channel)
+        if not self._channels:
+            # Nothing to sweep: no timer runs until a connection comes.
+            self.stop()
         if not self._channels and self._whenEmpty:
             waiting, self._whenEmpty = self._whenEmpty, []
             for d in waiting:
@@ -758,6 +761,8 @@ class HTTP1Channel(Protocol):
             if not text.isdigit() or len(text) > 18:
                 raise BadMessage(400, "invalid Content-Length")
             length = int(text)
+        if limits.maxBody == 0 and length is None:
+            raise BadMessage(413, "request body not accepted")
         if limits.maxBody is not None and length is not None and length > limits.maxBody:
             raise BadMessage(413, "request body too large")
         connection = raw.get(b"Connection")

@@ -518,6 +518,8 @@ class ProxySite(server.Site):
     allowedIdentities: Optional[Any] = None
     requestFactory = StreamingRequest
     protocol = HTTP1Channel
+    #: Whether connections are reported to the resource's telemetry.
+    countsConnections = True
 
     def __init__(self, resource: Any, limits: EdgeLimits = EdgeLimits(), **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
@@ -540,7 +542,7 @@ class ProxySite(server.Site):
         channel = super().buildProtocol(addr)
         channel.limits = self.limits
         channel.sweeper = self.sweeper
-        telemetry = getattr(self.resource, "telemetry", None)
+        telemetry = getattr(self.resource, "telemetry", None) if self.countsConnections else None
         if telemetry is not None:
             name = self.resource.name
             telemetry.connectionOpened(name)

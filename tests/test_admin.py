@@ -546,7 +546,7 @@ class DrainAndQuitTests(AdminTestCase):
                 self.assertRefused(response)
                 self.assertEqual(response.body, b"cross-site requests are refused\n")
             self.assertRefused(self.post(path, headers=[(b"Origin", b"http://evil.example")], peer=LOOPBACK6))
-            self.assertRefused(self.post(path, headers=[(b"Origin", b"http://127.0.0.1:9901")], host=None))
+            self.assertRefused(self.post(path, headers=[(b"Origin", b"http://127.0.0.1:9901")], host=b""))
 
     def test_reboundNameRefused(self) -> None:
         """
@@ -562,14 +562,18 @@ class DrainAndQuitTests(AdminTestCase):
                     self.post(path, host=host, peer=LOOPBACK6, headers=[(b"Origin", origin)])
                 )
 
-    def test_noOriginAnyHost(self) -> None:
+    def test_noOriginForeignHost(self) -> None:
         """
-        Without an C{Origin} (not from a web page: curl, a script), the
-        C{Host} asked for does not matter.
+        Even without an C{Origin}, a C{Host} that names another site (a
+        DNS-rebinding page's own name) is refused; C{localhost} and loopback
+        addresses are not.
         """
         response = self.post(b"/drain", host=b"web-1.example:9901")
-        self.assertEqual(response.code, 200)
-        self.assertEqual(self.sidecar.drains, 1)
+        self.assertEqual(response.code, 403)
+        self.assertEqual(self.sidecar.drains, 0)
+        for host in (b"localhost:9901", b"127.0.0.1", b"[::1]:9901"):
+            self.assertEqual(self.post(b"/drain", host=host).code, 200, host)
+        self.assertEqual(self.sidecar.drains, 3)
 
     def test_sameOriginAllowed(self) -> None:
         """
@@ -649,3 +653,76 @@ class DashboardTests(AdminTestCase):
         self.assertEqual(sources, [b"dashboard.js"])
         self.assertEqual(re.findall(rb"<link[^>]*>", page), [])
         self.assertIn(b'fetch("stats/live"', script)
+
+
+class AdminEdgeTests(AdminTestCase):
+    """
+    The admin listener's own edge: no request bodies, a head timeout, a
+    connection cap, and C{Host} checked on every request.
+    """
+
+    def connect(self, peer: Any = LOOPBACK) -> Tuple[Any, StringTransport]:
+        channel = self.site.buildProtocol(peer)
+        transport = StringTransport(hostAddress=ADMIN, peerAddress=peer)
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def test_bodyRefusedFromTheHead(self) -> None:
+        """
+        A request announcing a body, by length or chunked, gets 413 before
+        any of the body is read, and the connection closes.
+        """
+        for framing in (b"Content-Length: 10000000000", b"Content-Length: 1", b"Transfer-Encoding: chunked"):
+            channel, transport = self.connect()
+            channel.dataReceived(b"POST /drain HTTP/1.1\r\nHost: 127.0.0.1:9901\r\n" + framing + b"\r\n\r\n")
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "), transport.value())
+            self.assertTrue(transport.disconnecting)
+            channel.dataReceived(b"x" * 65536)
+            channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.sidecar.drains, 0)
+
+    def test_headTimeout(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /ready HTTP/1.1\r\nX: ")
+        self.clock.advance(9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
+        self.assertTrue(transport.disconnecting)
+        channel.connectionLost(Failure(ConnectionDone()))
+
+    def test_connectionCap(self) -> None:
+        """
+        At most 64 connections are open at once; more are refused.
+        """
+        opened = [self.connect() for _ in range(64)]
+        self.assertIsNone(self.site.buildProtocol(LOOPBACK))
+        channel, _ = opened.pop()
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(self.site.buildProtocol(LOOPBACK))
+        for channel, _ in opened:
+            channel.connectionLost(Failure(ConnectionDone()))
+
+    def test_foreignHostRefusedOnGets(self) -> None:
+        """
+        A DNS-rebinding page reads nothing: every GET whose C{Host} names
+        another site is refused.
+        """
+        for path in (b"/config_dump", b"/clusters", b"/stats/live", b"/stats/prometheus", b"/", b"/ready"):
+            response = self.get(path, host=b"attacker.example:9901")
+            self.assertEqual(response.code, 403, path)
+        self.assertEqual(self.get(b"/config_dump", host=b"localhost:9901").code, 200)
+
+    def test_hostOfTheListenerAddressAllowed(self) -> None:
+        """
+        A scraper that reaches the admin listener on its address (bound
+        beyond loopback) names that address, which is allowed.
+        """
+        bound = IPv4Address("TCP", "10.1.2.3", 9901)
+        for host, code in ((b"10.1.2.3:9901", b"200"), (b"10.1.2.4:9901", b"403"), (b"pod.example", b"403")):
+            channel = self.site.buildProtocol(LOOPBACK)
+            transport = StringTransport(hostAddress=bound, peerAddress=LOOPBACK)
+            channel.makeConnection(transport)
+            channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 " + code + b" "), (host, transport.value()))
+            channel.connectionLost(Failure(ConnectionDone()))

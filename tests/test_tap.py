@@ -444,6 +444,8 @@ def test_listenersUseOptionsChains() -> None:
 
 
 def test_listens() -> None:
+    from easymesh.ops.admin import AdminSite
+
     """
     Started on a L{MemoryReactorClock}, the sidecar listens on the default
     ports: outbound, demo and admin on loopback only, inbound on every
@@ -455,7 +457,7 @@ def test_listens() -> None:
     listening = [(port, type(f), interface) for port, f, _, interface in reactor.tcpServers]
     assert listening == [
         (6060, Site, "127.0.0.1"),
-        (9901, Site, "127.0.0.1"),
+        (9901, AdminSite, "127.0.0.1"),
         (8082, ProxySite, "127.0.0.1"),
         (8083, ProxySite, ""),
     ]

@@ -18,8 +18,14 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
+from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
+
+from easymesh.config.model import EdgeLimits
+from easymesh.listener import ProxySite, StreamingRequest
+
+_log = Logger()
 
 #: Settings whose values are never shown.
 REDACTED = frozenset(("tls_key",))
@@ -144,6 +150,26 @@ def _namesLoopback(hostHeader: bytes) -> bool:
     return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
+def _hostAllowed(request: Any) -> bool:
+    """
+    Whether an admin request's C{Host} names this machine: C{localhost}, a
+    loopback address, or the address the connection arrived on (a scraper
+    that reaches the admin listener on the pod's address).  A DNS-rebinding
+    page sends a name of its own, which none of these is.
+    """
+    host = request.getHeader(b"host") or b""
+    if _namesLoopback(host):
+        return True
+    local = getattr(request.getHost(), "host", None)
+    if not local or not host:
+        return False
+    name = host[1:].partition(b"]")[0] if host[:1] == b"[" else host.partition(b":")[0]
+    try:
+        return ipaddress.ip_address(name.decode("ascii")) == ipaddress.ip_address(local)
+    except ValueError:
+        return False
+
+
 class AdminResource(Resource):
     """
     The admin paths.
@@ -187,7 +213,15 @@ class AdminResource(Resource):
         method = request.method
         table = self._posts if method == b"POST" else self._gets
         handler = table.get(path)
-        if handler is None:
+        if not _hostAllowed(request):
+            # A page whose name was rebound to 127.0.0.1 sends its own name.
+            status, kind, body = (
+                403,
+                b"text/plain; charset=utf-8",
+                b"the admin API answers only requests whose Host is localhost, "
+                b"a loopback address or the address it was reached on\n",
+            )
+        elif handler is None:
             known = path in self._gets or path in self._posts
             status, kind, body = (
                 (405, b"text/plain; charset=utf-8", b"method not allowed\n")
@@ -286,13 +320,56 @@ def _static(name: str) -> bytes:
     return data
 
 
+#: The admin listener's limits: every admin request is a bodyless GET or
+#: POST, so any body is refused (413) as soon as the head announces one;
+#: heads and idle connections are timed out, and connections capped, so
+#: that a neighbour on loopback cannot fill the sidecar's disk or
+#: descriptors.
+ADMIN_LIMITS = EdgeLimits(
+    maxRequestLine=8 * 1024,
+    maxHeadSize=32 * 1024,
+    maxHeaders=64,
+    maxBody=0,
+    headTimeout=10.0,
+    bodyTimeout=10.0,
+    idleTimeout=60.0,
+    maxConnections=64,
+)
+
+
+class _AdminRequest(StreamingRequest):
+    """
+    An admin request: rendered at once by the L{AdminResource}, which
+    answers synchronously.
+    """
+
+    def process(self) -> None:
+        self.site = site = self.channel.site
+        try:
+            body = site.resource.render(self)
+        except Exception:
+            _log.failure("Admin request {path!r} failed", path=self.path)
+            self.setResponseCode(500)
+            self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            body = b"internal error\n"
+        self.setHeader(b"content-length", b"%d" % (len(body),))
+        self.write(body)
+        self.finish()
+
+
+class AdminSite(ProxySite):
+    """
+    The admin listener: the data listeners' strict HTTP/1.1 edge with
+    L{ADMIN_LIMITS}, no connection counts of its own in the traffic
+    metrics, no logging (admin scrapes are not traffic).
+    """
+
+    requestFactory = _AdminRequest
+    countsConnections = False
+
+
 def adminSite(resource: AdminResource, clock: Any) -> server.Site:
     """
-    The admin listener's site (its own logging off: admin scrapes are not
-    traffic).
+    The admin listener's site.
     """
-    site = server.Site(resource, reactor=clock)
-    site.log = lambda request: None  # type: ignore[method-assign]
-    site.noisy = False
-    site.displayTracebacks = False
-    return site
+    return AdminSite(resource, ADMIN_LIMITS, reactor=clock)
