@@ -400,6 +400,15 @@ def closeWithoutWaiting(transport: Any) -> None:
         connection.set_shutdown(connection.get_shutdown() | SSL.RECEIVED_SHUTDOWN)
 
 
+def _presented(described: str) -> str:
+    """
+    What a refused client presented, for a log line.
+    """
+    if described in ("no identity", "no certificate"):
+        return f"a certificate with {described}" if described == "no identity" else "no certificate"
+    return f"identity {described}"
+
+
 def _address(address: Any) -> str:
     return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
 
@@ -484,9 +493,9 @@ class HTTP1Channel(Protocol):
         identity = matches(allowed, cert) if cert is not None else None
         if identity is None:
             _log.warn(
-                "Refused mTLS client {peer}: identity {presented} is not allowed",
+                "Refused mTLS client {peer}: {presented} is not allowed",
                 peer=_address(self.peer),
-                presented=describeIdentities(cert),
+                presented=_presented(describeIdentities(cert)),
             )
             self._state = _CLOSED
             self.transport.abortConnection()

@@ -249,7 +249,8 @@ def test_any_refuses_what_is_not_an_identity(callee: Any, pki: PKI, app: Any, ca
     target = f"/echo/any-{case}"
     result = attempt(callee.inbound, pki.context(client), target)
     assert b"HTTP/" not in result.received, result
-    expected = f"Refused mTLS client 127.0.0.1:{result.port}: identity {shown} is not allowed"
+    presented = "a certificate with no identity" if shown == "no identity" else f"identity {shown}"
+    expected = f"Refused mTLS client 127.0.0.1:{result.port}: {presented} is not allowed"
     callee.waitForLog(lambda text: expected in text)
     assert app.seen(target) == []
     log = callee.log()
