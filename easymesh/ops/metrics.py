@@ -241,18 +241,27 @@ class _Store:
 _BOUNDS = tuple(floatToGoString(b) for b in DURATION_BUCKETS) + ("+Inf",)
 
 
-class _PoolCollector:
+class _ScrapedGauge:
     """
-    C{easymesh_upstream_pool_connections}, read from a callable on each
-    scrape.
+    A gauge family read from a callable on each scrape: C{source()} gives
+    its samples, turned into C{(labels, value)} rows by C{rows}; a failing
+    source is logged and gives no samples.
     """
 
-    def __init__(self) -> None:
-        self.source: Optional[PoolSource] = None
+    def __init__(
+        self,
+        name: str,
+        what: str,
+        rows: Callable[[Any], Iterable[Tuple[Tuple[str, ...], float]]],
+    ) -> None:
+        self.name = name
+        self.what = what
+        self.rows = rows
+        self.source: Optional[Callable[[], Any]] = None
 
     def _family(self) -> GaugeMetricFamily:
-        _, labels, text = _DOCS[POOL_METRIC]
-        return GaugeMetricFamily(POOL_METRIC, text, labels=labels)
+        _, labels, text = _DOCS[self.name]
+        return GaugeMetricFamily(self.name, text, labels=labels)
 
     def describe(self) -> List[Metric]:
         return [self._family()]
@@ -261,43 +270,24 @@ class _PoolCollector:
         family = self._family()
         if self.source is not None:
             try:
-                pools = [(str(c), float(idle), float(active)) for c, idle, active in self.source()]
+                rows = list(self.rows(self.source()))
             except Exception:
-                _log.failure("Reading upstream pool sizes for metrics")
-                pools = []
-            for cluster, idle, active in pools:
-                family.add_metric((cluster, "idle"), idle)
-                family.add_metric((cluster, "active"), active)
-        yield family
-
-
-class _CertificateCollector:
-    """
-    C{easymesh_tls_certificate_expiry_seconds}, read from a callable on
-    each scrape.
-    """
-
-    def __init__(self) -> None:
-        self.source: Optional[CertificateSource] = None
-
-    def _family(self) -> GaugeMetricFamily:
-        _, labels, text = _DOCS[CERTIFICATE_METRIC]
-        return GaugeMetricFamily(CERTIFICATE_METRIC, text, labels=labels)
-
-    def describe(self) -> List[Metric]:
-        return [self._family()]
-
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        if self.source is not None:
-            try:
-                rows = [(str(cert), float(left)) for cert, left in self.source()]
-            except Exception:
-                _log.failure("Reading certificate expiries for metrics")
+                _log.failure("Reading {what} for metrics", what=self.what)
                 rows = []
-            for cert, left in rows:
-                family.add_metric((cert,), left)
+            for labels, sample in rows:
+                family.add_metric(labels, sample)
         yield family
+
+
+def _poolRows(pools: Any) -> Iterable[Tuple[Tuple[str, ...], float]]:
+    for cluster, idle, active in pools:
+        yield (str(cluster), "idle"), float(idle)
+        yield (str(cluster), "active"), float(active)
+
+
+def _certificateRows(certificates: Any) -> Iterable[Tuple[Tuple[str, ...], float]]:
+    for cert, left in certificates:
+        yield (str(cert),), float(left)
 
 
 class Metrics:
@@ -318,9 +308,11 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._store = store = _Store()
         self.registry.register(store)
-        self._pools = _PoolCollector()
+        self._pools = _ScrapedGauge(POOL_METRIC, "upstream pool sizes", _poolRows)
         self.registry.register(self._pools)
-        self._certificates = _CertificateCollector()
+        self._certificates = _ScrapedGauge(
+            CERTIFICATE_METRIC, "certificate expiries", _certificateRows
+        )
         self.registry.register(self._certificates)
         if processMetrics:
             ProcessCollector(registry=self.registry)
