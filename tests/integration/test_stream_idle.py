@@ -87,7 +87,7 @@ class SilentApp:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._ends: Dict[str, str] = {}
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.app = self
@@ -100,17 +100,15 @@ class SilentApp:
     def ended(self, target: str, how: str) -> None:
         with self._lock:
             self._ends[target] = how
+            self._lock.notify_all()
 
     def waitEnded(self, target: str) -> str:
         """
         How the app's connection for C{target} ended, once it has.
         """
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline:
-            with self._lock:
-                if target in self._ends:
-                    return self._ends[target]
-            time.sleep(0.02)
+        with self._lock:
+            if self._lock.wait_for(lambda: target in self._ends, timeout=DEADLINE):
+                return self._ends[target]
         raise AssertionError(f"the app's connection for {target} is still open")
 
     def close(self) -> None:
