@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
@@ -51,7 +51,10 @@ class Forwarder:
             way (a bug included) is answered by L{replyFor}.  Cancel it if
             the client goes away.
         """
-        return maybeDeferred(self._forward, request).addErrback(self._failed, request)
+        try:
+            return self._forward(request)
+        except BaseException:
+            return succeed(self._failed(Failure(), request))
 
     def _forward(self, request: ProxyRequest) -> Deferred[Reply]:
         try:
@@ -73,9 +76,12 @@ class Forwarder:
         if self.chain:
             d = self.chain.requestReceived(request)
             d.addCallback(self._filtered, request)
-            return d.addCallback(self._responded, request)
+            d.addCallback(self._responded, request)
+            return d.addErrback(self._failed, request)
         d = self.routes.routers[self.listener].route(request)
-        return d.addCallback(self._relayed, request)
+        return d.addCallbacks(
+            self._relayed, self._failed, callbackArgs=(request,), errbackArgs=(request,)
+        )
 
     def _authorize(self, request: ProxyRequest) -> Optional[ProxyError]:
         mesh = self.routes.mesh
@@ -99,8 +105,9 @@ class Forwarder:
             try:
                 self.policy.prepareResponse(response.headers, request.version, request.attempts)
             except BaseException:
+                failure = Failure()
                 discardResponse(response)
-                raise
+                return self._failed(failure, request)
         return response
 
     def _responded(self, response: Reply, request: ProxyRequest) -> Deferred[Reply]:

@@ -334,9 +334,6 @@ class DeadlineSweeper:
 
     def remove(self, channel: "HTTP1Channel") -> None:
         self._channels.discard(channel)
-        if not self._channels:
-            # Nothing to sweep: no timer runs until a connection comes.
-            self.stop()
         if not self._channels and self._whenEmpty:
             waiting, self._whenEmpty = self._whenEmpty, []
             for d in waiting:
