@@ -17,13 +17,6 @@ from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 from twisted.python.reflect import safe_str
-from twisted.web._newclient import (
-    ParseError,
-    RequestGenerationFailed,
-    RequestTransmissionFailed,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
 from twisted.web.http_headers import Headers
 
 from easymesh.message import LocalReply
@@ -129,6 +122,14 @@ class UpstreamTLSFailure(UpstreamConnectFailure):
 _TLS_FAILURES = ("OpenSSL.SSL.Error", "easymesh.tls.identity.IdentityMismatch")
 
 
+def isTLSFailure(reason: Failure) -> bool:
+    """
+    Whether C{reason} is a failed TLS handshake (a certificate that did not
+    verify, or an identity not the one expected).
+    """
+    return reason.check(*_TLS_FAILURES) is not None
+
+
 class UpstreamTimeout(ProxyError):
     code = 504
     cause = "upstream_timeout"
@@ -213,26 +214,7 @@ def classify(failure: Failure) -> Optional[ProxyError]:
         return ClientClosed()
     if isinstance(exc, _CONNECT_ERRORS):
         return UpstreamConnectFailure(str(exc))
-    if isinstance(exc, (ResponseFailed, ResponseNeverReceived)):
-        if any(r.check(*_TLS_FAILURES) for r in _reasons(exc)):
-            return UpstreamTLSFailure(_describe(exc))
-        if any(r.check(ParseError) for r in _reasons(exc)):
-            return UpstreamProtocolError(_describe(exc))
-        if isinstance(exc, ResponseNeverReceived):
-            return UpstreamReset(_describe(exc))
-        return UpstreamProtocolError(_describe(exc))
-    if isinstance(exc, RequestTransmissionFailed):
-        return UpstreamReset(_describe(exc))
-    if isinstance(exc, RequestGenerationFailed):
-        return BadRequest(_describe(exc))
     return None
-
-
-def _describe(exc: BaseException) -> str:
-    reasons = _reasons(exc)
-    if reasons:
-        return "; ".join(str(r.value) or r.type.__name__ for r in reasons)
-    return str(exc)
 
 
 def replyFor(failure: Failure) -> LocalReply:

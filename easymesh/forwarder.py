@@ -11,15 +11,14 @@ from typing import Any, Optional, Union
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
-from twisted.web.iweb import IResponse
 
 from easymesh.errors import ProxyError, replyFor
 from easymesh.filters.chain import FilterChain
 from easymesh.headers import PEER_IDENTITY, HeaderPolicy
-from easymesh.message import LocalReply, ProxyRequest, discardResponse
+from easymesh.message import LocalReply, ProxyRequest, Response
 from easymesh.tracing import continueTrace
 
-Reply = Union[IResponse, LocalReply]
+Reply = Response
 
 
 class Forwarder:
@@ -106,7 +105,7 @@ class Forwarder:
                 self.policy.prepareResponse(response.headers, request.version, request.attempts)
             except BaseException:
                 failure = Failure()
-                discardResponse(response)
+                response.discard()
                 return self._failed(failure, request)
         return response
 
@@ -125,10 +124,10 @@ class Forwarder:
         return replyFor(failure)
 
 
-def _discarding(failure: Failure, response: IResponse) -> Failure:
+def _discarding(failure: Failure, response: Response) -> Failure:
     """
     Drop an upstream response that will not be relayed, because what came
     after it failed; pass the failure on.
     """
-    discardResponse(response)
+    response.discard()
     return failure

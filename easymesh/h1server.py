@@ -3,16 +3,20 @@
 The HTTP/1.1 edge: a strict, lean server channel for a twisted.web L{Site}.
 
 It reads a whole request head at once and checks it against RFC 9112
-(framing, header syntax, C{Host}, limits) before anything is forwarded; a
-request with a body is handed to its resource as soon as its head is in, and
-the body streams to it through the request's C{handleContentChunk}.  One
-request is handled at a time; pipelined requests wait, in order, until the
-response before them has finished.  After any framing error the connection
-is closed and nothing after the error is read.
+(framing, header syntax, C{Host}, limits) before anything is forwarded,
+makes an L{easymesh.message.Request} of it, and hands that to the site's
+resource as soon as the head is in; the body (and its trailers) streams
+after it.  The channel is the exchange's L{IResponder}: it frames the
+response itself (length, chunked with trailers, or close-delimited; none
+for HEAD, 204 and 304).  One request is handled at a time; pipelined
+requests wait, in order, until the response before them has finished.
+After any framing error the connection is closed and nothing after the
+error is read.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, Callable, List, Optional
 
 from OpenSSL import SSL
@@ -31,8 +35,12 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from easymesh.config.model import EdgeLimits
+from easymesh.edge import admitCaller, peerAddress
 from easymesh.errors import ERROR_HEADER
-from easymesh.headers import TOKEN as _TOKEN, BadField, forbiddenInHead, parseFields
+from easymesh.headers import TOKEN as _TOKEN, BadField, forbiddenInHead, parseFields, trailerFields
+from easymesh.interfaces import IResponder
+from easymesh.message import Request
+from easymesh.requestbody import EmptyBody, RequestBodyStream
 
 _log = Logger()
 
@@ -117,10 +125,17 @@ _PHRASES = {
     413: b"Content Too Large",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
     501: b"Not Implemented",
     505: b"HTTP Version Not Supported",
 }
-_CAUSES = {408: b"request_timeout", 413: b"request_too_large", 414: b"request_too_large", 431: b"request_too_large"}
+_CAUSES = {
+    408: b"request_timeout",
+    413: b"request_too_large",
+    414: b"request_too_large",
+    431: b"request_too_large",
+    500: b"internal_error",
+}
 
 
 def _errorResponse(code: int, reason: str) -> bytes:
@@ -134,6 +149,34 @@ def _errorResponse(code: int, reason: str) -> bytes:
             body,
         )
     )
+
+
+def _originForm(target: bytes, headers: Headers) -> bytes:
+    """
+    The request target in origin form; an absolute-form target's authority
+    replaces C{Host} (RFC 9112 section 3.2.2).
+
+    @raise BadMessage: The target is neither form (C{*}, or an authority
+        form outside CONNECT, or a scheme other than http and https).
+    """
+    if target[:1] == b"/":
+        return target
+    scheme, sep, rest = target.partition(b"://")
+    if sep and scheme.lower() in (b"http", b"https"):
+        end = len(rest)
+        for delimiter in (b"/", b"?"):
+            found = rest.find(delimiter)
+            if 0 <= found < end:
+                end = found
+        headers.setRawHeaders(b"host", [rest[:end]])
+        path = rest[end:]
+        if path[:1] != b"/":
+            path = b"/" + path
+        return path
+    raise BadMessage(400, "unsupported request target")
+
+
+_EMPTY = EmptyBody()
 
 
 def _checkToken(value: bytes, what: str) -> None:
@@ -219,8 +262,9 @@ def _validExtensions(text: bytes) -> bool:
 class _ChunkedBody:
     """
     A chunked body (RFC 9112 section 7.1), parsed strictly: hex sizes with
-    nothing after them but strict extensions, CRLF after each chunk;
-    trailers are read and dropped.  What one read yields is delivered in
+    nothing after them but strict extensions, CRLF after each chunk; the
+    trailer fields are kept in C{trailers} (L{None} if none are relayed,
+    see L{trailerFields}).  What one read yields is delivered in
     one piece, however many chunks it held, so that the next hop never sees
     more pieces than this one read.
     """
@@ -239,6 +283,8 @@ class _ChunkedBody:
         self._buffer = b""
         self._state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailers
         self._remaining = 0
+        self._trailerLines: List[bytes] = []
+        self.trailers: Optional[Headers] = None
 
     def feed(self, data: bytes) -> Optional[bytes]:
         """
@@ -298,12 +344,18 @@ class _ChunkedBody:
                 self._state = 0
             else:
                 if not line:
+                    if self._trailerLines:
+                        try:
+                            self.trailers = trailerFields(self._trailerLines)
+                        except BadField:
+                            raise BadMessage(400, "invalid trailer field") from None
                     return buffer[position:]
                 self._trailerBudget -= 1
                 if self._trailerBudget < 0:
                     raise BadMessage(431, "too many trailer fields")
                 if line[:1] in (b" ", b"\t") or b":" not in line:
                     raise BadMessage(400, "invalid trailer field")
+                self._trailerLines.append(line)
         return None
 
 
@@ -397,19 +449,6 @@ def closeWithoutWaiting(transport: Any) -> None:
         connection.set_shutdown(connection.get_shutdown() | SSL.RECEIVED_SHUTDOWN)
 
 
-def _presented(described: str) -> str:
-    """
-    What a refused client presented, for a log line.
-    """
-    if described in ("no identity", "no certificate"):
-        return f"a certificate with {described}" if described == "no identity" else "no certificate"
-    return f"identity {described}"
-
-
-def _address(address: Any) -> str:
-    return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
-
-
 def _tlsReason(reason: Failure) -> str:
     """
     OpenSSL's reasons for a failed handshake, readable.
@@ -423,11 +462,19 @@ def _tlsReason(reason: Failure) -> str:
     return str(value) or reason.type.__name__
 
 
-@implementer(IPushProducer, IHandshakeListener)
+#: Status codes whose responses never have a body (RFC 9110 section 6.4.1).
+_NO_BODY_CODES = frozenset((204, 304))
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+
+@implementer(IPushProducer, IHandshakeListener, IResponder)
 class HTTP1Channel(Protocol):
     """
-    One client connection.  C{site}, C{requestFactory}, C{factory} and
-    C{callLater} are set by the L{Site} that builds it.
+    One client connection.  C{site} and C{factory} are set by the L{Site}
+    that builds it; the site's C{handle(request, responder, target)} gives
+    each request its exchange (an object with C{start()} and
+    C{done(reason)}).  For the request being answered, the channel is the
+    exchange's L{IResponder}.
 
     @ivar peerIdentity: Over mTLS, the caller's verified identity that the
         site's C{allowedIdentities} accepted; else L{None}.
@@ -439,21 +486,27 @@ class HTTP1Channel(Protocol):
     onClose: Optional[Callable[[], None]] = None
     _handshakeDone = False
     _registered = False
-    requestFactory: Any = None
     sweeper: Optional["DeadlineSweeper"] = None
     deadline: Optional[float] = None
     limits = EdgeLimits()
+    # The response being sent (see IResponder).
+    started = False
+    _chunked = False
+    _noBody = False
 
     def __init__(self) -> None:
         self._buffer = b""
         self._state = _HEAD
-        self._request: Any = None
+        self._exchange: Any = None
+        self._stream: Optional[RequestBodyStream] = None
         self._body: Any = None
         self._producer: Any = None
         self._parsing = False
         self._headStarted = False
         self._emptyLines = 0
         self._pausedFor: set = set()
+        self._method = b""
+        self._version = b"HTTP/1.1"
         self.persistent = True
 
     # Connection.
@@ -483,17 +536,8 @@ class HTTP1Channel(Protocol):
         allowed = getattr(self.site, "allowedIdentities", None)
         if allowed is None:
             return
-        from easymesh.tls.contexts import peerCertificate
-        from easymesh.tls.identity import describeIdentities, matches
-
-        cert = peerCertificate(self.transport)
-        identity = matches(allowed, cert) if cert is not None else None
+        identity = admitCaller(self.transport, allowed, self.peer)
         if identity is None:
-            _log.warn(
-                "Refused mTLS client {peer}: {presented} is not allowed",
-                peer=_address(self.peer),
-                presented=_presented(describeIdentities(cert)),
-            )
             self._state = _CLOSED
             self.transport.abortConnection()
             return
@@ -510,7 +554,7 @@ class HTTP1Channel(Protocol):
         ):
             _log.warn(
                 "TLS handshake with {peer} failed: {reason}",
-                peer=_address(self.peer),
+                peer=peerAddress(self.peer),
                 reason=_tlsReason(reason),
             )
         self._state = _CLOSED
@@ -520,9 +564,7 @@ class HTTP1Channel(Protocol):
         onClose, self.onClose = self.onClose, None
         if onClose is not None:
             onClose()
-        request, self._request = self._request, None
-        if request is not None:
-            request.connectionLost(reason)
+        self._endExchange(reason)
 
     def getPeer(self) -> Any:
         return self.peer
@@ -566,7 +608,7 @@ class HTTP1Channel(Protocol):
         """
         Whether the connection is between requests.
         """
-        return self._state == _HEAD and not self._buffer and self._request is None
+        return self._state == _HEAD and not self._buffer and self._exchange is None
 
     # Timeouts: a deadline the site's sweeper checks, so that a request
     # costs no timer of its own.
@@ -779,44 +821,70 @@ class HTTP1Channel(Protocol):
         else:
             self.persistent = False
 
+        target = _originForm(target, headers)
         self._headStarted = False
         self._emptyLines = 0
-        request = self.requestFactory(self)
-        request.requestHeaders = headers
-        request.method = method
-        request.uri = target
-        request.clientproto = version
-        request.path = target.split(b"?", 1)[0]
-        self._request = request
-        if length == 0:
+        self._method = method
+        self._version = version
+        self.started = False
+        stream: Optional[RequestBodyStream] = None
+        body: Any = None
+        if length is None or length > 0:
+            body = stream = RequestBodyStream(length, self._pauseForBody, self._resumeForBody)
+        elif lengths is not None:
+            body = _EMPTY
+        self._stream = stream
+        request = Request(
+            method,
+            target,
+            headers,
+            body,
+            getattr(self.peer, "host", ""),
+            self.scheme,
+            version[5:],
+            peerIdentity=self.peerIdentity,
+        )
+        try:
+            exchange = self.site.handle(request, self, parts[1])
+        except Exception:
+            _log.failure("Starting the exchange of {request} failed", request=request)
+            raise BadMessage(500, "internal error") from None
+        self._exchange = exchange
+        if stream is None:
             self._state = _WAIT
             self._setTimer(None)
-            request.gotLength(0)
-            request.requestReceived(method, target, version)
+            exchange.start()
             return True
         self._state = _BODY
         self._setTimer(limits.bodyTimeout)
-        deliver = request.handleContentChunk
         if length is None:
-            self._body = _ChunkedBody(deliver, limits.maxChunkLine, limits.maxHeaders, limits.maxBody)
+            self._body = _ChunkedBody(
+                stream.write, limits.maxChunkLine, limits.maxHeaders, limits.maxBody
+            )
         else:
-            self._body = _IdentityBody(length, deliver)
+            self._body = _IdentityBody(length, stream.write)
         expect = raw.get(b"Expect")
         if expect and version == b"HTTP/1.1" and expect[0].lower() == b"100-continue":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.gotLength(length)
-        request.bodyStarts()
+        # Forwarding starts with the head; the body streams after it.
+        exchange.start()
         if self._state == _BODY and self._buffer:
             data, self._buffer = self._buffer, b""
             self.dataReceived(data)
         return True
 
+    def _pauseForBody(self) -> None:
+        self.pauseReading("body")
+
+    def _resumeForBody(self) -> None:
+        self.resumeReading("body")
+
     def _bodyComplete(self) -> None:
-        self._body = None
+        body, self._body = self._body, None
         self._state = _WAIT
         self._setTimer(None)
-        request = self._request
-        request.requestReceived(request.method, request.uri, request.clientproto)
+        if self._stream is not None:
+            self._stream.finish(getattr(body, "trailers", None))
 
     def discardBody(self) -> None:
         """
@@ -827,50 +895,107 @@ class HTTP1Channel(Protocol):
             self._state = _DISCARD
             self._body = None
             self.persistent = False
+            if self._stream is not None:
+                self._stream.stopProducing()
+
+    def _endExchange(self, reason: Optional[Failure]) -> None:
+        """
+        Tell the exchange being answered, if any, that it is over.
+        """
+        exchange, self._exchange = self._exchange, None
+        stream, self._stream = self._stream, None
+        self._producer = None
+        if reason is not None and stream is not None:
+            stream.fail(reason)
+        if exchange is not None:
+            exchange.done(reason)
 
     def _refuse(self, error: BadMessage) -> None:
         """
         Answer an unreadable request and close the connection.
         """
-        request, self._request = self._request, None
         self._buffer = b""
-        if request is None or not request.startedWriting:
+        if not (self._exchange is not None and self.started):
             self.transport.write(_errorResponse(error.code, error.reason))
             self.loseConnection()
         else:
             self._state = _CLOSED
             self._setTimer(None)
             self.transport.abortConnection()
-        if request is not None:
-            request.connectionLost(Failure(error))
+        self._endExchange(Failure(error))
 
-    # Writing, for the request.
+    # The response (IResponder).
 
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+    @property
+    def closed(self) -> bool:
+        return self._state == _CLOSED
+
+    def bodyIncomplete(self) -> bool:
+        stream = self._stream
+        return stream is not None and not stream.complete
+
+    def closeAfterResponse(self) -> None:
+        self.persistent = False
+
+    def setProducer(self, producer: Any) -> None:
+        self._producer = producer
+
+    def sendHead(self, code: int, phrase: bytes, headers: Headers) -> None:
+        self.started = True
         if self._state == _CLOSED:
             return
-        parts = [version, b" ", code, b" ", reason, b"\r\n"]
+        version = self._version
+        parts = [version, b" %d " % code, phrase or _REASONS.get(code, b"Unknown"), b"\r\n"]
         for name, values in headers.getAllRawHeaders():
             for value in values:
                 parts += (name, b": ", value, b"\r\n")
+        self._noBody = noBody = self._method == b"HEAD" or code in _NO_BODY_CODES
+        self._chunked = False
+        if not noBody and not headers.hasHeader(b"content-length"):
+            if version == b"HTTP/1.1":
+                self._chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                # Delimited by the close.
+                self.persistent = False
         if not self.persistent and version == b"HTTP/1.1" and not headers.hasHeader(b"connection"):
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
         # One joined write: the transport checks every piece of a sequence.
         self.transport.write(b"".join(parts))
 
-    def write(self, data: bytes) -> None:
-        if self._state != _CLOSED:
+    def sendData(self, data: bytes) -> None:
+        if self._state == _CLOSED or self._noBody or not data:
+            return
+        if self._chunked:
+            self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
             self.transport.write(data)
 
-    def writeSequence(self, data: List[bytes]) -> None:
-        if self._state != _CLOSED:
-            self.transport.writeSequence(data)
+    def finish(self, trailers: Optional[Headers] = None) -> None:
+        if self._state != _CLOSED and self._chunked:
+            if trailers is None:
+                self.transport.write(b"0\r\n\r\n")
+            else:
+                parts = [b"0\r\n"]
+                for name, values in trailers.getAllRawHeaders():
+                    for value in values:
+                        parts += (name, b": ", value, b"\r\n")
+                parts.append(b"\r\n")
+                self.transport.write(b"".join(parts))
+        if self._state == _BODY:
+            # Answered before the body ended: drop the rest of it and close,
+            # so no part of it is read as a new request.
+            self.discardBody()
+        self._endExchange(None)
+        self._nextRequest()
 
-    def requestDone(self, request: Any) -> None:
-        if request is not self._request:
-            return
-        self._request = None
+    def abort(self) -> None:
+        self._state = _CLOSED
+        self._setTimer(None)
+        self.transport.abortConnection()
+
+    def _nextRequest(self) -> None:
         if self._state == _CLOSED:
             return
         if not self.persistent or self._state in (_DISCARD, _BODY):
@@ -886,12 +1011,6 @@ class HTTP1Channel(Protocol):
             self._setTimer(self.limits.idleTimeout)
 
     # The response's producer, paused when the client reads slowly.
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._producer = producer
-
-    def unregisterProducer(self) -> None:
-        self._producer = None
 
     def pauseProducing(self) -> None:
         if self._producer is not None:

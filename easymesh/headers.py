@@ -24,7 +24,6 @@ HOP_BY_HOP = frozenset(
         b"keep-alive",
         b"proxy-connection",
         b"te",
-        b"trailer",
         b"transfer-encoding",
         b"upgrade",
     )
@@ -33,6 +32,30 @@ HOP_BY_HOP = frozenset(
 #: Fields describing the client's own framing: easymesh frames what it
 #: forwards itself.
 FRAMING = frozenset((b"content-length", b"expect"))
+
+#: Fields never relayed as trailers (RFC 9110 section 6.5.1): framing,
+#: routing, authentication, request modifiers, response control and
+#: content description belong in the head, where proxies and apps look.
+NOT_TRAILERS = HOP_BY_HOP | FRAMING | frozenset(
+    (
+        b"host",
+        b"authorization",
+        b"proxy-authorization",
+        b"cookie",
+        b"set-cookie",
+        b"cache-control",
+        b"max-forwards",
+        b"age",
+        b"expires",
+        b"trailer",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"via",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+    )
+)
 
 #: The characters of a token (RFC 9110 section 5.6.2): field names, methods.
 TOKEN = frozenset(
@@ -112,6 +135,25 @@ def parseFields(lines: Iterable[bytes]) -> Headers:
     return headers
 
 
+def trailerFields(lines: List[bytes]) -> Optional[Headers]:
+    """
+    The trailer fields to relay from a chunked body's trailer section
+    (C{lines}, without line ends), or L{None} if none is left once the
+    fields that may not be trailers (L{NOT_TRAILERS}) and the sidecar's own
+    are dropped.
+
+    @raise BadField: A line is not a valid field.
+    """
+    joined = b"\r\n".join(lines)
+    if forbiddenInHead(joined) is not None:
+        raise BadField(joined[:64])
+    trailers = parseFields(lines)
+    raw = trailers._rawHeaders
+    for name in [n for n in raw if n in _NOT_TRAILERS or n.startswith(_OWN_PREFIX)]:
+        del raw[name]
+    return trailers if raw else None
+
+
 _CONTROLS = bytes(c for c in range(32) if c != 9) + b"\x7f"
 
 
@@ -169,6 +211,8 @@ def validRequestId(value: bytes) -> bool:
 _HOP_BY_HOP = frozenset(_nameEncoder.encode(n) for n in HOP_BY_HOP)
 _REQUEST_DROPPED = _HOP_BY_HOP | frozenset(_nameEncoder.encode(n) for n in FRAMING)
 _OWN_PREFIX = _nameEncoder.encode(OWN_PREFIX + b"x")[:-1]
+_NOT_TRAILERS = frozenset(_nameEncoder.encode(n) for n in NOT_TRAILERS)
+_TE = _nameEncoder.encode(b"te")
 _PROTECTED = frozenset(_nameEncoder.encode(n) for n in PROTECTED)
 _ERROR_HEADER = _nameEncoder.encode(b"x-easymesh-error")
 _ATTEMPTS_HEADER = _nameEncoder.encode(b"x-easymesh-attempts")
@@ -311,7 +355,12 @@ class HeaderPolicy:
                     raise HeaderWithUnderscores(
                         f"header name {name[:64].decode('latin-1')!r} holds an underscore"
                     )
+        te = raw.get(_TE)
         _remove(headers, _REQUEST_DROPPED, True, self._dropUnderscores)
+        if te is not None and b"trailers" in (t.lower() for t in commaList(te)):
+            # The one TE that passes (and the one HTTP/2 allows): the
+            # client accepts trailers, which this sidecar relays.
+            raw[_TE] = [b"trailers"]
         client = clientAddress.encode("ascii")
         forwarded = raw.get(b"X-Forwarded-For")
         if forwarded:

@@ -51,7 +51,7 @@ class IFilter(Interface):
         """
         Look at (and perhaps change) a request before it is forwarded.
 
-        @param request: The L{easymesh.message.ProxyRequest}.
+        @param request: The L{easymesh.message.Request}.
         @return: L{None} to continue; a L{easymesh.message.LocalReply} to
             answer at once; or a L{Deferred} firing with either.  Raising or
             failing with an L{easymesh.errors.ProxyError} answers with its
@@ -61,7 +61,7 @@ class IFilter(Interface):
     def responseReceived(request, response):
         """
         Look at (and perhaps change the headers of) a response before it is
-        relayed: an upstream's L{twisted.web.iweb.IResponse} or a
+        relayed: an L{easymesh.message.Response}, from an upstream or a
         L{easymesh.message.LocalReply}.
 
         @return: L{None} or a L{Deferred} firing with L{None} when done.
@@ -80,13 +80,12 @@ class IUpstream(Interface):
         """
         Send a request upstream.
 
-        @param request: The L{easymesh.message.ProxyRequest}, headers already
+        @param request: The L{easymesh.message.Request}, headers already
             prepared for forwarding.
-        @return: A L{Deferred} firing with an L{twisted.web.iweb.IResponse}
-            once its headers arrive, or failing with an
-            L{easymesh.errors.ProxyError} (or a failure that
-            L{easymesh.errors.classify} maps to one).  Cancelling it abandons
-            the request and its connection.
+        @return: A L{Deferred} firing with an L{easymesh.message.Response}
+            once its head arrives, or failing with an
+            L{easymesh.errors.ProxyError}.  Cancelling it abandons the
+            request and its connection.
         """
 
     def close():
@@ -94,4 +93,82 @@ class IUpstream(Interface):
         Close idle connections.
 
         @return: A L{Deferred} firing when they are closed.
+        """
+
+
+class IBodySink(Interface):
+    """
+    Where a L{easymesh.message.Response} delivers its body.
+    """
+
+    def bodyStarted(producer):
+        """
+        Called first, once: C{producer} (an L{IPushProducer}) pauses,
+        resumes or stops the body's source.
+        """
+
+    def bodyData(data):
+        """
+        The next piece of the body.
+        """
+
+    def bodyEnded(trailers):
+        """
+        The body is complete; C{trailers} is a L{Headers} or L{None}.
+        """
+
+    def bodyFailed(reason):
+        """
+        The body was cut short; C{reason} is a L{Failure} whose value is an
+        L{easymesh.errors.ProxyError}.
+        """
+
+
+class IResponder(Interface):
+    """
+    How an edge sends the response to one request; an
+    L{easymesh.edge.Exchange} drives it.  The edge frames what it is given
+    for its protocol.
+    """
+
+    started = Attribute("Whether the response head has been sent.")
+    closed = Attribute("Whether the client's connection (or stream) is gone.")
+
+    def sendHead(code, phrase, headers):
+        """
+        Send the response head.
+        """
+
+    def sendData(data):
+        """
+        Send a piece of the response body.
+        """
+
+    def finish(trailers):
+        """
+        End the response, with C{trailers} (a L{Headers} or L{None}); the
+        edge then tells the exchange it is done.
+        """
+
+    def abort():
+        """
+        Drop the client at once, so that a response cut short never passes
+        for a whole one.
+        """
+
+    def closeAfterResponse():
+        """
+        Close the connection once this response is sent (a drain, or a
+        request body not read to its end).
+        """
+
+    def setProducer(producer):
+        """
+        Pause and resume C{producer} (an L{IPushProducer}, or L{None} to
+        forget it) as the client reads slowly or catches up.
+        """
+
+    def bodyIncomplete():
+        """
+        Whether the client is still sending the request body.
         """

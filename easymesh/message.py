@@ -1,27 +1,38 @@
-# -*- test-case-name: tests.test_forwarder -*-
+# -*- test-case-name: tests.test_message -*-
 """
-A proxied request and a locally made reply, independent of any one
-listener's HTTP implementation, so that the HTTP/1.1 listener and later
-protocol paths share routing, filters, upstreams and error mapping.
+The request and response every module behind an edge works with,
+whatever protocol carried them: status, headers, a body streamed with
+back-pressure, and trailers.
+
+An edge (the HTTP/1.1 channel today) makes a L{Request} of what arrives and
+hands it to the listener's forwarder; upstreams answer with a L{Response};
+the sidecar's own answers are L{LocalReply} responses.  Bodies are
+delivered to an L{easymesh.interfaces.IBodySink}.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 
-class ProxyRequest:
+class Request:
     """
     A request on its way through a listener.
 
     @ivar method: The request method, as received.
     @ivar target: The origin-form request target (path and query), byte-exact.
-    @ivar headers: The request headers; filters may change them.
-    @ivar body: A producer of the request body, or L{None} for none.
+    @ivar headers: The request headers; filters may change them.  The
+        authority is the C{Host} field (see L{authority}).
+    @ivar body: A producer of the request body, or L{None} for none.  Once
+        it has been produced whole, its C{trailers} attribute (if any)
+        holds the request's trailers.
     @ivar clientAddress: The downstream peer's IP address.
     @ivar scheme: C{b"http"} or C{b"https"}: how the request arrived.
     @ivar version: The protocol version, e.g. C{b"1.1"}.
@@ -85,23 +96,104 @@ class ProxyRequest:
         self.trace: Optional[Any] = None
         self.streamIdleTimeout: Optional[float] = None
 
+    @property
+    def authority(self) -> Optional[bytes]:
+        """
+        The authority the request is for (C{Host}, or HTTP/2's
+        C{:authority}, which an edge stores as C{Host}); L{None} if absent.
+        """
+        values = self.headers.getRawHeaders(b"host")
+        return values[0] if values else None
+
+    @property
+    def trailers(self) -> Optional[Headers]:
+        """
+        The request's trailers, once its body has ended with some; else
+        L{None}.
+        """
+        return getattr(self.body, "trailers", None)
+
     def __repr__(self) -> str:
-        return f"<ProxyRequest {self.listener} {self.method!r} {self.target!r}>"
+        return f"<Request {self.listener} {self.method!r} {self.target!r}>"
 
 
-class LocalReply:
+#: The name filter plugins written for earlier releases import.
+ProxyRequest = Request
+
+
+class Response:
     """
-    A response made by the sidecar itself (an error, or a filter's early
-    answer), with the same C{code}, C{phrase} and C{headers} as an upstream
-    L{twisted.web.iweb.IResponse}.
+    A response whose head is known: C{code}, C{phrase} and C{headers}; its
+    body goes to the L{easymesh.interfaces.IBodySink} given to
+    L{deliverBody}, and its trailers, if any, come with the body's end.
 
-    @ivar cause: The short name of the reason, also sent in the
-        C{x-easymesh-error} header for errors; L{None} for a filter's
-        deliberate answer.
-    @ivar detail: What happened, for the log (never sent to the client).
+    @ivar cause: The short name of the reason for an error the sidecar
+        made (also in its C{x-easymesh-error} header); L{None} otherwise.
+    @ivar detail: What happened, for the error log (never sent).
     """
 
-    __slots__ = ("code", "phrase", "headers", "body", "cause", "detail")
+    __slots__ = ("code", "phrase", "headers", "cause", "detail")
+
+    def __init__(
+        self,
+        code: int,
+        headers: Optional[Headers] = None,
+        phrase: bytes = b"",
+        cause: Optional[str] = None,
+        detail: str = "",
+    ) -> None:
+        self.code = code
+        self.headers = headers if headers is not None else Headers()
+        self.phrase = phrase
+        self.cause = cause
+        self.detail = detail
+
+    def deliverBody(self, sink: Any) -> None:
+        """
+        Deliver the body, then its end (with the trailers) or its failure,
+        to C{sink}, an L{easymesh.interfaces.IBodySink}.  Called at most
+        once.
+        """
+        raise NotImplementedError()
+
+    def discard(self) -> None:
+        """
+        The body will not be read (a client gone, a try to be retried):
+        release what holds it, closing its connection if need be.
+        """
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.code} {self.cause}>"
+
+
+@implementer(IPushProducer)
+class _Whole:
+    """
+    The producer of a body that is in memory: there is nothing to pause.
+    """
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+_WHOLE = _Whole()
+
+
+class LocalReply(Response):
+    """
+    A response the sidecar makes itself (an error, a direct response, or a
+    filter's early answer), its body whole in memory.
+
+    @ivar trailers: Trailers sent after the body, or L{None}.
+    """
+
+    __slots__ = ("body", "trailers")
 
     def __init__(
         self,
@@ -111,30 +203,52 @@ class LocalReply:
         phrase: bytes = b"",
         cause: Optional[str] = None,
         detail: str = "",
+        trailers: Optional[Headers] = None,
     ) -> None:
-        self.code = code
+        super().__init__(code, headers, phrase, cause, detail)
         self.body = body
-        self.headers = headers if headers is not None else Headers()
-        self.phrase = phrase
-        self.cause = cause
-        self.detail = detail
+        self.trailers = trailers
 
-    def __repr__(self) -> str:
-        return f"<LocalReply {self.code} {self.cause}>"
+    def deliverBody(self, sink: Any) -> None:
+        sink.bodyStarted(_WHOLE)
+        if self.body:
+            sink.bodyData(self.body)
+        sink.bodyEnded(self.trailers)
 
 
-class _Discard(Protocol):
+def discardResponse(response: Response) -> None:
     """
-    Drop a response body nobody is waiting for, and its connection with it.
+    Drop a response that will not be relayed (a client gone, a try to be
+    retried): its body is not read, its connection is closed.
+    """
+    response.discard()
+
+
+class BodyCollector:
+    """
+    An L{easymesh.interfaces.IBodySink} that keeps a whole body in memory,
+    for health checks and tests.
+
+    @ivar done: Fires with C{(body, trailers)}, or fails as the body did.
     """
 
-    def connectionMade(self) -> None:
-        self.transport.stopProducing()
+    def __init__(self, limit: Optional[int] = None) -> None:
+        self._chunks: list = []
+        self._size = 0
+        self._limit = limit
+        self._producer: Any = None
+        self.done: Deferred[Any] = Deferred()
 
+    def bodyStarted(self, producer: IPushProducer) -> None:
+        self._producer = producer
 
-def discardResponse(response: IResponse) -> None:
-    """
-    Drop an upstream response that will not be relayed (a client gone, a
-    try to be retried): its body is not read, its connection is closed.
-    """
-    response.deliverBody(_Discard())
+    def bodyData(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._limit is None or self._size <= self._limit:
+            self._chunks.append(data)
+
+    def bodyEnded(self, trailers: Optional[Headers]) -> None:
+        self.done.callback((b"".join(self._chunks), trailers))
+
+    def bodyFailed(self, reason: Failure) -> None:
+        self.done.errback(reason)

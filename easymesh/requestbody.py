@@ -11,6 +11,7 @@ from typing import Callable, List, Optional, Union
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
@@ -71,6 +72,8 @@ class RequestBodyStream:
     """
 
     onData: Optional[Callable[[], None]] = None
+    #: The request's trailer fields, once the body has ended with some.
+    trailers: Optional[Headers] = None
 
     def __init__(
         self,
@@ -112,10 +115,11 @@ class RequestBodyStream:
             self._sourcePaused = True
             self._pauseSource()
 
-    def finish(self) -> None:
+    def finish(self, trailers: Optional[Headers] = None) -> None:
         """
-        The client has sent the whole body.
+        The client has sent the whole body, and these trailers.
         """
+        self.trailers = trailers
         self.complete = True
         self._flush()
 

@@ -15,34 +15,35 @@ from twisted.web._newclient import ResponseDone
 from twisted.web.http_headers import Headers
 
 from easymesh.config.addresses import UpstreamURL
-from easymesh.message import ProxyRequest
+from easymesh.message import ProxyRequest, Response
 
 
-class FakeResponse:
+class FakeResponse(Response):
     """
     An upstream response whose body nobody reads; C{delivered} holds the
-    protocols it was handed to.
+    sinks it was handed to, and C{discarded} says whether it was dropped.
     """
 
     def __init__(self, code: int = 200, headers: Optional[Headers] = None, body: bytes = b"") -> None:
-        self.code = code
-        self.phrase = b"Whatever"
-        self.version = (b"HTTP", 1, 1)
-        self.headers = headers if headers is not None else Headers()
-        self.length = len(body)
+        super().__init__(code, headers, b"Whatever")
         self.body = body
         self.delivered: List[Any] = []
-        #: Whether a protocol given the body gets all of it, and its end,
-        #: at once (else the test feeds it).
+        self.discarded = False
+        #: Whether a sink given the body gets all of it, and its end, at
+        #: once (else the test feeds it).
         self.endAtOnce = False
 
-    def deliverBody(self, protocol: Any) -> None:
-        self.delivered.append(protocol)
+    def deliverBody(self, sink: Any) -> None:
+        self.delivered.append(sink)
         if self.endAtOnce:
-            protocol.makeConnection(_NoTransport())
+            sink.bodyStarted(_NoTransport())
             if self.body:
-                protocol.dataReceived(self.body)
-            protocol.connectionLost(Failure(ResponseDone()))
+                sink.bodyData(self.body)
+            sink.bodyEnded(None)
+
+    def discard(self) -> None:
+        self.discarded = True
+        self.delivered.append(None)
 
     def __repr__(self) -> str:
         return f"<FakeResponse {self.code}>"

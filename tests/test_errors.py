@@ -20,6 +20,7 @@ from twisted.web._newclient import (
 )
 
 from easymesh import errors
+from easymesh.upstream.h1client import asProxyError
 from easymesh.errors import (
     ERROR_HEADER,
     BadRequest,
@@ -38,6 +39,14 @@ from easymesh.message import LocalReply
 
 
 def failureOf(exc: BaseException) -> Failure:
+    """
+    The failure the request path sees for C{exc}: the HTTP/1.1 client's
+    own exceptions are turned into easymesh's by its upstream.
+    """
+    return asProxyError(_failureOf(exc))
+
+
+def _failureOf(exc: BaseException) -> Failure:
     return Failure(exc)
 
 
@@ -122,7 +131,7 @@ def test_connectDetail() -> None:
 
 
 def test_resetDetail() -> None:
-    error = classify(Failure(ResponseNeverReceived([Failure(ierror.ConnectionDone())])))
+    error = classify(failureOf(ResponseNeverReceived([Failure(ierror.ConnectionDone())])))
     assert "Connection was closed cleanly" in error.detail
 
 

@@ -53,8 +53,11 @@ class _Response:
         self.headers = Headers({b"content-length": [b"2"]})
         self.producer = _Producer()
 
-    def deliverBody(self, protocol: Any) -> None:
-        protocol.makeConnection(self.producer)
+    def deliverBody(self, sink: Any) -> None:
+        sink.bodyStarted(self.producer)
+
+    def discard(self) -> None:
+        self.producer.stopProducing()
 
     def setPreviousResponse(self, response: Any) -> None:
         pass

@@ -72,9 +72,9 @@ def test_healthProbeBodyNotReadForEver() -> None:
         assert sent.response is not None
         (reader,) = sent.response.delivered
         transport = _BodyTransport()
-        reader.makeConnection(transport)
+        reader.bodyStarted(transport)
         for _ in range(30):
-            reader.dataReceived(b"x" * 1024)
+            reader.bodyData(b"x" * 1024)
             clock.advance(0.1)
         assert transport.stopped
     finally:

@@ -27,7 +27,7 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.http_headers import Headers
 
 from easymesh.h1server import EdgeLimits, HTTP1Channel
 from easymesh.listener import MutualTLSFactory, ProxySite
@@ -65,6 +65,46 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return PKI(tmp_path_factory.mktemp("h1close-pki"))
 
 
+class Held:
+    """
+    A request the L{App} keeps unanswered, and how the test answers it.
+    """
+
+    def __init__(self, request: Any, responder: Any) -> None:
+        self.request = request
+        self.responder = responder
+
+    def respond(self, code: int, body: bytes, closeAfter: bool = False) -> None:
+        if closeAfter:
+            self.responder.closeAfterResponse()
+        headers = Headers({b"content-length": [b"%d" % len(body)]})
+        self.responder.sendHead(code, b"", headers)
+        self.responder.sendData(body)
+        self.responder.finish(None)
+
+
+class _AppExchange:
+    def __init__(self, app: "App", request: Any, responder: Any) -> None:
+        self.app = app
+        self.request = request
+        self.responder = responder
+        self.ended: Optional[Failure] = None
+
+    def start(self) -> None:
+        request = self.request
+        path = request.target
+        if path == b"/deny":
+            Held(request, self.responder).respond(403, b"denied\n")
+        elif path == b"/hold" or request.method == b"POST":
+            self.app.held.append(Held(request, self.responder))
+        else:
+            size = path[len(b"/size/") :] if path.startswith(b"/size/") else None
+            Held(request, self.responder).respond(200, b"x" * int(size) if size else BODY)
+
+    def done(self, reason: Optional[Failure] = None) -> None:
+        self.ended = reason
+
+
 class App(Resource):
     """
     C{/hold} (and any POST): kept unanswered in C{held}; C{/deny}: 403 at
@@ -76,22 +116,10 @@ class App(Resource):
 
     def __init__(self) -> None:
         super().__init__()
-        self.held: List[Any] = []
+        self.held: List[Held] = []
 
-    def render(self, request: Any) -> Any:
-        if request.path == b"/deny":
-            body = b"denied\n"
-            request.setResponseCode(403)
-        elif request.path == b"/hold" or request.method == b"POST":
-            self.held.append(request)
-            return NOT_DONE_YET
-        else:
-            size = request.path[len(b"/size/") :] if request.path.startswith(b"/size/") else None
-            body = b"x" * int(size) if size else BODY
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.write(body)
-        request.finish()
-        return NOT_DONE_YET
+    def handle(self, request: Any, responder: Any, target: bytes) -> _AppExchange:
+        return _AppExchange(self, request, responder)
 
 
 class Client(Protocol):
@@ -342,14 +370,12 @@ def test_drainClosesIdleConnections(transport: str, pki: PKI) -> None:
 def test_drainClosesAfterTheResponseInFlight(transport: str, pki: PKI) -> None:
     wire = Wire(transport, pki)
     wire.send(get(b"/hold"))
-    [request] = wire.app.held
+    [held] = wire.app.held
     wire.site.sweeper.closeIdle()
     wire.pump()
     assert wire.serverGone is None
-    request.channel.persistent = False  # as the listener does while draining
-    request.setHeader(b"content-length", b"2")
-    request.write(b"ok")
-    request.finish()
+    # As the exchange does while draining.
+    held.respond(200, b"ok", closeAfter=True)
     wire.pump()
     assert wire.client.data.endswith(b"\r\n\r\nok")
     wire.assertClosedCleanly()

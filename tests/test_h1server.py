@@ -20,12 +20,15 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from easymesh.h1server import BadMessage, DeadlineSweeper, EdgeLimits, HTTP1Channel
 from easymesh.headers import TOKEN
 from easymesh.listener import ProxySite
+from easymesh.message import Request
+from easymesh.requestbody import RequestBodyStream
 
 PHRASES = {
     400: b"Bad Request",
@@ -45,60 +48,72 @@ HOST = b"Host: example.test\r\n"
 
 class FakeRequest:
     """
-    What the channel hands a request, recorded; the test answers through
-    L{respond}.
+    The exchange the channel starts for a request, recording what the
+    channel hands it (the head, the body as it streams, the end, a lost
+    connection); the test answers through L{respond}.
     """
 
     startedWriting = 0
 
-    def __init__(self, channel: HTTP1Channel, recorder: "Recorder") -> None:
-        self.channel = channel
+    def __init__(self, request: Request, responder: HTTP1Channel, target: bytes, recorder: "Recorder") -> None:
+        self.channel = responder
         self.recorder = recorder
+        self.request = request
         self.events: List[Any] = []
         self.chunks: List[bytes] = []
-        self.length: Any = "unset"
+        body = request.body
+        if isinstance(body, RequestBodyStream):
+            self.length: Any = None if body.length is UNKNOWN_LENGTH else body.length
+        else:
+            self.length = 0
+        self.events.append(("length", self.length))
         self.received: Optional[Tuple[bytes, bytes, bytes]] = None
         self.lost: Optional[Failure] = None
         self.finished = False
-        # Set by the channel.
-        self.requestHeaders: Headers = None  # type: ignore[assignment]
-        self.method: bytes = b""
-        self.uri: bytes = b""
-        self.clientproto: bytes = b""
-        self.path: bytes = b""
+        self.requestHeaders = request.headers
+        self.method = request.method
+        self.uri = target
+        self.clientproto = b"HTTP/" + request.version
+        self.path = target.split(b"?", 1)[0]
 
     # What the channel calls.
 
-    def gotLength(self, length: Optional[int]) -> None:
-        self.length = length
-        self.events.append(("length", length))
+    def start(self) -> None:
+        body = self.request.body
+        if isinstance(body, RequestBodyStream):
+            self.events.append("bodyStarts")
+            if self.recorder.onBodyStarts is not None:
+                self.recorder.onBodyStarts(self)
+            body.startProducing(self).addCallbacks(self._received, lambda f: None)
+        else:
+            self._received(None)
 
-    def bodyStarts(self) -> None:
-        self.events.append("bodyStarts")
-        if self.recorder.onBodyStarts is not None:
-            self.recorder.onBodyStarts(self)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        assert self.received is None, "body after requestReceived"
+    def write(self, data: bytes) -> None:
+        assert self.received is None, "body after its end"
         self.chunks.append(data)
         self.events.append(("chunk", data))
 
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        assert self.received is None, "requestReceived twice"
-        self.received = (command, path, version)
+    def _received(self, _: Any) -> None:
+        assert self.received is None, "received twice"
+        self.received = (self.method, self.uri, self.clientproto)
         self.events.append("received")
         if self.recorder.autoRespond:
             self.respond(body=b"auto " + self.uri)
 
-    def connectionLost(self, reason: Failure) -> None:
-        self.lost = reason
-        self.events.append("lost")
+    def done(self, reason: Optional[Failure] = None) -> None:
+        if reason is not None:
+            self.lost = reason
+            self.events.append("lost")
 
     # What the test calls.
 
     @property
     def body(self) -> bytes:
         return b"".join(self.chunks)
+
+    @property
+    def trailers(self) -> Optional[Headers]:
+        return self.request.trailers
 
     def respond(
         self,
@@ -112,20 +127,20 @@ class FakeRequest:
         h.setRawHeaders(b"content-length", [b"%d" % len(body)])
         for name, value in headers or ():
             h.addRawHeader(name, value)
-        self.channel.writeHeaders(self.clientproto, b"%d" % code, b"OK", h)
+        self.channel.sendHead(code, b"OK", h)
         if body:
-            self.channel.write(body)
+            self.channel.sendData(body)
         if finish:
             self.finish()
 
     def finish(self) -> None:
         self.finished = True
-        self.channel.requestDone(self)
+        self.channel.finish(None)
 
 
 class Recorder:
     """
-    The request factory: every request the channel made, in order.
+    The site: every request the channel started an exchange for, in order.
     """
 
     def __init__(self, autoRespond: bool = False) -> None:
@@ -133,10 +148,10 @@ class Recorder:
         self.autoRespond = autoRespond
         self.onBodyStarts: Any = None
 
-    def __call__(self, channel: HTTP1Channel) -> FakeRequest:
-        request = FakeRequest(channel, self)
-        self.requests.append(request)
-        return request
+    def handle(self, request: Request, responder: HTTP1Channel, target: bytes) -> FakeRequest:
+        exchange = FakeRequest(request, responder, target, self)
+        self.requests.append(exchange)
+        return exchange
 
 
 class Conn:
@@ -151,7 +166,7 @@ class Conn:
         self.channel = HTTP1Channel()
         self.channel.limits = limits
         self.channel.sweeper = self.sweeper
-        self.channel.requestFactory = self.recorder
+        self.channel.site = self.recorder
         self.transport = StringTransport()
         self.channel.makeConnection(self.transport)
 
@@ -243,11 +258,20 @@ def test_requestHeadHandedOut() -> None:
     assert not conn.transport.disconnecting
 
 
+def test_asteriskFormRefused() -> None:
+    """
+    C{OPTIONS *} asks about the proxy itself, which answers no such
+    question: 400 at the edge, nothing forwarded.
+    """
+    conn = Conn()
+    conn.feed(b"OPTIONS * HTTP/1.1\r\n" + HOST + b"\r\n")
+    assertRefused(conn, 400)
+
+
 @pytest.mark.parametrize(
     "target, path",
     [
         (b"http://upstream.test:81/p/a%2Fth?q=1", b"http://upstream.test:81/p/a%2Fth"),
-        (b"*", b"*"),
         (b"/", b"/"),
         (b"/?", b"/"),
         (b"/%00%FF", b"/%00%FF"),
@@ -817,7 +841,7 @@ def test_slowFirstResponseNotOvertaken() -> None:
     conn.feed(get(b"/third"))
     conn.tick(100)
     assert [r.uri for r in conn.requests] == [b"/slow"]
-    conn.channel.write(b"more")
+    conn.channel.sendData(b"more")
     assert conn.output().endswith(b"partmore")
     first.finish()
     assert [r.uri for r in conn.requests] == [b"/slow", b"/fast"]
@@ -1115,8 +1139,9 @@ def test_writeSequence() -> None:
     conn = Conn()
     conn.feed(get())
     request = conn.requests[0]
-    request.respond(body=b"", finish=False)
-    conn.channel.writeSequence([b"a", b"b", b"c"])
+    request.respond(body=b"", finish=False, headers=[(b"content-length", b"3")])
+    for piece in (b"a", b"b", b"c"):
+        conn.channel.sendData(piece)
     request.finish()
     assert conn.output().endswith(b"\r\n\r\nabc")
 
@@ -1127,7 +1152,7 @@ def test_noWritesAfterClose() -> None:
     request = conn.requests[0]
     conn.channel.loseConnection()
     request.respond()
-    conn.channel.writeSequence([b"x"])
+    conn.channel.sendData(b"x")
     assert conn.output() == b""
 
 
@@ -1195,11 +1220,11 @@ def test_responseProducerFollowsTransport() -> None:
     assert conn.transport.producer is conn.channel
     assert conn.transport.streaming
     conn.channel.pauseProducing()  # nothing registered: nothing to do
-    conn.channel.registerProducer(Producer(), True)
+    conn.channel.setProducer(Producer())
     conn.channel.pauseProducing()
     conn.channel.resumeProducing()
     conn.channel.stopProducing()
-    conn.channel.unregisterProducer()
+    conn.channel.setProducer(None)
     conn.channel.pauseProducing()
     assert calls == ["pause", "resume", "stop"]
 
@@ -1381,34 +1406,33 @@ def test_validRequestsSplitAnywhere(messages: List[Any], data: Any) -> None:
     assert not conn.transport.disconnecting
 
 
-# Through a real ProxySite and its StreamingRequest.
+# Through a real ProxySite.
 
 
 class Held(Resource):
     """
-    Keep every request for the test to answer.
+    A site's resource that keeps every request's exchange for the test to
+    answer.
     """
 
     isLeaf = True
 
-    def __init__(self, onRender: Any = None) -> None:
+    def __init__(self, onStart: Any = None) -> None:
         super().__init__()
-        self.requests: List[Any] = []
-        self.onRender = onRender
+        self.recorder = Recorder()
+        self.recorder.onBodyStarts = onStart
+        self.onStart = onStart
 
-    def render(self, request: Any) -> Any:
-        self.requests.append(request)
-        if self.onRender is not None:
-            self.onRender(request)
-        return NOT_DONE_YET
+    @property
+    def requests(self) -> List[FakeRequest]:
+        return self.recorder.requests
 
-
-class Collect:
-    def __init__(self) -> None:
-        self.data: List[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.data.append(data)
+    def handle(self, request: Request, responder: Any, target: bytes) -> FakeRequest:
+        exchange = self.recorder.handle(request, responder, target)
+        if self.onStart is not None and request.body is None:
+            original = exchange.start
+            exchange.start = lambda: (original(), self.onStart(exchange))  # type: ignore[method-assign]
+        return exchange
 
 
 def siteConnection(resource: Resource, limits: EdgeLimits = EdgeLimits()) -> Tuple[Any, StringTransport, Clock]:
@@ -1420,10 +1444,9 @@ def siteConnection(resource: Resource, limits: EdgeLimits = EdgeLimits()) -> Tup
     return channel, transport, clock
 
 
-def answer(request: Any, body: bytes, code: int = 200) -> None:
-    request.setResponseCode(code)
-    request.setHeader(b"content-length", b"%d" % len(body))
-    request.write(body)
+def answer(request: FakeRequest, body: bytes, code: int = 200) -> None:
+    request.channel.sendHead(code, b"", Headers({b"content-length": [b"%d" % len(body)]}))
+    request.channel.sendData(body)
     request.finish()
 
 
@@ -1437,22 +1460,37 @@ def test_siteRequestAndPipelining() -> None:
     [request] = resource.requests
     assert request.method == b"GET"
     assert request.uri == b"/a%2Fb?x=1"
-    assert request.path == b"/a%2Fb"
+    assert request.request.target == b"/a%2Fb?x=1"
     assert request.clientproto == b"HTTP/1.1"
-    assert request.getHeader(b"host") == b"example.test"
+    assert request.request.authority == b"example.test"
     assert request.requestHeaders.getRawHeaders(b"X-A") == [b"1", b"2"]
-    assert request.client == IPv4Address("TCP", "192.0.2.7", 50000)
-    assert request.body is None
+    assert request.request.clientAddress == "192.0.2.7"
+    assert request.request.body is None
     answer(request, b"hello")
     assert transport.value() == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
     assert [r.uri for r in resource.requests] == [b"/a%2Fb?x=1", b"/second"]
-    resource.requests[1].setResponseCode(404)
-    resource.requests[1].write(b"gone")
-    resource.requests[1].finish()
+    second = resource.requests[1]
+    second.channel.sendHead(404, b"", Headers())
+    second.channel.sendData(b"gone")
+    second.finish()
     assert transport.value().endswith(
         b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ngone\r\n0\r\n\r\n"
     )
     assert not transport.disconnecting
+
+
+def test_siteAbsoluteForm() -> None:
+    """
+    An absolute-form target is forwarded in origin form, its authority
+    replacing C{Host}.
+    """
+    resource = Held()
+    channel, _, _ = siteConnection(resource)
+    channel.dataReceived(b"GET http://other.test:81?q=1 HTTP/1.1\r\nHost: example.test\r\n\r\n")
+    [request] = resource.requests
+    assert request.request.target == b"/?q=1"
+    assert request.request.authority == b"other.test:81"
+    assert request.uri == b"http://other.test:81?q=1"
 
 
 def test_siteChunkedBodyWithExpect() -> None:
@@ -1460,17 +1498,15 @@ def test_siteChunkedBodyWithExpect() -> None:
     channel, transport, _ = siteConnection(resource)
     channel.dataReceived(chunkedPost(b"", headers=b"Expect: 100-continue\r\n"))
     assert transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
-    [request] = resource.requests  # rendered as soon as the head is in
-    consumer = Collect()
-    done = request.body.startProducing(consumer)
-    results: List[Any] = []
-    done.addBoth(results.append)
+    [request] = resource.requests  # started as soon as the head is in
+    assert request.events == [("length", None), "bodyStarts"]
     for piece in (b"5;e=1\r\nhello\r\n", b"6\r\n world\r\n", b"0\r\nT: x\r\n\r\n"):
-        assert results == []
+        assert request.received is None
         channel.dataReceived(piece)
-    assert b"".join(consumer.data) == b"hello world"
-    assert results == [None]
-    assert request.bytesReceived == 11
+    assert request.body == b"hello world"
+    assert request.received is not None
+    assert request.request.body.received == 11
+    assert request.trailers.getRawHeaders(b"t") == [b"x"]
     answer(request, b"ok")
     assert transport.value().endswith(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert not transport.disconnecting
@@ -1481,23 +1517,24 @@ def test_siteHTTP10() -> None:
     channel, transport, _ = siteConnection(resource)
     channel.dataReceived(b"GET /old HTTP/1.0\r\n\r\n")
     [request] = resource.requests
-    request.write(b"streamed")
+    request.channel.sendHead(200, b"", Headers())
+    request.channel.sendData(b"streamed")
     request.finish()
     assert transport.value() == b"HTTP/1.0 200 OK\r\n\r\nstreamed"
     assert transport.disconnecting
 
 
 def test_siteEarlyResponse() -> None:
-    resource = Held(onRender=lambda request: answer(request, b"denied", 403))
+    resource = Held(onStart=lambda request: answer(request, b"denied", 403))
     channel, transport, _ = siteConnection(resource)
     channel.dataReceived(post(b"0123456789")[:-6])
     [request] = resource.requests
     assert transport.value().startswith(b"HTTP/1.1 403 Forbidden\r\n")
     assert transport.value().endswith(b"\r\n\r\ndenied")
     assert transport.disconnecting
-    assert request.body.stopped
+    assert request.request.body.stopped
     channel.dataReceived(b"456789" + get(b"/smuggled"))
-    assert request.bytesReceived == 0  # answered before any body was delivered
+    assert request.body == b""  # answered before any body was delivered
     assert len(resource.requests) == 1
 
 
@@ -1515,14 +1552,11 @@ def test_siteTimeouts() -> None:
     channel, transport, clock = siteConnection(resource, EdgeLimits(headTimeout=10, bodyTimeout=5))
     channel.dataReceived(b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 10\r\n\r\nabc")
     [request] = resource.requests
-    finished: List[Any] = []
-    request.notifyFinish().addBoth(finished.append)
     for _ in range(5):
         clock.advance(1)
     assert transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     assert transport.disconnecting
-    assert len(finished) == 1 and isinstance(finished[0], Failure)
-    assert finished[0].check(BadMessage)
+    assert request.lost is not None and request.lost.check(BadMessage)
 
 
 def test_siteConnectionLost() -> None:
@@ -1530,24 +1564,21 @@ def test_siteConnectionLost() -> None:
     channel, transport, _ = siteConnection(resource)
     channel.dataReceived(get())
     [request] = resource.requests
-    finished: List[Any] = []
-    request.notifyFinish().addBoth(finished.append)
     channel.connectionLost(Failure(ConnectionDone()))
-    assert len(finished) == 1 and finished[0].check(ConnectionDone)
-    assert request._disconnected
+    assert request.lost is not None and request.lost.check(ConnectionDone)
+    assert channel.closed
 
 
 def test_siteBodyPauseEndsWithRequest() -> None:
-    resource = Held()
+    # An upstream that reads nothing of the body.
+    resource = Held(onStart=lambda request: request.request.body.pauseProducing())
     channel, transport, _ = siteConnection(resource)
     data = post(b"x" * 100_000)
     for i in range(0, len(data), 10_000):
         channel.dataReceived(data[i : i + 10_000])
     [request] = resource.requests
-    assert request.body.complete
-    assert transport.producerState == "paused"  # nobody consumed the body
+    assert transport.producerState == "paused"
     answer(request, b"no")  # e.g. a local reply that never reads the body
-    assert not transport.disconnecting
     assert transport.producerState == "producing"
 
 

@@ -56,7 +56,8 @@ def test_standardHopByHopRemoved() -> None:
         }
     )
     removeHopByHop(headers)
-    assert names(headers) == {b"content-type", b"accept"}
+    # Trailer announces end-to-end trailer fields: not hop-by-hop.
+    assert names(headers) == {b"content-type", b"accept", b"trailer"}
     assert headers.getRawHeaders(b"content-type") == [b"text/plain"]
 
 

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web._newclient import ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from easymesh.accesslog import AccessLog
@@ -29,7 +29,7 @@ from easymesh.headers import HeaderPolicy
 from easymesh.inflight import InFlight
 from easymesh.interfaces import IUpstream
 from easymesh.listener import ProxyResource, ProxySite
-from easymesh.message import ProxyRequest
+from easymesh.message import ProxyRequest, Response
 
 
 class FakeProducer:
@@ -50,28 +50,44 @@ class FakeProducer:
         self.calls.append("stop")
 
 
-@implementer(IResponse)
-class FakeResponse:
-    version = (b"HTTP", 1, 1)
-    length = UNKNOWN_LENGTH
-    request = None
-    previousResponse = None
+class BodyFeed:
+    """
+    What a test drives an upstream response body through, in the terms of
+    the upstream it stands for: data, then the end of the connection's
+    body (C{ResponseDone} or C{PotentialDataLoss}, or a failure).
+    """
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    def dataReceived(self, data: bytes) -> None:
+        self.sink.bodyData(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.sink.bodyEnded(None)
+        else:
+            self.sink.bodyFailed(reason)
+
+
+class FakeResponse(Response):
+    """
+    An upstream response; the test feeds its body through C{protocol}.
+    """
 
     def __init__(self, code: int, phrase: bytes, headers: List[Tuple[bytes, bytes]]):
-        self.code = code
-        self.phrase = phrase
-        self.headers = Headers()
+        super().__init__(code, Headers(), phrase)
         for name, value in headers:
             self.headers.addRawHeader(name, value)
         self.protocol: Any = None
         self.producer = FakeProducer()
 
-    def deliverBody(self, protocol: Any) -> None:
-        self.protocol = protocol
-        protocol.makeConnection(self.producer)
+    def deliverBody(self, sink: Any) -> None:
+        self.protocol = BodyFeed(sink)
+        sink.bodyStarted(self.producer)
 
-    def setPreviousResponse(self, response: Any) -> None:
-        pass
+    def discard(self) -> None:
+        self.producer.stopProducing()
 
 
 @implementer(IUpstream)

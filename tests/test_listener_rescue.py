@@ -59,7 +59,7 @@ class _Raising(Resource):
     errorLog: Any = None
     name = "outbound"
 
-    def render(self, request: Any) -> Any:
+    def handle(self, request: Any, responder: Any, target: bytes) -> Any:
         raise RuntimeError("resource bug")
 
 
@@ -142,16 +142,24 @@ class RescueTests(SynchronousTestCase):
 
     def test_replyCannotBeRelayed(self) -> None:
         """
-        A reply that fails before anything is sent is answered 500.
+        A reply whose body cannot be delivered once its head is sent (the
+        head goes out at once, as it arrives) drops the client, and is
+        logged once.
         """
 
         class Broken(FakeResponse):
-            def deliverBody(self, protocol: Any) -> None:
+            def deliverBody(self, sink: Any) -> None:
                 raise ValueError("no body")
 
         self.proxy(_Forwarder(lambda request: succeed(Broken(200, b"OK", []))))
         self.get()
-        self.assertInternalError()
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(self.transport.disconnected)
+        self.channel.connectionLost(Failure(ConnectionAborted()))
+        [line] = [formatEvent(e) for e in self.logged("easymesh.errors")]
+        self.assertIn("internal_error", line)
+        self.assertIn("ValueError: no body", line)
+        self.assertEqual(self.inflight.count, 0)
 
     def test_failsMidResponse(self) -> None:
         """
@@ -160,9 +168,9 @@ class RescueTests(SynchronousTestCase):
         """
 
         class Broken(FakeResponse):
-            def deliverBody(self, protocol: Any) -> None:
-                super().deliverBody(protocol)
-                protocol.dataReceived(b"partial")
+            def deliverBody(self, sink: Any) -> None:
+                super().deliverBody(sink)
+                sink.bodyData(b"partial")
                 raise ValueError("mid body")
 
         self.proxy(_Forwarder(lambda request: succeed(Broken(200, b"OK", []))))
@@ -176,8 +184,8 @@ class RescueTests(SynchronousTestCase):
 
     def test_resourceRaises(self) -> None:
         """
-        Even a resource whose C{render} raises gets the sidecar's 500, not
-        Twisted's HTML page.
+        Even a resource that cannot start an exchange (a bug) gets the
+        sidecar's 500, not Twisted's HTML page; the failure is logged.
         """
         resource = _Raising()
         resource.errorLog = ErrorLog(self.clock)
@@ -185,7 +193,7 @@ class RescueTests(SynchronousTestCase):
         self.get()
         data = self.transport.value()
         self.assertTrue(data.startswith(b"HTTP/1.1 500 "), data)
-        self.assertIn(b"X-Easymesh-Error: internal_error", data)
+        self.assertIn(b"x-easymesh-error: internal_error", data.lower())
         self.assertNotIn(b"Processing Failed", data)
-        [line] = [formatEvent(e) for e in self.logged("easymesh.errors")]
-        self.assertIn("RuntimeError: resource bug", line)
+        [failure] = self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(str(failure.value), "resource bug")

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from easymesh.upstream.h1client import proxyErrorFor
 from easymesh.cluster.cluster import Cluster
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.mesh import (
@@ -132,7 +133,12 @@ CONDITIONS = [
     (("connect-failure",), (), lambda: UpstreamReset(), False),
     (("connect-failure",), (), lambda: UpstreamTimeout(), False),
     (("reset",), (), lambda: UpstreamReset(), True),
-    (("reset",), (), lambda: ResponseNeverReceived([Failure(ConnectionRefusedError())]), True),
+    (
+        ("reset",),
+        (),
+        lambda: proxyErrorFor(Failure(ResponseNeverReceived([Failure(ConnectionRefusedError())]))),
+        True,
+    ),
     (("reset",), (), lambda: UpstreamProtocolError(), True),
     (("reset",), (), refused, False),
     (("reset",), (), 502, False),

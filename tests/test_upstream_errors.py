@@ -17,6 +17,7 @@ from twisted.web._newclient import ResponseFailed
 
 from easymesh.errorlog import ErrorLog
 from easymesh.errors import replyFor
+from easymesh.upstream.h1client import asProxyError
 from easymesh.message import ProxyRequest
 from tests.test_h1client import OK, failure, respond
 
@@ -64,7 +65,7 @@ def test_headErrorNamesNoValue(raw: bytes, said: str) -> None:
     why and names the header, and holds none of its value.
     """
     h, d, response, body = respond(raw)
-    reply = replyFor(failure(d, ResponseFailed))
+    reply = replyFor(asProxyError(failure(d, ResponseFailed)))
     assert (reply.code, reply.cause) == (502, "upstream_protocol_error")
     assert reply.detail == said
     line = _logged(reply.detail)

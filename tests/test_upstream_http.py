@@ -17,7 +17,7 @@ from twisted.web.http_headers import Headers
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.model import PoolSettings
 from easymesh.errors import UpstreamTimeout
-from easymesh.message import ProxyRequest
+from easymesh.message import BodyCollector, ProxyRequest
 from easymesh.requestbody import RequestBodyStream
 from easymesh.upstream import upstreamFor
 from easymesh.upstream.http import HTTPUpstream
@@ -96,7 +96,7 @@ class HTTPUpstreamTests(SynchronousTestCase):
         up.close()
         protocol.dataReceived(OK)
         self.assertEqual(result[0].code, 200)
-        result[0].deliverBody(Protocol())
+        result[0].deliverBody(BodyCollector())
         self.assertFalse(transport.disconnecting)
         clock.advance(0)
         self.assertTrue(transport.disconnecting)

@@ -10,11 +10,10 @@ import random as _random
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, fail
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from zope.interface import implementer
 
 from easymesh.cluster.balancers import balancerFor
 from easymesh.cluster.breakers import MAX_REQUESTS, Breakers
@@ -25,7 +24,8 @@ from easymesh.cluster.outlier import OutlierDetector
 from easymesh.config.mesh import ClusterConfig, HealthCheck
 from easymesh.config.model import PoolSettings
 from easymesh.errors import NoHealthyUpstream, Overflow, classify
-from easymesh.message import ProxyRequest
+from easymesh.interfaces import IBodySink
+from easymesh.message import ProxyRequest, Response
 from easymesh.routing.retry import RetryBudgetState
 from easymesh.upstream import upstreamFor
 
@@ -175,7 +175,7 @@ class Cluster:
         request: ProxyRequest,
         timeout: Optional[float] = None,
         hashKey: Optional[bytes] = None,
-    ) -> Deferred[IResponse]:
+    ) -> Deferred[Response]:
         """
         Send a request to one endpoint.
 
@@ -259,7 +259,8 @@ class Cluster:
 PROBE_BODY_LIMIT = 64 * 1024
 
 
-class _Drain(Protocol):
+@implementer(IBodySink)
+class _Drain:
     """
     Read a health check's body and forget it, so that its connection can be
     reused; C{done} fires with the status once the body has ended, and
@@ -269,23 +270,30 @@ class _Drain(Protocol):
     def __init__(self, code: int) -> None:
         self.code = code
         self.size = 0
+        self.producer: Any = None
         self.done: Deferred[int] = Deferred(self._cancel)
 
-    def dataReceived(self, data: bytes) -> None:
+    def bodyStarted(self, producer: Any) -> None:
+        self.producer = producer
+
+    def bodyData(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > PROBE_BODY_LIMIT:
-            self.transport.stopProducing()
+            self.producer.stopProducing()
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def bodyEnded(self, trailers: Any) -> None:
         if not self.done.called:
             self.done.callback(self.code)
 
+    def bodyFailed(self, reason: Any) -> None:
+        self.bodyEnded(None)
+
     def _cancel(self, d: Deferred[int]) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
+        if self.producer is not None:
+            self.producer.stopProducing()
 
 
-def _drainStatus(response: IResponse) -> Deferred[int]:
+def _drainStatus(response: Response) -> Deferred[int]:
     """
     The status of a health check's response, once its body has been read:
     the check's timeout covers the whole response.

@@ -20,10 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 import attrs
 from twisted.logger import Logger
 from twisted.web import server
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from easymesh.config.model import EdgeLimits
-from easymesh.listener import ProxySite, StreamingRequest
+from easymesh.listener import ProxySite
+from easymesh.message import Request
 
 _log = Logger()
 
@@ -337,24 +339,65 @@ ADMIN_LIMITS = EdgeLimits(
 )
 
 
-class _AdminRequest(StreamingRequest):
+class _AdminRequest:
     """
-    An admin request: rendered at once by the L{AdminResource}, which
-    answers synchronously.
+    An admin request as L{AdminResource.render} reads and answers it (the
+    parts of L{server.Request} it uses).
     """
 
-    def process(self) -> None:
-        self.site = site = self.channel.site
+    def __init__(self, request: Request, channel: Any) -> None:
+        self.method = request.method
+        self.path = request.target.split(b"?", 1)[0]
+        self.requestHeaders = request.headers
+        self._channel = channel
+        self.code = 200
+        self.responseHeaders = Headers()
+
+    def getHeader(self, name: bytes) -> Optional[bytes]:
+        values = self.requestHeaders.getRawHeaders(name)
+        return values[-1] if values else None
+
+    def getHost(self) -> Any:
+        return self._channel.getHost()
+
+    def getClientAddress(self) -> Any:
+        return self._channel.getPeer()
+
+    def setResponseCode(self, code: int) -> None:
+        self.code = code
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        self.responseHeaders.setRawHeaders(name, [value])
+
+
+class _AdminExchange:
+    """
+    One admin request, answered at once and whole.
+    """
+
+    def __init__(self, resource: "AdminResource", request: Request, responder: Any) -> None:
+        self._resource = resource
+        self._request = request
+        self._responder = responder
+
+    def start(self) -> None:
+        request = _AdminRequest(self._request, self._responder)
         try:
-            body = site.resource.render(self)
+            body = self._resource.render(request)
         except Exception:
-            _log.failure("Admin request {path!r} failed", path=self.path)
-            self.setResponseCode(500)
-            self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            _log.failure("Admin request {path!r} failed", path=request.path)
+            request.responseHeaders = Headers()
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             body = b"internal error\n"
-        self.setHeader(b"content-length", b"%d" % (len(body),))
-        self.write(body)
-        self.finish()
+        request.setHeader(b"content-length", b"%d" % (len(body),))
+        responder = self._responder
+        responder.sendHead(request.code, b"", request.responseHeaders)
+        responder.sendData(body)
+        responder.finish(None)
+
+    def done(self, reason: Any = None) -> None:
+        pass
 
 
 class AdminSite(ProxySite):
@@ -364,8 +407,10 @@ class AdminSite(ProxySite):
     metrics, no logging (admin scrapes are not traffic).
     """
 
-    requestFactory = _AdminRequest
     countsConnections = False
+
+    def handle(self, request: Request, responder: Any, target: bytes) -> _AdminExchange:
+        return _AdminExchange(self.resource, request, responder)
 
 
 def adminSite(resource: AdminResource, clock: Any) -> server.Site:

@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from easymesh.config.mesh import Backoff, RetryBudget, RetryPolicy
@@ -23,6 +23,7 @@ from easymesh.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
+from easymesh.message import Response
 from easymesh.requestbody import BufferedBody
 from easymesh.tokenbucket import TokenBucket
 
@@ -39,7 +40,7 @@ _FAILURE_CONDITIONS = (
 )
 
 
-def shouldRetry(policy: RetryPolicy, outcome: Union[IResponse, ProxyError]) -> bool:
+def shouldRetry(policy: RetryPolicy, outcome: Union[Response, ProxyError]) -> bool:
     """
     Whether C{policy} retries an outcome: a response (by status) or a
     failure before any response.

@@ -16,18 +16,17 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
 
 from easymesh.cluster.cluster import Cluster
 from easymesh.config.mesh import MeshConfig, Route
 from easymesh.errors import NoRoute, Overflow, ProxyError, UpstreamTimeout, classify
-from easymesh.message import LocalReply, ProxyRequest, discardResponse
+from easymesh.message import LocalReply, ProxyRequest, Response, discardResponse
 from easymesh.routing.matcher import RouteTable
 from easymesh.routing.paths import normalisePath
 from easymesh.routing.ratelimit import KeyedRateLimiter, sourceAddress
 from easymesh.routing.retry import backoffDelay, keepForReplay, shouldRetry
 
-Reply = Union[IResponse, LocalReply]
+Reply = Response
 
 ATTEMPTS_HEADER = b"x-easymesh-attempts"
 
@@ -183,7 +182,7 @@ class Router:
                 raise
 
 
-def _final(outcome: Union[IResponse, ProxyError], attempts: int) -> Reply:
+def _final(outcome: Union[Response, ProxyError], attempts: int) -> Reply:
     """
     The reply for a request's last try: its response, or its error's reply,
     saying how many tries were made.

@@ -22,6 +22,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
     ParseError,
+    RequestGenerationFailed,
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseDone,
@@ -33,7 +34,15 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from easymesh.headers import BadField, forbiddenInHead, offendingName, parseFields
+from easymesh.errors import (
+    BadRequest,
+    ProxyError,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTLSFailure,
+    isTLSFailure,
+)
+from easymesh.headers import BadField, forbiddenInHead, offendingName, parseFields, trailerFields
 
 #: Largest response head (status line and headers) accepted.
 MAX_HEAD = 64 * 1024
@@ -132,6 +141,8 @@ class H1Response:
 
     request = None
     previousResponse = None
+    #: The trailer fields of a chunked body, once it has ended with some.
+    trailers: Optional[Headers] = None
 
     def __init__(
         self,
@@ -219,6 +230,7 @@ class H1Connection(Protocol):
         self._remaining = 0
         self._chunkState = 0
         self._bodySent = False
+        self._trailerLines: List[bytes] = []
         self._received = False
         self._keepAlive = True
         self._bodyFinished = False
@@ -274,7 +286,16 @@ class H1Connection(Protocol):
             return
         self.transport.unregisterProducer()
         if isinstance(consumer, _ChunkedConsumer):
-            self.transport.write(b"0\r\n\r\n")
+            request = self._request
+            producer = request.bodyProducer if request is not None else None
+            trailers = getattr(producer, "trailers", None)
+            parts = [b"0\r\n"]
+            if trailers is not None:
+                for name, values in trailers.getAllRawHeaders():
+                    for value in values:
+                        parts += (name, b": ", value, b"\r\n")
+            parts.append(b"\r\n")
+            self.transport.write(b"".join(parts))
         self._bodySent = True
         self._maybeQuiescent()
 
@@ -481,12 +502,19 @@ class H1Connection(Protocol):
                     return
                 self._chunkState = 0
             else:
-                # Trailer section: dropped; an empty line ends the message.
+                # Trailer section: an empty line ends the message.
                 if line:
-                    if len(line) > MAX_CHUNK_LINE:
-                        self._fail(_parseError("trailer too long"))
+                    if len(self._trailerLines) >= MAX_HEADERS:
+                        self._fail(_parseError("too many trailer fields"))
                         return
+                    self._trailerLines.append(line)
                     continue
+                if self._trailerLines:
+                    try:
+                        response.trailers = trailerFields(self._trailerLines)
+                    except BadField:
+                        self._fail(_parseError("bad trailer field"))
+                        return
                 self._parse = None
                 if position < size:
                     self._keepAlive = False
@@ -583,3 +611,99 @@ class H1ConnectionFactory(ClientFactory):
         connection = H1Connection(self._quiescentCallback)
         connection.observer = self._observer
         return connection
+
+
+class _ToSink(Protocol):
+    """
+    Relay an L{H1Response}'s body to an L{easymesh.interfaces.IBodySink}.
+    """
+
+    def __init__(self, response: H1Response, sink: Any) -> None:
+        self._response = response
+        self._sink = sink
+
+    def connectionMade(self) -> None:
+        self._sink.bodyStarted(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._sink.bodyData(data)
+
+    def connectionLost(self, reason: Failure = _RESPONSE_DONE) -> None:
+        if reason.type is ResponseDone:
+            self._sink.bodyEnded(self._response.trailers)
+        elif reason.type is PotentialDataLoss:
+            # Delimited by the close: complete as far as anyone can tell.
+            self._sink.bodyEnded(None)
+        else:
+            self._sink.bodyFailed(Failure(UpstreamReset(reason.getErrorMessage())))
+
+
+def deliverTo(response: H1Response, sink: Any) -> None:
+    """
+    Deliver C{response}'s body to C{sink}, an L{easymesh.interfaces.IBodySink}.
+    """
+    response.deliverBody(_ToSink(response, sink))
+
+
+class _Discard(Protocol):
+    """
+    Drop a response body nobody is waiting for, and its connection with it.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+def discardBody(response: H1Response) -> None:
+    """
+    Drop C{response}'s body unread, and the connection it arrives on.
+    """
+    response.deliverBody(_Discard())
+
+
+def _reasons(exc: BaseException) -> List[Failure]:
+    return getattr(exc, "reasons", None) or []
+
+
+def _describe(exc: BaseException) -> str:
+    reasons = _reasons(exc)
+    if reasons:
+        return "; ".join(str(r.value) or r.type.__name__ for r in reasons)
+    return str(exc)
+
+
+def proxyErrorFor(failure: Failure) -> Optional[BaseException]:
+    """
+    The easymesh error an HTTP/1.1 client failure stands for (the
+    exceptions this module and L{HTTPConnectionPool} raise); the failure's
+    own value if it is none of them.
+    """
+    exc = failure.value
+    if isinstance(exc, (ResponseFailed, ResponseNeverReceived)):
+        reasons = _reasons(exc)
+        if any(r.check(CancelledError) for r in reasons):
+            return CancelledError()
+        if any(isTLSFailure(r) for r in reasons):
+            return UpstreamTLSFailure(_describe(exc))
+        if any(r.check(ParseError) for r in reasons):
+            return UpstreamProtocolError(_describe(exc))
+        if isinstance(exc, ResponseNeverReceived):
+            return UpstreamReset(_describe(exc))
+        return UpstreamProtocolError(_describe(exc))
+    if isinstance(exc, RequestTransmissionFailed):
+        if any(r.check(CancelledError) for r in _reasons(exc)):
+            return CancelledError()
+        return UpstreamReset(_describe(exc))
+    if isinstance(exc, RequestGenerationFailed):
+        return BadRequest(_describe(exc))
+    return exc
+
+
+def asProxyError(failure: Failure) -> Failure:
+    """
+    An errback: C{failure} as easymesh's own error (see L{proxyErrorFor}).
+    """
+    exc = proxyErrorFor(failure)
+    if exc is failure.value or isinstance(failure.value, ProxyError):
+        return failure
+    return Failure(exc)

@@ -28,7 +28,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from easymesh.cluster.breakers import MAX_CONNECTIONS, MAX_PENDING_REQUESTS
@@ -36,8 +36,15 @@ from easymesh.config.addresses import UpstreamURL
 from easymesh.config.model import PoolSettings
 from easymesh.errors import Overflow, UpstreamTimeout
 from easymesh.interfaces import IUpstream
-from easymesh.message import ProxyRequest
-from easymesh.upstream.h1client import H1ConnectionFactory, UpstreamRequest
+from easymesh.message import Request, Response
+from easymesh.upstream.h1client import (
+    H1ConnectionFactory,
+    H1Response,
+    UpstreamRequest,
+    asProxyError,
+    deliverTo,
+    discardBody,
+)
 
 
 @implementer(IBodyProducer)
@@ -51,6 +58,13 @@ class _BodyEndWatch:
         self._producer = producer
         self._onEnd = onEnd
         self.length = producer.length
+
+    @property
+    def trailers(self) -> Optional[Headers]:
+        """
+        The request's trailers, once its body has ended with some.
+        """
+        return getattr(self._producer, "trailers", None)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         return self._producer.startProducing(consumer).addCallback(self._ended)
@@ -81,7 +95,7 @@ class _Attempt:
         self.timedOut = False
         self.bodyEnded = False
         self.done = False
-        self.deferred: Optional[Deferred[IResponse]] = None
+        self.deferred: Optional[Deferred[Any]] = None
 
     def endBody(self) -> None:
         self.bodyEnded = True
@@ -194,8 +208,8 @@ class HTTPUpstream:
         self._authority = url.authority.encode("ascii")
 
     def request(
-        self, request: ProxyRequest, timeout: Optional[float] = None
-    ) -> Deferred[IResponse]:
+        self, request: Request, timeout: Optional[float] = None
+    ) -> Deferred[Response]:
         """
         Send C{request}; see L{IUpstream.request}.
 
@@ -229,7 +243,7 @@ class HTTPUpstream:
         if body is None or attempt.bodyEnded:
             attempt.startTimer()
         d.addBoth(attempt.finished)
-        return d
+        return d.addCallbacks(_H1UpstreamResponse, asProxyError)
 
     def idleConnections(self) -> int:
         """
@@ -246,10 +260,28 @@ class HTTPUpstream:
         return self.pool.closeCachedConnections()
 
 
+class _H1UpstreamResponse(Response):
+    """
+    An HTTP/1.1 upstream's response, as the core sees it.
+    """
+
+    __slots__ = ("_h1",)
+
+    def __init__(self, h1: H1Response) -> None:
+        super().__init__(h1.code, h1.headers, h1.phrase)
+        self._h1 = h1
+
+    def deliverBody(self, sink: Any) -> None:
+        deliverTo(self._h1, sink)
+
+    def discard(self) -> None:
+        discardBody(self._h1)
+
+
 def _pendingDone(result: Any, breakers: Any) -> Any:
     breakers.pendingDone()
     return result
 
 
-def _send(connection: Any, request: UpstreamRequest) -> Deferred[IResponse]:
+def _send(connection: Any, request: UpstreamRequest) -> Deferred[H1Response]:
     return connection.request(request)

@@ -1,0 +1,340 @@
+# -*- test-case-name: tests.test_edge -*-
+"""
+What every edge (the protocol side of a listener) shares: the lifecycle of
+one exchange, from a request's arrival to the end of its response, and
+the check of an mTLS caller's identity.
+
+An edge parses its protocol into an L{easymesh.message.Request}, gives it
+to its listener's L{Exchange} with an L{easymesh.interfaces.IResponder}
+that frames the response, and tells the exchange when the response is
+done or the client is gone.  The exchange does the rest: the forwarder,
+the one rescue of a failure, relaying the response body with
+back-pressure, the stream idle timeout, and one report to the in-flight
+count, telemetry, the access log and the error log.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from easymesh.errors import ERROR_HEADER, StreamIdleTimeout, replyFor
+from easymesh.headers import REQUEST_ID
+from easymesh.interfaces import IBodySink
+from easymesh.message import LocalReply, Request, Response
+from easymesh.requestbody import RequestBodyStream
+
+_log = Logger()
+
+#: The cause of a response cut off because its upstream failed mid-body.
+RESET_MID_BODY = "upstream_reset_mid_body"
+#: The cause recorded when the client went away before its response ended.
+CLIENT_CLOSED = "client_closed"
+
+#: Causes the error log reports even when the status sent is not a 5xx:
+#: the response was cut off.
+_CUT_OFF = (RESET_MID_BODY, "internal_error", StreamIdleTimeout.cause)
+
+
+@implementer(IBodySink)
+class Exchange:
+    """
+    One request on a listener, from its arrival to the end of its response.
+
+    While its request body is arriving or its response body is being
+    relayed, the body bytes moving either way are timed: once none has
+    moved for its cluster's stream idle timeout (checked by the listener's
+    C{streams} sweeper once a second), the upstream connection is closed and
+    the client answered 504, or dropped if its response has begun.  A
+    client that does not read pauses the upstream, so it too stops the
+    bytes and is timed out.
+
+    @ivar listener: The listener's shared parts: C{name}, C{forwarder},
+        C{clock}, C{inflight}, C{streams}, C{telemetry}, C{accessLog} and
+        C{errorLog} (see L{easymesh.listener.ProxyResource}).
+    @ivar movedAt: When a body byte last moved (or the exchange began, or
+        its response head was sent).
+    @ivar idle: The reply for its stream idle timeout, once it timed out.
+    """
+
+    def __init__(self, listener: Any, request: Request, responder: Any, target: bytes) -> None:
+        self.listener = listener
+        self.request = request
+        self.responder = responder
+        #: The request target as received, for the logs.
+        self.target = target
+        self.started = self.movedAt = listener.clock.seconds()
+        self.pending: Optional[Deferred[Any]] = None
+        self.producer: Optional[IPushProducer] = None
+        self.status = 0
+        self.sent = 0
+        self.cause: Optional[str] = None
+        #: What this sidecar says of an error it made, for the error log.
+        self.detail: Optional[str] = None
+        self.idle: Optional[LocalReply] = None
+        self.ended = False
+        body = request.body
+        if isinstance(body, RequestBodyStream) and not body.complete:
+            body.onData = self.moved
+            listener.streams.add(self)
+
+    def start(self) -> None:
+        """
+        Forward the request; whatever happens is answered.
+        """
+        self.listener.inflight.enter()
+        try:
+            d = self.listener.forwarder.forward(self.request)
+        except BaseException:
+            self.failed(Failure())
+            return
+        # Kept even if "called": a Deferred waiting on another (a request on
+        # a reused pooled connection) has been called already, and must
+        # still be cancelled if the client goes away.  respond() clears it.
+        self.pending = d
+        d.addCallback(self.respond).addErrback(self.failed)
+
+    # The response.
+
+    def respond(self, reply: Response) -> None:
+        """
+        Send C{reply}'s head, then relay its body.
+        """
+        self.pending = None
+        responder = self.responder
+        if self.ended or responder.closed:
+            reply.discard()
+            return
+        if self.idle is not None and reply is not self.idle:
+            # Timed out while waiting for it: the answer is the timeout's.
+            reply.discard()
+            reply = self.idle
+        headers = reply.headers
+        if self.listener.inflight.draining or responder.bodyIncomplete():
+            headers.setRawHeaders(b"connection", [b"close"])
+            responder.closeAfterResponse()
+        if isinstance(reply, LocalReply):
+            self.cause = reply.cause
+            self.detail = reply.detail
+            if reply.code != 304 and reply.trailers is None:
+                headers.setRawHeaders(b"content-length", [b"%d" % len(reply.body)])
+        else:
+            errors = headers.getRawHeaders(ERROR_HEADER)
+            if errors:
+                self.cause = errors[0].decode("latin-1")
+            # The response head counts as movement: its body is timed from now.
+            self.moved()
+            self.listener.streams.add(self)
+        self.status = reply.code
+        responder.sendHead(reply.code, reply.phrase, headers)
+        reply.deliverBody(self)
+
+    def bodyStarted(self, producer: IPushProducer) -> None:
+        self.producer = producer
+        self.responder.setProducer(producer)
+
+    def bodyData(self, data: bytes) -> None:
+        self.movedAt = self.listener.clock.seconds()
+        self.sent += len(data)
+        self.responder.sendData(data)
+
+    def bodyEnded(self, trailers: Optional[Headers]) -> None:
+        if self.ended or self.responder.closed:
+            return
+        self.producer = None
+        self.responder.setProducer(None)
+        self.responder.finish(trailers)
+
+    def bodyFailed(self, reason: Failure) -> None:
+        if self.ended or self.responder.closed:
+            return
+        self.producer = None
+        self.responder.setProducer(None)
+        value = reason.value
+        detail = getattr(value, "detail", "") or str(value) or reason.type.__name__
+        self._abort(RESET_MID_BODY, detail)
+
+    # Failures and timeouts.
+
+    def failed(self, failure: Failure) -> None:
+        """
+        Answering this request failed unexpectedly (a bug): answer with the
+        sidecar's reply for the failure, or drop the client if the response
+        has begun; the logs say why, once, when the exchange ends.  The one
+        rescue point of every edge.
+        """
+        self.pending = None
+        reply = replyFor(failure)
+        self.cause = reply.cause
+        self.detail = reply.detail
+        responder = self.responder
+        if self.ended or responder.closed:
+            return
+        if not responder.started:
+            try:
+                self.respond(reply)
+                return
+            except Exception:
+                # Sending failed as well: the abort below ends the exchange.
+                _log.failure("Answering {request} failed", request=self.request)
+        responder.abort()
+
+    def moved(self) -> None:
+        """
+        Body bytes moved, from the client or to it.
+        """
+        self.movedAt = self.listener.clock.seconds()
+
+    @property
+    def deadline(self) -> Optional[float]:
+        """
+        When its streaming bodies time out; L{None} while none streams or
+        before its cluster (and so its timeout) is known.
+        """
+        timeout = self.request.streamIdleTimeout
+        if timeout is None or self.idle is not None or self.ended:
+            return None
+        if self.producer is None and not self.responder.bodyIncomplete():
+            return None
+        return self.movedAt + timeout
+
+    def _timedOut(self) -> None:
+        """
+        No body byte has moved for the stream idle timeout: close the
+        upstream connection, and answer 504, or drop the client if its
+        response has begun.
+        """
+        seconds = self.request.streamIdleTimeout or 0
+        self.idle = idle = StreamIdleTimeout(
+            f"no body bytes moved either way for {seconds:g}s"
+        ).reply()
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            producer.stopProducing()
+            self.responder.setProducer(None)
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            # Closes the upstream connection; respond() answers 504 for
+            # whatever the cancellation then yields.
+            pending.cancel()
+        if self.ended or self.responder.closed:
+            return
+        if self.responder.started:
+            self._abort(idle.cause, idle.detail)
+        else:
+            self.respond(idle)
+
+    def _abort(self, cause: Optional[str], detail: str) -> None:
+        """
+        Drop the client in the middle of its response, so that a truncated
+        body is never presented as complete.
+        """
+        self.cause = cause
+        self.detail = detail
+        self.responder.abort()
+
+    # The end.
+
+    def done(self, reason: Optional[Failure] = None) -> None:
+        """
+        The edge is done with this exchange: its response was sent whole
+        (C{reason} L{None}), or the client went away first.  Reported once.
+        """
+        if self.ended:
+            return
+        self.ended = True
+        listener = self.listener
+        listener.inflight.leave()
+        listener.streams.remove(self)
+        if reason is not None:
+            pending, self.pending = self.pending, None
+            producer, self.producer = self.producer, None
+            if pending is not None:
+                pending.cancel()
+            elif producer is not None:
+                producer.stopProducing()
+            if self.cause is None:
+                self.cause = CLIENT_CLOSED
+        self._report()
+
+    def _report(self) -> None:
+        listener = self.listener
+        request = self.request
+        duration = listener.clock.seconds() - self.started
+        status = self.status if self.responder.started else 0
+        cause = self.cause
+        if (
+            self.detail is not None
+            and cause is not None
+            and (status >= 500 or cause in _CUT_OFF)
+            and listener.errorLog is not None
+        ):
+            listener.errorLog.report(listener.name, status, cause, self.detail, request)
+        telemetry = listener.telemetry
+        if telemetry is not None:
+            telemetry.requestDone(
+                listener.name, request, status, duration, cause, request.method, self.target
+            )
+        if listener.accessLog is not None:
+            ids = request.headers.getRawHeaders(REQUEST_ID)
+            body = request.body
+            received = body.received if isinstance(body, RequestBodyStream) else 0
+            listener.accessLog.record(
+                listener.name,
+                request.method,
+                self.target,
+                status,
+                received,
+                self.sent,
+                duration,
+                request,
+                ids[0] if ids else None,
+                cause,
+                self.started,
+            )
+
+
+def admitCaller(transport: Any, allowed: Any, peer: Any) -> Optional[str]:
+    """
+    The identity of an mTLS caller whose handshake has just completed, if
+    C{allowed} (identity patterns, see L{easymesh.tls.identity}) accepts
+    it; else L{None}, logged: the edge then closes the connection.  The one
+    connection-level identity check of every edge.
+    """
+    from easymesh.tls.contexts import peerCertificate
+    from easymesh.tls.identity import describeIdentities, matches
+
+    cert = peerCertificate(transport)
+    identity = matches(allowed, cert) if cert is not None else None
+    if identity is None:
+        _log.warn(
+            "Refused mTLS client {peer}: {presented} is not allowed",
+            peer=peerAddress(peer),
+            presented=_presented(describeIdentities(cert)),
+        )
+    return identity
+
+
+def _presented(described: str) -> str:
+    """
+    What a refused client presented, for a log line.
+    """
+    if described == "no identity":
+        return "a certificate with no identity"
+    if described == "no certificate":
+        return "no certificate"
+    return f"identity {described}"
+
+
+def peerAddress(address: Any) -> str:
+    """
+    C{host:port} of an address, for a log line.
+    """
+    return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+
