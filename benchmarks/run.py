@@ -12,6 +12,11 @@ is nginx when installed, else ``refs/backend.py`` (asyncio).  With two or
 more cores, each proxy is pinned to core 0 and wrk and the backend to core
 1.  Rounds are interleaved and medians reported.
 
+``--baseline REV`` adds rows ``easymesh-1hop@REV`` and ``easymesh-2hop@REV``:
+the same sidecar at git revision REV (a previous commit, say), run from a
+copy of that revision in the same rounds, so that a change is measured
+against what it changes.
+
 ``--large`` adds 1 GiB downloads and uploads through two hops of easymesh
 and of nginx, with MB/s, peak RSS and a sha256 check of every byte.
 """
@@ -151,7 +156,31 @@ def startBackend(directory: str) -> "tuple[Proc, int, str]":
     return proc, port, "refs/backend.py (asyncio)"
 
 
-def startEasymesh(upstreamPort: int, hops: int, python: str = PYTHON) -> "tuple[Proc, int]":
+def checkout(revision: str, directory: str) -> str:
+    """
+    A copy of the repository at C{revision} (its tracked files), for the
+    baseline rows; its path.
+    """
+    target = os.path.join(directory, "baseline")
+    os.mkdir(target)
+    archive = subprocess.run(
+        ["git", "-C", ROOT, "archive", revision], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", target], input=archive, check=True)
+    return target
+
+
+def startEasymesh(
+    upstreamPort: int, hops: int, python: str = PYTHON, source: Optional[str] = None
+) -> "tuple[Proc, int]":
+    """
+    @param source: A copy of another revision to run instead of the
+        installed one (its C{easymesh} package and plugins come first on
+        the path).
+    """
+    env = None
+    if source is not None:
+        env = dict(os.environ, PYTHONPATH=source)
     outbound, inbound = freePort(), freePort()
     argv = [
         python, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "easymesh",
@@ -159,7 +188,7 @@ def startEasymesh(upstreamPort: int, hops: int, python: str = PYTHON) -> "tuple[
         "--upstream", f"http://127.0.0.1:{upstreamPort}",
         "--admin", f"tcp:{freePort()}:interface=127.0.0.1",
     ]
-    proc = Proc(f"easymesh-{hops}hop", argv, inbound, 0)
+    proc = Proc(f"easymesh-{hops}hop", argv, inbound, 0, env)
     waitForPort(outbound)
     return proc, (outbound if hops == 2 else inbound)
 
@@ -236,6 +265,10 @@ def small(args: argparse.Namespace, directory: str) -> "tuple[List[Dict], str]":
         rows.append("nginx")
     if args.rows:
         rows = ["backend"] + [r for r in rows if r in args.rows.split(",")]
+    source = None
+    if args.baseline:
+        source = checkout(args.baseline, directory)
+        rows += [f"{r}@{args.baseline}" for r in rows if r.startswith("easymesh")]
     results: Dict[str, List[Dict[str, float]]] = {r: [] for r in rows}
     try:
         for round in range(args.rounds):
@@ -245,7 +278,13 @@ def small(args: argparse.Namespace, directory: str) -> "tuple[List[Dict], str]":
                     if row == "backend":
                         port = backendPort
                     elif row.startswith("easymesh"):
-                        proc, port = startEasymesh(backendPort, int(row[-4]), args.easymesh_python)
+                        name, _, revision = row.partition("@")
+                        proc, port = startEasymesh(
+                            backendPort,
+                            int(name[-4]),
+                            args.easymesh_python,
+                            source if revision else None,
+                        )
                     else:
                         proc, port = startReference(row, backendPort, directory)
                     results[row].append(measure(proc, port, args.duration, args.warmup))
@@ -293,6 +332,15 @@ def ratios(table: List[Dict]) -> List[str]:
         f"- req/s, easymesh two hops / twisted-rproxy one hop: "
         f"{by['easymesh-2hop']['rps'] / by['twisted-rproxy']['rps']:.2f}x"
     )
+    for row in table:
+        name, _, revision = row["row"].partition("@")
+        if revision and name in by:
+            now = by[name]
+            lines.append(
+                f"- {name}, this revision / {revision}: CPU per request "
+                f"{now['cpu_us'] / row['cpu_us']:.2f}x, p99 {now['p99_ms'] / row['p99_ms']:.2f}x, "
+                f"req/s {now['rps'] / row['rps']:.2f}x"
+            )
     return lines
 
 
@@ -439,6 +487,9 @@ def main() -> None:
     parser.add_argument(
         "--easymesh-python", default=PYTHON,
         help="the interpreter easymesh runs on (e.g. a PyPy venv's python); references run on this one",
+    )
+    parser.add_argument(
+        "--baseline", metavar="REV", help="also measure easymesh at this git revision, in the same rounds"
     )
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
     parser.add_argument("--large", action="store_true")
