@@ -15,6 +15,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from easymesh.upstream.h1client import proxyErrorFor
@@ -42,7 +43,8 @@ from easymesh.routing.retry import (
     BufferedBody,
     RetryBudgetState,
     backoffDelay,
-    keepForReplay,
+    BodyNotReplayable,
+    ReplayableBody,
     shouldRetry,
 )
 from easymesh.routing.router import ATTEMPTS_HEADER, Router
@@ -473,27 +475,71 @@ def feed(body: RequestBodyStream, data: bytes, piece: int) -> None:
     body.finish()
 
 
+def test_bodyForwardedBeforeTheClientHasSentIt() -> None:
+    """
+    On a route with a retry policy the first try is sent the body as it
+    arrives, not once it is whole.
+    """
+    body = stream()
+    env = Env(policy("5xx", "connect-failure", numRetries=1))
+    d = env.send(makeRequest(b"/upload", method=b"POST", body=body))
+    assert len(env.sent) == 1
+    body.write(b"first chunk")
+    (sent,) = env.sent
+    assert (sent.body, sent.bodyEnded) == (b"first chunk", False)
+    body.write(b", second")
+    body.finish()
+    assert (sent.body, sent.bodyEnded) == (b"first chunk, second", True)
+    sent.answer(200)
+    assert env.result(d).code == 200
+
+
+@pytest.mark.parametrize("outcome", [refused, 503])
+def test_retryReplaysTheCopyThenTheRestAsItArrives(outcome: Any) -> None:
+    """
+    A try that fails while the client is still sending is retried: the next
+    try is sent what was kept, then the rest of the body as it arrives.
+    """
+    body = stream(12)
+    env = Env(policy("5xx", "connect-failure", numRetries=1))
+    d = env.send(makeRequest(b"/upload", method=b"POST", body=body))
+    body.write(b"abcd")
+    env.sent[0].answer(_outcome(outcome))
+    # Arrives during the backoff: kept for the next try.
+    body.write(b"efgh")
+    env.run(d)
+    first, second = env.sent
+    assert (first.body, second.body) == (b"abcd", b"abcdefgh")
+    assert second.request.body.length == 12
+    body.write(b"ijkl")
+    body.finish()
+    assert (first.body, first.bodyEnded) == (b"abcd", False)
+    assert (second.body, second.bodyEnded) == (b"abcdefghijkl", True)
+    second.answer(200)
+    response = env.result(d)
+    assert response.code == 200
+    assert response.headers.getRawHeaders(ATTEMPTS_HEADER) == [b"2"]
+    assert not body.stopped
+
+
 @pytest.mark.parametrize("declared", [True, False])
 def test_smallBodyReplayedToEveryTry(declared: bool) -> None:
     data = random.Random(5).randbytes(64 * 1024)
     body = stream(len(data) if declared else UNKNOWN_LENGTH)
     env = Env(policy("5xx", "connect-failure", numRetries=3))
-    env.outcomes = [503, refused(), 502, 200]
     d = env.send(makeRequest(b"/upload", method=b"POST", body=body))
-    # Nothing is sent before the whole body is kept.
-    last = len(data) - 1000
-    for i in range(0, last, 1000):
-        body.write(data[i : min(i + 1000, last)])
-    assert env.sent == []
-    body.write(data[last:])
-    body.finish()
+    feed(body, data, 1000)
+    assert env.sent[0].body == data
+    for outcome in [503, refused(), 502, 200]:
+        env.sent[-1].answer(outcome)
+        env.run(d)
     response = env.result(d)
     assert response.code == 200
     assert len(env.sent) == 4
     for sent in env.sent:
         assert sent.body == data
         assert sent.bodyEnded
-        assert sent.request.body.length == len(data)
+        assert sent.request.body.length == (len(data) if declared else UNKNOWN_LENGTH)
 
 
 @pytest.mark.parametrize("declared", [True, False])
@@ -525,38 +571,48 @@ def test_emptyBodyReplayed() -> None:
 
 @pytest.mark.parametrize("declared", [True, False])
 def test_bigBodySentOnceNeverRetried(declared: bool) -> None:
+    """
+    A try answered after the body has passed the limit is not retried, and
+    a response that came before the body ended still gets all of it.
+    """
     data = random.Random(6).randbytes(1024 * 1024)
     body = stream(len(data) if declared else UNKNOWN_LENGTH)
     env = Env(policy("5xx", "connect-failure", "reset", numRetries=3))
-    env.outcomes = [503, 200]
     request = makeRequest(b"/upload", method=b"POST", body=body)
     d = env.send(request)
-    for i in range(0, len(data), 10000):
+    for i in range(0, 200000, 10000):
         body.write(data[i : i + 10000])
-        if i == 200000:
-            # Sent on as it arrives, not kept whole first.
-            assert len(env.sent) == 1
-    body.finish()
+    (sent,) = env.sent
+    assert sent.body == data[:200000]
+    sent.answer(503)
     response = env.result(d)
     assert response.code == 503
     assert response.headers.getRawHeaders(ATTEMPTS_HEADER) == [b"1"]
-    (sent,) = env.sent
+    for i in range(200000, len(data), 10000):
+        body.write(data[i : i + 10000])
+    body.finish()
     assert sent.body == data
     assert sent.bodyEnded
+    assert len(env.sent) == 1
     assert request.attempts == 1
     assert env.cluster.retries == 0
 
 
 def test_bigBodyFailureNotRetried() -> None:
-    data = b"x" * (100 * 1024)
+    """
+    A try that fails after the body has passed the limit is not retried:
+    the client is answered with its error.
+    """
     body = stream()
     env = Env(policy("connect-failure", numRetries=3))
-    env.outcomes = [refused(), 200]
     d = env.send(makeRequest(b"/", method=b"POST", body=body))
-    feed(body, data, 4096)
+    for _ in range(25):
+        body.write(b"x" * 4096)
+    env.sent[0].fail(refused())
     reply = env.result(d)
     assert (reply.cause, reply.headers.getRawHeaders(ATTEMPTS_HEADER)) == ("upstream_connect_failure", [b"1"])
     assert len(env.sent) == 1
+    assert env.cluster.retries == 0
 
 
 def test_retryBufferLimitFromMesh() -> None:
@@ -568,57 +624,71 @@ def test_retryBufferLimitFromMesh() -> None:
         env.clock,
         MaxRandom(),
     )
-    env.outcomes = [503, 200]
     body = stream()
     d = env.send(makeRequest(b"/", method=b"POST", body=body))
     feed(body, b"0123456789A", 3)
+    env.sent[0].answer(503)
     assert env.result(d).code == 503
-    assert env.sent[0].body == b"0123456789A"
+    assert [s.body for s in env.sent] == [b"0123456789A"]
 
 
-class TestKeepForReplay:
+def test_noRetryPolicyBodyPassedAsIs() -> None:
+    """
+    A route without retries sends the client's body producer itself.
+    """
+    body = stream()
+    env = Env(None)
+    env.send(makeRequest(b"/", method=b"POST", body=body))
+    assert env.sent[0].request.body is body
+
+
+class Consumer:
+    """
+    A try's consumer of the body: records what it is written.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: List[bytes] = []
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+
+def start(producer: Any) -> Any:
+    """
+    Start C{producer} on a new L{Consumer}; return the consumer, with the
+    outcome of the producing in its C{results}.
+    """
+    consumer = Consumer()
+    results: List[Any] = []
+    producer.startProducing(consumer).addBoth(results.append)
+    consumer.results = results  # type: ignore[attr-defined]
+    return consumer
+
+
+class TestReplayableBody:
     def test_noBody(self) -> None:
-        results: List[Any] = []
-        keepForReplay(None, 10).addCallback(results.append)
-        assert results == [(None, True)]
+        body = ReplayableBody(None, 10)
+        assert body.produce() is None
+        assert body.replayable()
+        assert body.produce(last=True) is None
 
-    def test_bufferedBodyKept(self) -> None:
-        body = BufferedBody(b"abc")
-        results: List[Any] = []
-        keepForReplay(body, 1).addCallback(results.append)
-        assert results == [(body, True)]
-
-    def test_declaredTooBig(self) -> None:
-        body = stream(11)
-        results: List[Any] = []
-        keepForReplay(body, 10).addCallback(results.append)
-        assert results == [(body, False)]
-
-    def test_atTheLimit(self) -> None:
-        body = stream()
-        results: List[Any] = []
-        keepForReplay(body, 10).addCallback(results.append)
-        feed(body, b"0123456789", 4)
-        ((kept, replayable),) = results
-        assert replayable
-        assert isinstance(kept, BufferedBody)
-        assert (kept.data, kept.length) == (b"0123456789", 10)
-
-    def test_failedBody(self) -> None:
-        body = stream()
-        results: List[Any] = []
-        keepForReplay(body, 10).addBoth(results.append)
-        body.write(b"abc")
-        body.fail(Failure(ValueError("client went away")))
-        assert isinstance(results[0], Failure)
-        results[0].trap(ValueError)
-
-    def test_cancelStopsTheBody(self) -> None:
-        body = stream()
-        d = keepForReplay(body, 10)
-        d.addErrback(lambda f: f.trap(CancelledError))
-        d.cancel()
-        assert body.stopped
+    def test_bufferedBodyHandedToEveryTry(self) -> None:
+        buffered = BufferedBody(b"abc")
+        body = ReplayableBody(buffered, 1)
+        assert body.produce() is buffered
+        assert body.replayable()
+        assert body.produce() is buffered
 
     def test_bufferedBodyProducesEachTime(self) -> None:
         body = BufferedBody(b"data")
@@ -631,6 +701,236 @@ class TestKeepForReplay:
             done: List[Any] = []
             body.startProducing(Consumer()).addCallback(done.append)
             assert (chunks, done) == ([b"data"], [None])
+
+    @pytest.mark.parametrize("length", [5, UNKNOWN_LENGTH])
+    def test_lengthOfEveryTry(self, length: Any) -> None:
+        body = ReplayableBody(stream(length), 10)
+        assert body.produce().length == length
+        assert body.produce(last=True).length == length
+
+    def test_streamedAsItArrives(self) -> None:
+        """
+        The first try is written each piece of the body as it arrives.
+        """
+        source = stream()
+        body = ReplayableBody(source, 100)
+        consumer = start(body.produce())
+        source.write(b"abc")
+        assert (consumer.data, consumer.results) == (b"abc", [])
+        source.write(b"def")
+        assert consumer.data == b"abcdef"
+        source.finish()
+        assert consumer.results == [None]
+        assert body.replayable()
+
+    def test_notStartedUntilATryProduces(self) -> None:
+        """
+        The source is left to hold the body until a try has a connection to
+        send it on.
+        """
+        source = stream()
+        body = ReplayableBody(source, 100)
+        producer = body.produce()
+        source.write(b"abc")
+        consumer = start(producer)
+        assert consumer.data == b"abc"
+
+    def test_copyReplayedThenTheRest(self) -> None:
+        source = stream()
+        body = ReplayableBody(source, 100)
+        first = start(body.produce())
+        source.write(b"abc")
+        body.abandon()
+        assert source.calls == ["pause"]
+        source.write(b"def")
+        assert first.data == b"abc"
+        second = start(body.produce())
+        assert second.data == b"abcdef"
+        assert source.calls == ["pause", "resume"]
+        source.write(b"ghi")
+        source.finish()
+        assert (first.data, first.results) == (b"abc", [])
+        assert (second.data, second.results) == (b"abcdefghi", [None])
+
+    def test_replayAfterTheEnd(self) -> None:
+        source = stream()
+        body = ReplayableBody(source, 100)
+        first = start(body.produce())
+        feed(source, b"abcdef", 2)
+        assert first.results == [None]
+        second = start(body.produce(last=True))
+        assert (second.data, second.results) == (b"abcdef", [None])
+        assert not body.replayable()
+
+    def test_overflowMakesItNotReplayable(self) -> None:
+        """
+        Past the limit the copy is dropped, and the try under way is sent
+        the rest of the body all the same.
+        """
+        source = stream()
+        body = ReplayableBody(source, 5)
+        consumer = start(body.produce())
+        source.write(b"abc")
+        source.write(b"de")
+        assert body.replayable()
+        source.write(b"f")
+        assert not body.replayable()
+        source.write(b"ghi")
+        source.finish()
+        assert (consumer.data, consumer.results) == (b"abcdefghi", [None])
+        assert not source.stopped
+
+    def test_declaredTooBig(self) -> None:
+        source = stream(11)
+        body = ReplayableBody(source, 10)
+        assert not body.replayable()
+        consumer = start(body.produce())
+        feed(source, b"0123456789A", 4)
+        assert (consumer.data, consumer.results) == (b"0123456789A", [None])
+
+    def test_tryAfterOverflowFails(self) -> None:
+        source = stream()
+        body = ReplayableBody(source, 2)
+        start(body.produce())
+        source.write(b"abc")
+        late = start(body.produce())
+        late.results[0].trap(BodyNotReplayable)
+
+    def test_backPressure(self) -> None:
+        """
+        A try's consumer pausing its producer pauses the source.
+        """
+        source = stream()
+        body = ReplayableBody(source, 100)
+        producer = body.produce()
+        consumer = start(producer)
+        producer.pauseProducing()
+        assert source.calls == ["pause"]
+        source.write(b"abc")
+        assert consumer.data == b""
+        producer.resumeProducing()
+        assert source.calls == ["pause", "resume"]
+        assert consumer.data == b"abc"
+
+    def test_pausedDuringReplay(self) -> None:
+        """
+        A try that pauses while it is written the copy leaves the source
+        paused until it resumes.
+        """
+        source = stream()
+        body = ReplayableBody(source, 100)
+        start(body.produce())
+        source.write(b"abc")
+        body.abandon()
+        source.write(b"def")
+        producer = body.produce()
+        consumer = Consumer()
+        consumer.write = lambda data: (consumer.chunks.append(data), producer.pauseProducing())  # type: ignore[method-assign]
+        producer.startProducing(consumer)
+        assert consumer.data == b"abc"
+        assert source.calls == ["pause"]
+        producer.resumeProducing()
+        assert consumer.data == b"abcdef"
+
+    def test_sourceFailure(self) -> None:
+        """
+        A body that fails (the client went away) fails the try under way
+        and every later one.
+        """
+        source = stream()
+        body = ReplayableBody(source, 100)
+        first = start(body.produce())
+        source.write(b"abc")
+        source.fail(Failure(ValueError("client went away")))
+        first.results[0].trap(ValueError)
+        assert not body.replayable()
+        second = start(body.produce())
+        second.results[0].trap(ValueError)
+        assert second.data == b""
+
+    def test_sourceFailedBeforeAnyTry(self) -> None:
+        source = stream()
+        source.fail(Failure(ValueError("client went away")))
+        body = ReplayableBody(source, 100)
+        start(body.produce()).results[0].trap(ValueError)
+        assert not body.replayable()
+
+    def test_trailers(self) -> None:
+        """
+        Each try's producer shows the source's trailers as they are when
+        read.
+        """
+        source = stream()
+        body = ReplayableBody(source, 100)
+        producer = body.produce()
+        assert producer.trailers is None
+        trailers = Headers({b"grpc-status": [b"0"]})
+        source.trailers = trailers  # type: ignore[attr-defined]
+        assert producer.trailers is trailers
+        assert body.produce().trailers is trailers
+
+    def test_stoppedTryWithARetryToComeKeepsTheSource(self) -> None:
+        source = stream()
+        body = ReplayableBody(source, 100)
+        producer = body.produce()
+        first = start(producer)
+        source.write(b"abc")
+        producer.stopProducing()
+        assert not source.stopped
+        assert source.calls == ["pause"]
+        assert body.replayable()
+        source.write(b"def")
+        second = start(body.produce())
+        source.finish()
+        assert (first.data, first.results) == (b"abc", [])
+        assert (second.data, second.results) == (b"abcdef", [None])
+
+    def test_stoppedLastTryStopsTheSource(self) -> None:
+        source = stream()
+        body = ReplayableBody(source, 100)
+        start(body.produce())
+        source.write(b"abc")
+        producer = body.produce(last=True)
+        consumer = start(producer)
+        assert consumer.data == b"abc"
+        producer.stopProducing()
+        assert source.stopped
+
+    def test_stoppedTryPastTheLimitStopsTheSource(self) -> None:
+        source = stream()
+        body = ReplayableBody(source, 2)
+        producer = body.produce()
+        start(producer)
+        source.write(b"abc")
+        producer.stopProducing()
+        assert source.stopped
+
+    def test_doneStopsAnIdleSource(self) -> None:
+        source = stream()
+        body = ReplayableBody(source, 100)
+        start(body.produce())
+        source.write(b"abc")
+        body.abandon()
+        body.done()
+        assert source.stopped
+        assert not body.replayable()
+
+    def test_doneLeavesTheLastTryStreaming(self) -> None:
+        """
+        The try a response came on may still be sent the body (a stream
+        both ways): it is, and the source is stopped only if it stops.
+        """
+        source = stream()
+        body = ReplayableBody(source, 100)
+        producer = body.produce()
+        consumer = start(producer)
+        source.write(b"abc")
+        body.done()
+        assert not source.stopped
+        source.write(b"def")
+        assert consumer.data == b"abcdef"
+        producer.stopProducing()
+        assert source.stopped
 
 
 def test_errorReplySaysHowManyAttempts() -> None:

@@ -1,17 +1,18 @@
 # -*- test-case-name: tests.test_retry -*-
 """
 Retries: which outcomes a policy retries, the backoff between tries, the
-budget that caps retries across a cluster, and keeping a small request
-body so that it can be sent again.
+budget that caps retries across a cluster, and the request body streamed
+to the first try while a copy is kept so that it can be sent again.
 """
 
 from __future__ import annotations
 
 import random as _random
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Union
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer
+from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -94,30 +95,178 @@ class RetryBudgetState:
         return bucket.take() is None
 
 
-class _Collector:
+class BodyNotReplayable(Exception):
     """
-    Read a body producer into memory, up to a limit.
+    A try wanted the request body after the copy kept for it was dropped.
     """
 
-    def __init__(self, source: IBodyProducer, limit: int) -> None:
-        self.source = source
-        self.limit = limit
-        self.chunks: List[bytes] = []
-        self.size = 0
-        self.target: Optional[IConsumer] = None
-        self.result: Deferred[Tuple[IBodyProducer, bool]] = Deferred(lambda _: source.stopProducing())
-        self.overflowed = False
+
+@implementer(IConsumer)
+class ReplayableBody:
+    """
+    A request body on a route that retries: streamed to the first try as it
+    arrives, while a copy of it is kept up to C{limit} bytes so that a later
+    try can be sent it again (Envoy's C{per_request_buffer_limit_bytes}).
+
+    Each try gets its own producer from L{produce}; a later try's producer
+    writes the copy kept so far, then goes on with the body as it still
+    arrives.  Once the body is longer than C{limit} the copy is dropped and
+    the request can no longer be retried; the try under way streams on to
+    the end all the same.  Only one try consumes the body at a time.
+
+    A body held whole in memory (a L{BufferedBody}, or no body) is handed to
+    every try as it is.
+
+    @param source: The request's body producer (in practice fed by the
+        listener), which this becomes the consumer of once a try starts
+        producing.
+    @param limit: The most bytes kept for a retry.
+    """
+
+    def __init__(self, source: Optional[IBodyProducer], limit: int) -> None:
+        length = getattr(source, "length", None)
+        if isinstance(length, int) and length == 0 and not isinstance(source, BufferedBody):
+            source = BufferedBody(b"")
+        self._source = source
+        self._whole = source is None or isinstance(source, BufferedBody)
+        self._limit = limit
+        #: What the source has written so far; L{None} once dropped.
+        self._copy: Optional[List[bytes]] = []
+        self._size = 0
+        if isinstance(length, int) and length > limit:
+            self._copy = None
+        self._current: Optional[_TryBody] = None
+        self._last = False
+        self._final = False
+        self._started = False
+        self._ended = False
+        self._sourceStopped = False
+        self._failure: Optional[Failure] = None
+        self._sourcePaused = False
+        self._replaying = False
+
+    # The router's side.
+
+    def produce(self, last: bool = False) -> Optional[IBodyProducer]:
+        """
+        The body producer for the next try; the previous try, if any, gets
+        no more of the body.
+
+        @param last: Whether no try will follow this one: then the copy is
+            dropped once this try has been given it.
+        """
+        if self._whole:
+            return self._source
+        self.abandon()
+        self._last = last
+        producer = self._current = _TryBody(self)
+        return producer
+
+    def replayable(self) -> bool:
+        """
+        Whether another try can be sent the whole body: the copy is intact
+        (the body has not passed the limit) and the body has not failed.
+        """
+        if self._whole:
+            return True
+        return not (self._last or self._final or self._copy is None or self._failure is not None)
+
+    def abandon(self) -> None:
+        """
+        The current try is over (a retry follows): it gets no more of the
+        body, and the source is paused until the next try starts.
+        """
+        self._detach()
+        self._pauseSource()
+
+    def done(self) -> None:
+        """
+        No try follows the current one: drop the copy, and stop the source
+        unless a try is still being sent the body (it is stopped when that
+        try stops).
+        """
+        if self._whole:
+            return
+        self._final = True
+        self._copy = None
+        current = self._current
+        if current is None or not current._producing:
+            self._detach()
+            self._stopSource()
+
+    # The tries' side.
+
+    def _detach(self) -> None:
+        current, self._current = self._current, None
+        if current is not None:
+            current._detach()
+
+    def _start(self, producer: "_TryBody", consumer: IConsumer) -> Deferred[None]:
+        if producer is not self._current or producer._producing:
+            return fail(BodyNotReplayable("the request body went to a later try"))
+        if self._failure is not None:
+            return fail(self._failure)
+        if self._copy is None and self._started:
+            return fail(BodyNotReplayable("the request body was longer than the retry buffer"))
+        done: Deferred[None] = Deferred()
+        producer._start(consumer, done)
+        self._replaying = True
+        try:
+            for chunk in list(self._copy or ()):
+                if producer is not self._current:
+                    return done
+                consumer.write(chunk)
+        finally:
+            self._replaying = False
+        if self._last:
+            self._copy = None
+        if producer is not self._current:
+            return done
+        if not self._started:
+            self._started = True
+            assert self._source is not None
+            self._source.startProducing(self).addCallbacks(self._sourceEnded, self._sourceFailed)
+            if producer is self._current and producer.paused:
+                self._pauseSource()
+        elif self._ended:
+            self._sourceEnded(None)
+        elif not producer.paused:
+            self._resumeSource()
+        return done
+
+    def _paused(self, producer: "_TryBody") -> None:
+        if producer is self._current and producer._producing:
+            self._pauseSource()
+
+    def _resumed(self, producer: "_TryBody") -> None:
+        if producer is self._current and producer._producing and not self._replaying:
+            self._resumeSource()
+
+    def _stoppedBy(self, producer: "_TryBody") -> None:
+        """
+        A try no longer wants the body: the source is stopped if no try
+        will follow, else paused for the next.
+        """
+        if producer is not self._current:
+            return
+        self._detach()
+        if self.replayable():
+            self._pauseSource()
+        else:
+            self._stopSource()
+
+    # The source's side: an IConsumer.
 
     def write(self, data: bytes) -> None:
-        if self.target is not None:
-            self.target.write(data)
-            return
-        self.chunks.append(data)
-        self.size += len(data)
-        if self.size > self.limit and not self.overflowed:
-            self.overflowed = True
-            self.source.pauseProducing()
-            self.result.callback((_Prefixed(self), False))
+        if self._copy is not None:
+            self._size += len(data)
+            if self._size > self._limit:
+                self._copy = None
+            else:
+                self._copy.append(data)
+        current = self._current
+        if current is not None:
+            current._write(data)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         pass
@@ -125,82 +274,103 @@ class _Collector:
     def unregisterProducer(self) -> None:
         pass
 
+    def _sourceEnded(self, _: Any) -> None:
+        self._ended = True
+        if self._current is not None:
+            self._current._finish(None)
+
+    def _sourceFailed(self, reason: Failure) -> None:
+        self._failure = reason
+        self._copy = None
+        if self._current is not None:
+            self._current._finish(reason)
+
+    def _pauseSource(self) -> None:
+        if self._started and not self._sourcePaused and not self._over():
+            self._sourcePaused = True
+            assert self._source is not None
+            self._source.pauseProducing()
+
+    def _resumeSource(self) -> None:
+        if self._sourcePaused and not self._over():
+            self._sourcePaused = False
+            assert self._source is not None
+            self._source.resumeProducing()
+
+    def _stopSource(self) -> None:
+        if not self._over():
+            self._sourceStopped = True
+            assert self._source is not None
+            self._source.stopProducing()
+
+    def _over(self) -> bool:
+        return self._ended or self._sourceStopped or self._failure is not None
+
 
 @implementer(IBodyProducer)
-class _Prefixed:
+class _TryBody:
     """
-    A body too big to keep: what was read, then the rest as it arrives.
+    The request body as one try is sent it: see L{ReplayableBody}.
+
+    @ivar length: The body's length, as the request declared it (or
+        C{UNKNOWN_LENGTH}), whatever the try.
+    @ivar paused: Whether the try's consumer has paused it.
     """
 
-    def __init__(self, collector: _Collector) -> None:
-        self._collector = collector
-        self.length = collector.source.length
-        self.done: Optional[Deferred[None]] = None
+    def __init__(self, body: ReplayableBody) -> None:
+        self._body = body
+        source = body._source
+        assert source is not None
+        self.length = source.length
+        self.paused = False
+        self._consumer: Optional[IConsumer] = None
+        self._done: Optional[Deferred[None]] = None
+        self._producing = False
+
+    @property
+    def trailers(self) -> Any:
+        """
+        The body's trailers, once it has ended with some: the source's.
+        """
+        return getattr(self._body._source, "trailers", None)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        collector = self._collector
-        for chunk in collector.chunks:
-            consumer.write(chunk)
-        collector.chunks = []
-        collector.target = consumer
-        assert self.done is not None
-        done, self.done = self.done, None
-        collector.source.resumeProducing()
-        return done
+        return self._body._start(self, consumer)
 
     def pauseProducing(self) -> None:
-        self._collector.source.pauseProducing()
+        self.paused = True
+        self._body._paused(self)
 
     def resumeProducing(self) -> None:
-        self._collector.source.resumeProducing()
+        self.paused = False
+        self._body._resumed(self)
 
     def stopProducing(self) -> None:
-        self._collector.source.stopProducing()
+        """
+        The try no longer wants the body: the L{Deferred} from
+        L{startProducing} never fires.
+        """
+        self._body._stoppedBy(self)
 
+    def _start(self, consumer: IConsumer, done: Deferred[None]) -> None:
+        self._consumer = consumer
+        self._done = done
+        self._producing = True
 
-def keepForReplay(
-    body: Optional[IBodyProducer], limit: int
-) -> Deferred[Tuple[Optional[IBodyProducer], bool]]:
-    """
-    Read a request body into memory if it is at most C{limit} bytes, so it
-    can be sent more than once.
+    def _write(self, data: bytes) -> None:
+        if self._consumer is not None:
+            self._consumer.write(data)
 
-    @return: A L{Deferred} firing with the body to send and whether it can
-        be sent again: a L{BufferedBody} and C{True}; or, for a body over
-        the limit, a producer of it (what was read, then the rest) and
-        C{False}.
-    """
-    if body is None or isinstance(body, BufferedBody):
-        return succeed((body, True))
-    length = body.length
-    if isinstance(length, int) and length == 0:
-        return succeed((BufferedBody(b""), True))
-    if isinstance(length, int) and length > limit:
-        return succeed((body, False))
-    collector = _Collector(body, limit)
-    prefixed: List[_Prefixed] = []
+    def _finish(self, result: Optional[Failure]) -> None:
+        done, self._done = self._done, None
+        self._consumer = None
+        if done is None:
+            return
+        if result is None:
+            done.callback(None)
+        else:
+            done.errback(result)
 
-    def ended(_: Any) -> None:
-        if not collector.overflowed:
-            collector.result.callback((BufferedBody(b"".join(collector.chunks)), True))
-
-    def failed(reason: Any) -> Any:
-        if not collector.overflowed and not collector.result.called:
-            collector.result.errback(reason)
-            return None
-        return reason
-
-    producing = body.startProducing(collector)
-
-    def handOver(result: Tuple[IBodyProducer, bool]) -> Tuple[IBodyProducer, bool]:
-        producer = result[0]
-        if isinstance(producer, _Prefixed):
-            producer.done = producing
-            prefixed.append(producer)
-        return result
-
-    result = collector.result
-    result.addCallback(handOver)
-    if not collector.overflowed:
-        producing.addCallbacks(ended, failed)
-    return result
+    def _detach(self) -> None:
+        self._consumer = None
+        self._done = None

@@ -18,13 +18,13 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from easymesh.cluster.cluster import Cluster
-from easymesh.config.mesh import MeshConfig, Route
+from easymesh.config.mesh import MeshConfig, RetryPolicy, Route
 from easymesh.errors import NoRoute, Overflow, ProxyError, UpstreamTimeout, classify
 from easymesh.message import LocalReply, ProxyRequest, Response, discardResponse
 from easymesh.routing.matcher import RouteTable
 from easymesh.routing.paths import normalisePath
 from easymesh.routing.ratelimit import KeyedRateLimiter, sourceAddress
-from easymesh.routing.retry import backoffDelay, keepForReplay, shouldRetry
+from easymesh.routing.retry import ReplayableBody, backoffDelay, shouldRetry
 
 Reply = Response
 
@@ -137,12 +137,29 @@ class Router:
     ) -> Reply:
         policy = route.retryPolicy
         assert policy is not None
-        body, replayable = await keepForReplay(request.body, self.mesh.retryBufferLimit)
+        # The first try is sent the body as it arrives; a copy is kept, up to
+        # the limit, for the tries that may follow.
+        body = ReplayableBody(request.body, self.mesh.retryBufferLimit)
+        try:
+            return await self._tries(request, policy, cluster, hashKey, body)
+        finally:
+            # No try follows: the body goes on to the last try if it is
+            # still being sent, and is stopped once that try stops.
+            body.done()
+
+    async def _tries(
+        self,
+        request: ProxyRequest,
+        policy: RetryPolicy,
+        cluster: Cluster,
+        hashKey: Optional[bytes],
+        body: ReplayableBody,
+    ) -> Reply:
         attempt = 0
         while True:
             attempt += 1
             request.attempts = attempt
-            request.body = body
+            request.body = body.produce(last=attempt > policy.numRetries)
             retrying = attempt > 1
             try:
                 outcome: Any = await cluster.request(request, policy.perTryTimeout, hashKey)
@@ -159,7 +176,7 @@ class Router:
             failed = isinstance(outcome, ProxyError)
             if (
                 attempt > policy.numRetries
-                or not replayable
+                or not body.replayable()
                 or isinstance(outcome, Overflow)
                 or not shouldRetry(policy, outcome)
             ):
@@ -170,6 +187,7 @@ class Router:
                 return _final(outcome, attempt)
             if not cluster.breakers.tryRetry():
                 return _final(outcome, attempt)
+            body.abandon()
             if not failed:
                 discardResponse(outcome)
             cluster.retriesActive += 1

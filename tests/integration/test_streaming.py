@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -96,15 +96,11 @@ class StreamApp:
                 headers[name.strip().lower()] = value.strip()
             if method == b"POST":
                 digest = hashlib.sha256()
-                left = int(headers[b"content-length"])
-                while left:
-                    data = rfile.read1(min(left, 65536))
-                    if not data:
+                if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+                    if not self._readChunked(rfile, digest):
                         return
-                    left -= len(data)
-                    self.received += len(data)
-                    digest.update(data)
-                    self.firstBytes.set()
+                elif not self._read(rfile, int(headers[b"content-length"]), digest):
+                    return
                 body = digest.hexdigest().encode()
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             else:
@@ -112,6 +108,37 @@ class StreamApp:
                 for _ in range(BODY // len(BLOCK)):
                     conn.sendall(BLOCK)
                     self.sent += len(BLOCK)
+
+    def _read(self, rfile: Any, left: int, digest: Any) -> bool:
+        """
+        Read C{left} body bytes as they come; whether they all came.
+        """
+        while left:
+            data = rfile.read1(min(left, 65536))
+            if not data:
+                return False
+            left -= len(data)
+            self.received += len(data)
+            digest.update(data)
+            self.firstBytes.set()
+        return True
+
+    def _readChunked(self, rfile: Any, digest: Any) -> bool:
+        """
+        Read a chunked body, each chunk as it comes; whether it all came.
+        """
+        while True:
+            line = rfile.readline(65536)
+            if not line:
+                return False
+            size = int(line.split(b";")[0].strip(), 16)
+            if size == 0:
+                while rfile.readline(65536) not in (b"\r\n", b""):
+                    pass
+                return True
+            if not self._read(rfile, size, digest):
+                return False
+            rfile.readline(65536)
 
     def close(self) -> None:
         self.closed = True
@@ -221,3 +248,38 @@ def test_slowReaderPausesDownload(launch, streamApp) -> None:
     assert received == BODY
     assert digest.hexdigest() == expectedDigest(BODY)
     assert peakRSS(pid) - baseline < GROWTH
+
+
+def test_retryRouteStreamsUploadAtOnce(launch, streamApp, tmp_path: Path) -> None:
+    """
+    On a route with a retry policy a chunked upload is forwarded as it
+    arrives too (a copy is kept for a retry, not the whole body first): its
+    first chunk reaches the app while the client still holds the rest, and
+    the request then completes.
+    """
+    config = tmp_path / "mesh.yaml"
+    config.write_text(
+        f"""\
+clusters:
+  app: {{endpoints: ["http://127.0.0.1:{streamApp.port}"]}}
+routes:
+  outbound:
+    - match: {{prefix: /}}
+      cluster: app
+      retry_policy: {{num_retries: 1}}
+""",
+        encoding="utf-8",
+    )
+    sidecar = launch("--config", str(config), upstream=f"http://127.0.0.1:{streamApp.port}")
+    chunks = [bytes([i]) * 1000 for i in range(8)]
+    with socket.create_connection(("127.0.0.1", sidecar.ports["outbound"]), timeout=30) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(b"%x\r\n%s\r\n" % (len(chunks[0]), chunks[0]))
+        assert streamApp.firstBytes.wait(10), "the first chunk did not reach the app"
+        assert streamApp.received == len(chunks[0])
+        for chunk in chunks[1:]:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        sock.sendall(b"0\r\n\r\n")
+        digest = readResponse(sock)
+    assert digest.decode() == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert streamApp.received == sum(map(len, chunks))
