@@ -987,15 +987,24 @@ class HTTP1Channel(Protocol):
             # Answered before the body ended: drop the rest of it and close,
             # so no part of it is read as a new request.
             self.discardBody()
-        self._endExchange(None)
-        self._nextRequest()
+        exchange, self._exchange = self._exchange, None
+        self._stream = None
+        self._producer = None
+        # The connection's next state is settled before the exchange hears
+        # it is done: a drain waiting for it then finds this connection
+        # closing or idle, never mid-request.
+        self._afterResponse()
+        if exchange is not None:
+            exchange.done(None)
+        if self._state == _HEAD and self._buffer and self._exchange is None:
+            self._parseHeads()
 
     def abort(self) -> None:
         self._state = _CLOSED
         self._setTimer(None)
         self.transport.abortConnection()
 
-    def _nextRequest(self) -> None:
+    def _afterResponse(self) -> None:
         if self._state == _CLOSED:
             return
         if not self.persistent or self._state in (_DISCARD, _BODY):
@@ -1004,11 +1013,7 @@ class HTTP1Channel(Protocol):
         self._state = _HEAD
         self.resumeReading("body")
         self.resumeReading("pipeline")
-        if self._buffer:
-            self._setTimer(self.limits.headTimeout)
-            self._parseHeads()
-        else:
-            self._setTimer(self.limits.idleTimeout)
+        self._setTimer(self.limits.headTimeout if self._buffer else self.limits.idleTimeout)
 
     # The response's producer, paused when the client reads slowly.
 

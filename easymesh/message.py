@@ -12,7 +12,7 @@ delivered to an L{easymesh.interfaces.IBodySink}.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -226,16 +226,13 @@ def discardResponse(response: Response) -> None:
 
 class BodyCollector:
     """
-    An L{easymesh.interfaces.IBodySink} that keeps a whole body in memory,
-    for health checks and tests.
+    An L{easymesh.interfaces.IBodySink} that keeps a whole body in memory.
 
     @ivar done: Fires with C{(body, trailers)}, or fails as the body did.
     """
 
-    def __init__(self, limit: Optional[int] = None) -> None:
-        self._chunks: list = []
-        self._size = 0
-        self._limit = limit
+    def __init__(self) -> None:
+        self._chunks: List[bytes] = []
         self._producer: Any = None
         self.done: Deferred[Any] = Deferred()
 
@@ -243,9 +240,7 @@ class BodyCollector:
         self._producer = producer
 
     def bodyData(self, data: bytes) -> None:
-        self._size += len(data)
-        if self._limit is None or self._size <= self._limit:
-            self._chunks.append(data)
+        self._chunks.append(data)
 
     def bodyEnded(self, trailers: Optional[Headers]) -> None:
         self.done.callback((b"".join(self._chunks), trailers))

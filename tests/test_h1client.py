@@ -30,6 +30,7 @@ from twisted.web._newclient import (
 )
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http import PotentialDataLoss, _ChunkedTransferDecoder
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -550,16 +551,64 @@ CHUNKED = (
 @splits
 def test_chunkedBody(how: Any) -> None:
     """
-    A chunked body is decoded, chunk extensions ignored and trailers
-    dropped; the end of the trailer section ends the body.
+    A chunked body is decoded, chunk extensions ignored and trailers kept
+    apart from the headers; the end of the trailer section ends the body.
     """
     h, d, response, body = respond(CHUNKED, how)
     assert response.length is UNKNOWN_LENGTH
     assert body.data == b"hello world0123456789"
     assert body.reason.check(ResponseDone)
     assert not response.headers.hasHeader(b"Trailer-A")
+    assert response.trailers.getRawHeaders(b"trailer-a") == [b"1"]
+    assert response.trailers.getRawHeaders(b"trailer-b") == [b"two"]
     assert h.quiescent == [h.connection]
     assert h.connection.state == "QUIESCENT"
+
+
+def test_trailersNotRelayedDropped() -> None:
+    """
+    Trailer fields that may not be trailers (framing, routing, the
+    sidecar's own) are dropped; a section left empty gives no trailers.
+    """
+    raw = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+        b"Content-Length: 5\r\nHost: evil\r\nX-Easymesh-Error: forged\r\n\r\n"
+    )
+    h, d, response, body = respond(raw)
+    assert body.data == b"a"
+    assert response.trailers is None
+    _, _, kept, _ = respond(raw.replace(b"Host: evil", b"Grpc-Status: 0"))
+    assert list(kept.trailers.getAllRawHeaders()) == [(b"Grpc-Status", [b"0"])]
+
+
+@pytest.mark.parametrize(
+    "section",
+    [b"no colon here\r\n", b"Bad Name: x\r\n", b"X: a\x00b\r\n", b"X: y\r\n" * (MAX_HEADERS + 1)],
+)
+def test_badTrailersRefused(section: bytes) -> None:
+    """
+    A malformed trailer section, or too many fields, fails the body as a
+    malformed response; the connection is not reused.
+    """
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n" + section + b"\r\n"
+    h, d, response, body = respond(raw)
+    assert body.reason.check(ResponseFailed)
+    assert h.quiescent == []
+
+
+def test_requestTrailersWritten() -> None:
+    """
+    A chunked request body's trailers (its producer's C{trailers}, read once
+    the body has ended) follow the last chunk.
+    """
+    h = Harness()
+    producer = Producer(UNKNOWN_LENGTH)
+    h.request(b"POST", producer)
+    producer.consumer.write(b"hello")
+    producer.trailers = Headers({b"grpc-status": [b"0"], b"x-sum": [b"1", b"2"]})
+    producer.done.callback(None)
+    body = h.transport.value()[len(POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\n") :]
+    assert body == b"5\r\nhello\r\n0\r\nGrpc-Status: 0\r\nX-Sum: 1\r\nX-Sum: 2\r\n\r\n"
 
 
 @pytest.mark.parametrize("coding", [b"chunked", b"Chunked", b"gzip, chunked"])

@@ -101,6 +101,7 @@ class FakeRequest:
             self.respond(body=b"auto " + self.uri)
 
     def done(self, reason: Optional[Failure] = None) -> None:
+        self.channelAtDone = (self.channel.closing, self.channel.idle)
         if reason is not None:
             self.lost = reason
             self.events.append("lost")
@@ -1598,3 +1599,123 @@ def test_oneDeliveryPerRead() -> None:
     assert b"".join(request.chunks) == b"a" * 10000
     assert len(request.chunks) <= len(reads)
     assert request.received is not None
+
+
+# The response framing the channel owns.
+
+
+def _answerWith(conn: Conn, code: int, headers: Headers, pieces: List[bytes], trailers: Any = None) -> bytes:
+    conn.channel.sendHead(code, b"", headers)
+    for piece in pieces:
+        conn.channel.sendData(piece)
+    conn.channel.finish(trailers)
+    return conn.output()
+
+
+def test_chunkedResponseWithTrailers() -> None:
+    """
+    A response of unknown length goes chunked to an HTTP/1.1 client, its
+    trailers after the last chunk; the connection stays open.
+    """
+    conn = Conn()
+    conn.feed(get())
+    out = _answerWith(
+        conn, 200, Headers(), [b"hello", b"", b" world"], Headers({b"grpc-status": [b"0"]})
+    )
+    assert out == (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\nGrpc-Status: 0\r\n\r\n"
+    )
+    assert not conn.transport.disconnecting
+
+
+def test_lengthResponseDropsTrailers() -> None:
+    """
+    A response with a Content-Length has no place for trailers: they are
+    dropped, and the body is sent as it is.
+    """
+    conn = Conn()
+    conn.feed(get())
+    out = _answerWith(
+        conn, 200, Headers({b"content-length": [b"2"]}), [b"ok"], Headers({b"x-t": [b"1"]})
+    )
+    assert out == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@pytest.mark.parametrize(
+    "request_, code", [(b"HEAD / HTTP/1.1\r\n" + HOST + b"\r\n", 200), (get(), 204), (get(), 304)]
+)
+def test_responsesWithoutBody(request_: bytes, code: int) -> None:
+    """
+    HEAD, 204 and 304 responses have no body and no chunked framing; what
+    is given as body is not sent.
+    """
+    conn = Conn()
+    conn.feed(request_)
+    out = _answerWith(conn, code, Headers({b"etag": [b'"x"']}), [b"ignored"])
+    assert out.lower().endswith(b'\r\netag: "x"\r\n\r\n')
+    assert b"chunked" not in out and b"ignored" not in out
+    assert not conn.transport.disconnecting
+
+
+def test_http10ResponseDelimitedByClose() -> None:
+    conn = Conn()
+    conn.feed(get(version=b"HTTP/1.0", headers=b""))
+    out = _answerWith(conn, 200, Headers(), [b"abc"], Headers({b"x-t": [b"1"]}))
+    assert out == b"HTTP/1.0 200 OK\r\n\r\nabc"
+    assert conn.transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    "code, phrase", [(429, b"Too Many Requests"), (508, b"Loop Detected"), (599, b"Unknown")]
+)
+def test_reasonPhrases(code: int, phrase: bytes) -> None:
+    conn = Conn()
+    conn.feed(get())
+    out = _answerWith(conn, code, Headers({b"content-length": [b"0"]}), [])
+    assert out.startswith(b"HTTP/1.1 %d %s\r\n" % (code, phrase))
+
+
+def test_requestTrailersKept() -> None:
+    """
+    A chunked request's trailer fields reach the exchange with the body's
+    end, without those that may not be trailers.
+    """
+    conn = Conn()
+    conn.feed(chunkedPost(b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nHost: evil\r\nContent-Length: 9\r\n\r\n"))
+    [request] = conn.requests
+    assert request.body == b"abc"
+    assert request.received is not None
+    assert list(request.trailers.getAllRawHeaders()) == [(b"X-Sum", [b"1"])]
+
+
+def test_requestTrailersOnlyForbiddenGiveNone() -> None:
+    conn = Conn()
+    conn.feed(chunkedPost(b"0\r\nHost: evil\r\n\r\n"))
+    [request] = conn.requests
+    assert request.received is not None
+    assert request.trailers is None
+
+
+@pytest.mark.parametrize("field", [b"Bad Name: x", b"X: a\x01b", b": empty"])
+def test_requestBadTrailerRefused(field: bytes) -> None:
+    conn = Conn()
+    conn.feed(chunkedPost(b"1\r\na\r\n0\r\n" + field + b"\r\n\r\n"))
+    assert conn.output().startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert conn.transport.disconnecting
+    [request] = conn.requests
+    assert request.lost is not None and request.received is None
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_connectionSettledBeforeExchangeDone(close: bool) -> None:
+    """
+    When an exchange hears that its response is done, the connection is
+    already idle or closing: a drain that closes what is busy at that
+    moment (SIGTERM once nothing is in flight) never cuts it.
+    """
+    conn = Conn()
+    conn.feed(get(headers=HOST + (b"Connection: close\r\n" if close else b"")))
+    [request] = conn.requests
+    request.respond()
+    assert request.channelAtDone == ((True, False) if close else (False, True))

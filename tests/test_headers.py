@@ -6,7 +6,7 @@ L{HeaderPolicy}.
 from __future__ import annotations
 
 import uuid
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pytest
 from hypothesis import given, settings
@@ -542,3 +542,40 @@ def test_trustIsAPolicyChoice() -> None:
 )
 def test_offendingName(head: bytes, name: object) -> None:
     assert offendingName(head) == name
+
+
+@pytest.mark.parametrize(
+    "te, kept",
+    [
+        ([b"trailers"], [b"trailers"]),
+        ([b"gzip, Trailers"], [b"trailers"]),
+        ([b"gzip", b"trailers;q=1"], None),
+        ([b"gzip"], None),
+        ([b"deflate, chunked"], None),
+    ],
+)
+def test_teTrailersPasses(te: List[bytes], kept: Any) -> None:
+    """
+    C{TE} is hop-by-hop, but C{trailers} in it passes on as C{te: trailers}
+    (the one value HTTP/2 allows, which gRPC needs); nothing else of it.
+    """
+    headers = request(HeaderPolicy("web-1", "outbound"), make({b"TE": te}))
+    assert headers.getRawHeaders(b"te") == kept
+
+
+def test_teNamedByConnectionStillTrailers() -> None:
+    headers = request(
+        HeaderPolicy("web-1", "outbound"), make({b"TE": [b"trailers"], b"Connection": [b"TE"]})
+    )
+    assert headers.getRawHeaders(b"te") == [b"trailers"]
+
+
+def test_trailerFieldsFiltered() -> None:
+    from easymesh.headers import trailerFields
+
+    kept = trailerFields(
+        [b"grpc-status: 0", b"Content-Length: 3", b"host: x", b"x-easymesh-error: forged", b"X-Sum: 1"]
+    )
+    assert kept is not None
+    assert sorted(kept.getAllRawHeaders()) == [(b"Grpc-Status", [b"0"]), (b"X-Sum", [b"1"])]
+    assert trailerFields([b"Transfer-Encoding: chunked"]) is None
