@@ -11,7 +11,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.durations import parseDuration
-from easymesh.config.kinds import isFinite
 from easymesh.config.mesh import (
     Backoff,
     CircuitBreakers,
@@ -33,11 +32,12 @@ from easymesh.config.mesh import (
 )
 from easymesh.config.model import DEFAULT_CLUSTERS, ConfigError
 from easymesh.config.validate import (
-    MAX_RATE_LIMIT_KEYS,
     Problem,
     checkChoice,
     checkFlag,
-    checkNumber,
+    checkNotNegative,
+    checkPercent,
+    checkRate,
     checkText,
     checkWeights,
     retryItem,
@@ -170,30 +170,28 @@ class Node:
         return str(self.node.value)
 
     def text(self, check: Optional[Callable[[str], Any]] = None) -> str:
-        value = self._checked(self.value(), checkText)
+        value = self.checked(self.value(), checkText)
         if check is not None:
-            self._checked(value, check)
+            self.checked(value, check)
         return str(value)
-
-    def number(self, minimum: float = 0, integer: bool = False, positive: bool = False) -> Any:
-        return self._checked(self.value(), checkNumber, minimum, integer, positive)
 
     def duration(self) -> float:
         """
         Seconds for a duration as written (its range is the model's rule).
         """
-        return float(self._checked(self.value(), parseDuration))
+        return float(self.checked(self.value(), parseDuration))
 
     def flag(self) -> bool:
-        return bool(self._checked(self.value(), checkFlag))
+        return bool(self.checked(self.value(), checkFlag))
 
     def choice(self, choices: Tuple[str, ...]) -> str:
-        return str(self._checked(self.value(), checkChoice, choices))
+        return str(self.checked(self.value(), checkChoice, choices))
 
-    def _checked(self, value: Any, rule: Callable[..., Any], *args: Any) -> Any:
+    def checked(self, value: Any, rule: Callable[..., Any], *args: Any) -> Any:
         """
-        C{value} if C{rule} holds for it (what C{parseDuration} returns, for
-        that rule); else an error with its reason.
+        C{value} if C{rule} (one of L{easymesh.config.validate}, say) holds
+        for it, or what the rule returns if not L{None}; else an error with
+        its reason.
         """
         try:
             result = rule(value, *args)
@@ -233,19 +231,6 @@ class Node:
         return None
 
 
-def _check(node: Node, value: Any, rule: Callable[..., Any], *args: Any) -> Any:
-    """
-    Apply one of the model's rules (L{easymesh.config.validate}) to a value
-    the reader needs at once.
-
-    @return: What the rule returns.
-    """
-    try:
-        return rule(value, *args)
-    except ValueError as e:
-        raise node.error(str(e)) from None
-
-
 def _refuse(node: Node, problems: Sequence[Problem]) -> None:
     """
     Raise the first of C{problems} (their paths under C{node}) as an error
@@ -256,8 +241,12 @@ def _refuse(node: Node, problems: Sequence[Problem]) -> None:
         raise node.find(problem.path).error(problem.reason)
 
 
-def _isNumber(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and isFinite(value)
+def _real(rule: Callable[[Any], None]) -> Callable[[Node], float]:
+    """
+    A reader of a number the model keeps as a L{float}, checked by C{rule}
+    (one of the model's) before it is converted.
+    """
+    return lambda node: float(node.checked(node.value(), rule))
 
 
 def _lower(text: str) -> str:
@@ -389,7 +378,7 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
                 "consecutive_gateway_failure": ("consecutiveGatewayFailure", Node.value),
                 "interval": ("interval", Node.duration),
                 "base_ejection_time": ("baseEjectionTime", Node.duration),
-                "max_ejection_percent": ("maxEjectionPercent", Node.value),
+                "max_ejection_percent": ("maxEjectionPercent", _real(checkPercent)),
             },
         )
     if "health_check" in entries:
@@ -482,7 +471,7 @@ def _readRetryPolicy(node: Node) -> RetryPolicy:
     entries = node.mapping({"retry_on", "num_retries", "per_try_timeout", "backoff", "budget"})
     kwargs: Dict[str, Any] = {}
     if "retry_on" in entries:
-        items = [_check(item, item.value(), retryItem) for item in entries["retry_on"].sequence()]
+        items = [item.checked(item.value(), retryItem) for item in entries["retry_on"].sequence()]
         kwargs["retryOn"] = tuple(i for i in items if isinstance(i, str))
         kwargs["retryStatuses"] = tuple(i for i in items if isinstance(i, int))
     if "num_retries" in entries:
@@ -500,8 +489,8 @@ def _readRetryPolicy(node: Node) -> RetryPolicy:
             entries["budget"],
             RetryBudget,
             {
-                "percent": ("percent", Node.value),
-                "min_retries_per_second": ("minRetriesPerSecond", Node.value),
+                "percent": ("percent", _real(checkPercent)),
+                "min_retries_per_second": ("minRetriesPerSecond", _real(checkNotNegative)),
             },
         )
     return RetryPolicy(**kwargs)
@@ -511,13 +500,13 @@ def _readRateLimit(node: Node) -> RouteRateLimit:
     entries = node.mapping({"rate", "burst", "key", "max_keys"})
     if "rate" not in entries:
         raise node.error("needs rate")
-    rate = entries["rate"].value()
+    rate = _real(checkRate)(entries["rate"])
     kwargs: Dict[str, Any] = {"rate": rate}
     if "burst" in entries:
         kwargs["burst"] = entries["burst"].value()
     else:
         # Enough for one second at the rate.
-        kwargs["burst"] = max(1, int(-(-rate // 1))) if _isNumber(rate) and rate > 0 else 1
+        kwargs["burst"] = max(1, int(-(-rate // 1)))
     if "key" in entries:
         fields = entries["key"].mapping({"header", "source_ip", "identity"})
         key: Dict[str, Any] = {}
@@ -569,7 +558,7 @@ def _readRoute(listener: str, index: int, node: Node, clusters: Set[str]) -> Rou
         weightsNode = entries["weighted_clusters"]
         weighted = tuple((name, w.value()) for name, w in weightsNode.mapping().items())
         if not weighted:
-            _check(weightsNode, (), checkWeights)
+            weightsNode.checked((), checkWeights)
         kwargs["weightedClusters"] = weighted
     if "direct_response" in entries:
         kwargs["directResponse"] = _readDirectResponse(entries["direct_response"])
@@ -599,13 +588,11 @@ _OPTIONS = (
 
 
 def _readOptions(nodes: Mapping[str, Node]) -> Dict[str, Any]:
-    result: Dict[str, Any] = {}
-    paths: Dict[str, Any] = {}
+    paths = {a: nodes[k].value() for k, within, a in _OPTIONS if within and k in nodes}
+    result: Dict[str, Any] = {"paths": PathOptions(**paths)} if paths else {}
     for key, within, attribute in _OPTIONS:
-        if key in nodes:
-            (paths if within else result)[attribute] = nodes[key].value()
-    if paths:
-        result["paths"] = PathOptions(**paths)
+        if not within and key in nodes:
+            result[attribute] = nodes[key].value()
     for problem in validateOptions(MeshConfig(**result))[:1]:
         key, *rest = problem.path
         raise nodes[str(key)].find(tuple(rest)).error(problem.reason)

@@ -14,7 +14,7 @@ values; they raise L{ValueError} with the reason.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Collection, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Collection, Iterable, List, Sequence, Tuple, Union
 
 import attrs
 
@@ -105,6 +105,17 @@ def checkNumber(value: Any, minimum: float = 0, integer: bool = False, positive:
         kind = "an integer" if integer else "a number"
         bound = f"above {minimum:g}" if positive else f"at least {minimum:g}"
         raise ValueError(f"must be {kind} {bound}, not {value!r}")
+
+
+def checkRate(value: Any) -> None:
+    """
+    A rate (per second): above zero.
+    """
+    checkNumber(value, 0, positive=True)
+
+
+def checkNotNegative(value: Any) -> None:
+    checkNumber(value, 0)
 
 
 def checkSeconds(value: Any) -> None:
@@ -427,13 +438,13 @@ def validateRetryPolicy(policy: RetryPolicy, at: Path = ()) -> List[Problem]:
             p.append(Problem(backoff, "max must not be below base"))
     budget = at + ("budget",)
     p.check(budget + ("percent",), checkPercent, policy.budget.percent)
-    p.check(budget + ("min_retries_per_second",), checkNumber, policy.budget.minRetriesPerSecond, 0)
+    p.check(budget + ("min_retries_per_second",), checkNotNegative, policy.budget.minRetriesPerSecond)
     return p
 
 
 def validateRateLimit(limit: RouteRateLimit, at: Path = ()) -> List[Problem]:
     p = _Problems()
-    p.check(at + ("rate",), checkNumber, limit.rate, 0, False, True)
+    p.check(at + ("rate",), checkRate, limit.rate)
     p.check(at + ("burst",), checkNumber, limit.burst, 1, True)
     if limit.key is not None:
         p.extend(_rateLimitKey(limit.key, at + ("key",)))
