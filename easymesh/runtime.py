@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from easymesh.cluster.cluster import Cluster
 from easymesh.config.mesh import MeshConfig
 from easymesh.config.model import DEFAULT_CLUSTERS
+from easymesh.config.validate import checkMesh
 from easymesh.routing.router import Router
 from easymesh.upstream import upstreamFor
 
@@ -54,14 +55,12 @@ class MeshRuntime:
         Run with C{mesh} from now on.  Rate limits of routes that are
         unchanged keep their buckets.
 
-        @raise ValueError: A route names a cluster C{mesh} does not have;
-            nothing is changed.
+        @raise InvalidConfig: C{mesh} breaks a rule of
+            L{easymesh.config.validate} (a route names a cluster it does
+            not have, say); its message lists every problem, and nothing is
+            changed.
         """
-        for listener in DEFAULT_CLUSTERS:
-            for route in mesh.routes.get(listener, ()):
-                for name in route.clusterNames():
-                    if name not in mesh.clusters:
-                        raise ValueError(f"route {route.name} names no cluster {name!r}")
+        checkMesh(mesh)
         clusters: Dict[str, Cluster] = {}
         started: List[Cluster] = []
         try:

@@ -13,12 +13,14 @@ import tempfile
 import textwrap
 from typing import Any, Callable, List
 
+import attrs
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.files import readConfigFile
+from easymesh.config.mesh import ClusterConfig
 from easymesh.config.model import SidecarConfig
 from easymesh.config.settings import buildConfig
 from easymesh.reload import ConfigReloader, installSighup
@@ -166,6 +168,41 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(self.reloader.failures, 1)
         (error,) = self.reloadLogs("Config reload refused")
         self.assertEqual(error["error"], f"{self.path}:7: routes.outbound.0.cluster: no cluster named 'apy'")
+
+    def test_ruleRefusedWithLine(self) -> None:
+        """
+        A file breaking a rule of the model is refused naming its line.
+        """
+        mesh = self.runtime.mesh
+        self.write(GOOD.replace("cluster: api", "cluster: api\n      host_rewrite: 'a b'"))
+        self.settle()
+        self.assertEqual(self.reloader.failures, 1)
+        self.assertIs(self.runtime.mesh, mesh)
+        (error,) = self.reloadLogs("Config reload refused")
+        self.assertEqual(
+            error["error"], f"{self.path}:8: routes.outbound.0.host_rewrite: must be a host name, not 'a b'"
+        )
+
+    def test_invalidModelRefused(self) -> None:
+        """
+        A config whose routes and clusters the runtime refuses is logged
+        with every problem, and the running config stays.
+        """
+        mesh = self.runtime.mesh
+        evil = ClusterConfig(
+            "api", endpoints=(UpstreamURL.parse("http://api9:8080"),), lbPolicy="ring_hash"
+        )
+        self.reloader._load = lambda: attrs.evolve(
+            self.running, meshFile={**self.running.meshFile, "clusters": {"api": evil}}
+        )
+        self.assertFalse(self.reloader.reload())
+        self.assertEqual((self.reloader.reloads, self.reloader.failures), (0, 1))
+        self.assertIs(self.runtime.mesh, mesh)
+        self.assertEqual(self.endpoints("api"), ["api1:8080"])
+        (error,) = self.reloadLogs("Config reload refused")
+        self.assertEqual(
+            error["error"], "configuration refused: clusters.api: lb_policy ring_hash needs hash_on"
+        )
 
     def test_settingsNeedingRestartLogged(self) -> None:
         self.write(GOOD + "drain: 9\nmax-headers: 50\n")

@@ -1,6 +1,7 @@
 """
-Configuration: typed objects (L{model}), the settings table shared by flags
-and files (L{settings}), and the YAML reader (L{files}).
+Configuration: typed objects (L{model}, L{mesh}), the settings table shared
+by flags and files (L{settings}), the rules routes and clusters must follow
+however they are made (L{validate}), and the YAML reader (L{files}).
 """
 
 from easymesh.config.model import (

@@ -7,17 +7,11 @@ objects, naming the file, line and key of anything refused.
 
 from __future__ import annotations
 
-import re
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.durations import parseDuration
-from easymesh.config.kinds import isFinite
 from easymesh.config.mesh import (
-    ESCAPED_SLASHES,
-    LB_POLICIES,
-    RETRY_CONDITIONS,
-    RING_HASH,
     Backoff,
     CircuitBreakers,
     ClusterConfig,
@@ -37,7 +31,22 @@ from easymesh.config.mesh import (
     RouteRateLimit,
 )
 from easymesh.config.model import DEFAULT_CLUSTERS, ConfigError
-from easymesh.headers import TOKEN
+from easymesh.config.validate import (
+    Problem,
+    checkChoice,
+    checkFlag,
+    checkNotNegative,
+    checkPercent,
+    checkRate,
+    checkText,
+    checkWeights,
+    retryItem,
+    validateCluster,
+    validateMatch,
+    validateOptions,
+    validateRoute,
+    validateRouteNames,
+)
 
 #: Top-level keys of a config file read by this module.
 MESH_KEYS = frozenset(
@@ -161,125 +170,95 @@ class Node:
         return str(self.node.value)
 
     def text(self, check: Optional[Callable[[str], Any]] = None) -> str:
-        value = self.value()
-        if not isinstance(value, str) or not value:
-            raise self.error(f"must be text, not {value!r}")
+        value = self.checked(self.value(), checkText)
         if check is not None:
-            try:
-                check(value)
-            except ValueError as e:
-                raise self.error(str(e)) from None
-        return value
-
-    def number(self, minimum: float = 0, integer: bool = False, positive: bool = False) -> Any:
-        value = self.value()
-        ok = (
-            isinstance(value, int if integer else (int, float))
-            and not isinstance(value, bool)
-            and isFinite(value)
-        )
-        if not ok or value < minimum or (positive and value <= 0):
-            kind = "an integer" if integer else "a number"
-            bound = f"above {minimum:g}" if positive else f"at least {minimum:g}"
-            raise self.error(f"must be {kind} {bound}, not {value!r}")
-        return value
-
-    def duration(self, positive: bool = True) -> float:
-        value = self.value()
-        try:
-            seconds = parseDuration(value)
-        except ValueError as e:
-            raise self.error(str(e)) from None
-        if positive and seconds <= 0:
-            raise self.error("must be above zero")
-        return seconds
-
-    def flag(self) -> bool:
-        value = self.value()
-        if not isinstance(value, bool):
-            raise self.error(f"must be true or false, not {value!r}")
-        return value
-
-    def choice(self, choices: Tuple[str, ...]) -> str:
-        value = self.value()
-        if value not in choices:
-            raise self.error(f"must be one of {', '.join(choices)}, not {value!r}")
+            self.checked(value, check)
         return str(value)
 
-    def exactlyOne(self, entries: Mapping[str, "Node"], keys: Tuple[str, ...]) -> str:
-        given = [k for k in keys if k in entries]
-        if len(given) != 1:
-            raise self.error(f"must have exactly one of {', '.join(keys)}")
-        return given[0]
+    def duration(self) -> float:
+        """
+        Seconds for a duration as written (its range is the model's rule).
+        """
+        return float(self.checked(self.value(), parseDuration))
+
+    def flag(self) -> bool:
+        return bool(self.checked(self.value(), checkFlag))
+
+    def choice(self, choices: Tuple[str, ...]) -> str:
+        return str(self.checked(self.value(), checkChoice, choices))
+
+    def checked(self, value: Any, rule: Callable[..., Any], *args: Any) -> Any:
+        """
+        C{value} if C{rule} (one of L{easymesh.config.validate}, say) holds
+        for it, or what the rule returns if not L{None}; else an error with
+        its reason.
+        """
+        try:
+            result = rule(value, *args)
+        except ValueError as e:
+            raise self.error(str(e)) from None
+        return value if result is None else result
+
+    def find(self, path: Sequence[Union[str, int]]) -> "Node":
+        """
+        The node at C{path} (keys and list indexes) under this one, or the
+        deepest of its ancestors the file has.
+        """
+        node = self
+        for key in path:
+            child = node._at(key)
+            if child is None:
+                break
+            node = child
+        return node
+
+    def _at(self, key: Union[str, int]) -> Optional["Node"]:
+        import yaml
+
+        if isinstance(self.node, yaml.SequenceNode):
+            items = self.node.value
+            if isinstance(key, int) and 0 <= key < len(items):
+                return self._child(items[key], str(key))
+            return None
+        if not isinstance(self.node, yaml.MappingNode):
+            return None
+        pairs = [(k.value, v) for k, v in self.node.value if isinstance(k, yaml.ScalarNode)]
+        # Header names are lower-cased in the model, not in the file.
+        for same in (lambda k: k == str(key), lambda k: str(k).lower() == str(key).lower()):
+            for name, value in pairs:
+                if same(name):
+                    return self._child(value, name)
+        return None
 
 
-def _checkHeaderName(text: str) -> None:
-    if not TOKEN.issuperset(text.encode("latin-1", "replace")):
-        raise ValueError(f"not a header name: {text!r}")
-
-
-def _checkIdentityPattern(text: str) -> None:
-    from easymesh.tls.identity import IdentityPattern
-
-    IdentityPattern.parse(text)
-
-
-def _checkRegex(text: str) -> None:
-    from easymesh.patterns import PatternError, compilePattern
-
-    try:
-        compilePattern(text)
-    except PatternError as e:
-        raise ValueError(str(e)) from None
-
-
-def _checkPath(text: str) -> None:
-    if not text.startswith("/"):
-        raise ValueError(f"must start with /, not {text!r}")
-    if not _PATH.match(text):
-        raise ValueError(
-            f"must be a path of printable ASCII characters (percent-encode the rest), "
-            f"without a query or fragment, not {text!r}"
-        )
-
-
-#: What a route's path, prefix or prefix rewrite may contain: the characters
-#: a normalised path is made of (see L{easymesh.routing.paths}).
-#: Most buckets one route's rate limit may keep (about a kilobyte each).
-MAX_RATE_LIMIT_KEYS = 1_000_000
-
-_PATH = re.compile(r"\A[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*\Z")
-
-_HOST = re.compile(r"\A(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
-
-
-def _checkHost(text: str) -> None:
+def _refuse(node: Node, problems: Sequence[Problem]) -> None:
     """
-    A host name or address, with an optional port.
+    Raise the first of C{problems} (their paths under C{node}) as an error
+    naming its line.
     """
-    if not _HOST.match(text):
-        raise ValueError(f"must be a host name, not {text!r}")
+    if problems:
+        problem = problems[0]
+        raise node.find(problem.path).error(problem.reason)
 
 
-def _checkHostName(text: str) -> None:
+def _real(rule: Callable[[Any], None]) -> Callable[[Node], float]:
     """
-    A host name or address, without a port.
+    A reader of a number the model keeps as a L{float}, checked by C{rule}
+    (one of the model's) before it is converted.
     """
-    _checkHost(text)
-    if text.rpartition("]")[2].count(":"):
-        raise ValueError(f"must be a host name without a port, not {text!r}")
+    return lambda node: float(node.checked(node.value(), rule))
 
 
-def _checkHostPattern(text: str) -> None:
+def _lower(text: str) -> str:
     """
-    A host as routes match it: a name without a port, or C{*.suffix}.
+    C{text} with its ASCII letters lower-cased (others are left for the
+    rules to refuse, not folded into ASCII).
     """
-    try:
-        _checkHostName(text[2:] if text.startswith("*.") else text)
-    except ValueError:
-        raise ValueError(
-            f"must be a host name without a port, optionally *.suffix, not {text!r}"
-        ) from None
+    return "".join(c.lower() if c.isascii() else c for c in text)
+
+
+def _upper(text: str) -> str:
+    return "".join(c.upper() if c.isascii() else c for c in text)
 
 
 def _url(node: Node) -> UpstreamURL:
@@ -288,6 +267,58 @@ def _url(node: Node) -> UpstreamURL:
         return UpstreamURL.parse(text)
     except ValueError as e:
         raise node.error(str(e)) from None
+
+
+def _readEndpoints(node: Node) -> Dict[str, Any]:
+    urls, weights = [], []
+    items = node.sequence()
+    if not items:
+        raise node.error("must list at least one endpoint")
+    for item in items:
+        if isinstance(item.scalarOrNone(), str):
+            urls.append(_url(item))
+            weights.append(1)
+        else:
+            fields = item.mapping({"url", "weight"})
+            if "url" not in fields:
+                raise item.error("needs url")
+            urls.append(_url(fields["url"]))
+            weights.append(fields["weight"].value() if "weight" in fields else 1)
+    return {"endpoints": tuple(urls), "weights": tuple(weights)}
+
+
+def _readDns(node: Node) -> DnsDiscovery:
+    fields = node.mapping({"name", "port", "refresh", "scheme"})
+    for required in ("name", "port"):
+        if required not in fields:
+            raise node.error(f"needs {required}")
+    return DnsDiscovery(
+        fields["name"].text(),
+        fields["port"].value(),
+        fields["refresh"].duration() if "refresh" in fields else 5.0,
+        fields["scheme"].value() if "scheme" in fields else "http",
+    )
+
+
+def _readHashOn(node: Node) -> HashOn:
+    fields = node.mapping({"header", "cookie", "source_ip"})
+    kwargs: Dict[str, Any] = {}
+    if "header" in fields:
+        kwargs["header"] = _lower(fields["header"].text())
+    if "cookie" in fields:
+        kwargs["cookie"] = fields["cookie"].text()
+    if "source_ip" in fields:
+        kwargs["sourceIp"] = _true(fields["source_ip"])
+    return HashOn(**kwargs)
+
+
+def _true(node: Node) -> bool:
+    """
+    A flag that can only be C{true} (it chooses what to key on).
+    """
+    if not node.flag():
+        raise node.error("must be true")
+    return True
 
 
 def _readCluster(name: str, node: Node) -> ClusterConfig:
@@ -308,62 +339,15 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
             "tls",
         }
     )
-    node.exactlyOne(entries, ("endpoints", "dns"))
     kwargs: Dict[str, Any] = {"name": name}
     if "endpoints" in entries:
-        urls, weights = [], []
-        items = entries["endpoints"].sequence()
-        if not items:
-            raise entries["endpoints"].error("must list at least one endpoint")
-        for item in items:
-            if isinstance(item.scalarOrNone(), str):
-                urls.append(_url(item))
-                weights.append(1)
-            else:
-                fields = item.mapping({"url", "weight"})
-                if "url" not in fields:
-                    raise item.error("needs url")
-                urls.append(_url(fields["url"]))
-                weights.append(
-                    fields["weight"].number(1, integer=True) if "weight" in fields else 1
-                )
-        for i, url in enumerate(urls):
-            if url in urls[:i]:
-                raise items[i].error(f"endpoint {url} is given twice")
-        kwargs["endpoints"] = tuple(urls)
-        kwargs["weights"] = tuple(weights)
+        kwargs.update(_readEndpoints(entries["endpoints"]))
     if "dns" in entries:
-        fields = entries["dns"].mapping({"name", "port", "refresh", "scheme"})
-        for required in ("name", "port"):
-            if required not in fields:
-                raise entries["dns"].error(f"needs {required}")
-        port = fields["port"].number(1, integer=True)
-        if port > 65535:
-            raise fields["port"].error(f"must be a port from 1 to 65535, not {port}")
-        kwargs["dns"] = DnsDiscovery(
-            fields["name"].text(_checkHostName),
-            port,
-            fields["refresh"].duration() if "refresh" in fields else 5.0,
-            fields["scheme"].choice(("http", "https")) if "scheme" in fields else "http",
-        )
+        kwargs["dns"] = _readDns(entries["dns"])
     if "lb_policy" in entries:
-        kwargs["lbPolicy"] = entries["lb_policy"].choice(LB_POLICIES)
+        kwargs["lbPolicy"] = entries["lb_policy"].value()
     if "hash_on" in entries:
-        hashNode = entries["hash_on"]
-        fields = hashNode.mapping({"header", "cookie", "source_ip"})
-        key = hashNode.exactlyOne(fields, ("header", "cookie", "source_ip"))
-        if key == "source_ip":
-            if not fields[key].flag():
-                raise fields[key].error("must be true")
-            kwargs["hashOn"] = HashOn(sourceIp=True)
-        elif key == "header":
-            kwargs["hashOn"] = HashOn(header=fields[key].text(_checkHeaderName).lower())
-        else:
-            kwargs["hashOn"] = HashOn(cookie=fields[key].text())
-        if kwargs.get("lbPolicy") != RING_HASH:
-            raise hashNode.error("is used only with lb_policy: ring_hash")
-    elif kwargs.get("lbPolicy") == RING_HASH:
-        raise node.error("lb_policy ring_hash needs hash_on")
+        kwargs["hashOn"] = _readHashOn(entries["hash_on"])
     for key, attribute in (
         ("connect_timeout", "connectTimeout"),
         ("timeout", "timeout"),
@@ -373,16 +357,16 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
         if key in entries:
             kwargs[attribute] = entries[key].duration()
     if "pool_size" in entries:
-        kwargs["poolSize"] = entries["pool_size"].number(1, integer=True)
+        kwargs["poolSize"] = entries["pool_size"].value()
     if "circuit_breakers" in entries:
         kwargs["circuitBreakers"] = _readObject(
             entries["circuit_breakers"],
             CircuitBreakers,
             {
-                "max_connections": ("maxConnections", lambda n: n.number(1, integer=True)),
-                "max_pending_requests": ("maxPendingRequests", lambda n: n.number(0, integer=True)),
-                "max_requests": ("maxRequests", lambda n: n.number(1, integer=True)),
-                "max_retries": ("maxRetries", lambda n: n.number(0, integer=True)),
+                "max_connections": ("maxConnections", Node.value),
+                "max_pending_requests": ("maxPendingRequests", Node.value),
+                "max_requests": ("maxRequests", Node.value),
+                "max_retries": ("maxRetries", Node.value),
             },
         )
     if "outlier_detection" in entries:
@@ -390,14 +374,11 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
             entries["outlier_detection"],
             OutlierDetection,
             {
-                "consecutive_5xx": ("consecutive5xx", lambda n: n.number(0, integer=True)),
-                "consecutive_gateway_failure": (
-                    "consecutiveGatewayFailure",
-                    lambda n: n.number(0, integer=True),
-                ),
+                "consecutive_5xx": ("consecutive5xx", Node.value),
+                "consecutive_gateway_failure": ("consecutiveGatewayFailure", Node.value),
                 "interval": ("interval", Node.duration),
                 "base_ejection_time": ("baseEjectionTime", Node.duration),
-                "max_ejection_percent": ("maxEjectionPercent", _percent),
+                "max_ejection_percent": ("maxEjectionPercent", _real(checkPercent)),
             },
         )
     if "health_check" in entries:
@@ -405,31 +386,24 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
             entries["health_check"],
             HealthCheck,
             {
-                "path": ("path", lambda n: n.text(_checkPath)),
+                "path": ("path", Node.text),
                 "interval": ("interval", Node.duration),
                 "timeout": ("timeout", Node.duration),
-                "healthy_threshold": ("healthyThreshold", lambda n: n.number(1, integer=True)),
-                "unhealthy_threshold": ("unhealthyThreshold", lambda n: n.number(1, integer=True)),
-                "host": ("host", lambda n: n.text(_checkHost)),
+                "healthy_threshold": ("healthyThreshold", Node.value),
+                "unhealthy_threshold": ("unhealthyThreshold", Node.value),
+                "host": ("host", Node.text),
             },
         )
     if "tls" in entries:
         fields = entries["tls"].mapping({"identities"})
         if "identities" in fields:
-            patterns = []
-            for item in fields["identities"].sequence():
-                patterns.append(item.text(_checkIdentityPattern))
+            patterns = [item.text() for item in fields["identities"].sequence()]
             if not patterns:
                 raise fields["identities"].error("must list at least one identity pattern")
             kwargs["tlsIdentities"] = tuple(patterns)
-    return ClusterConfig(**kwargs)
-
-
-def _percent(node: Node) -> float:
-    value = node.number(0)
-    if value > 100:
-        raise node.error(f"must be a percentage from 0 to 100, not {value!r}")
-    return float(value)
+    cluster = ClusterConfig(**kwargs)
+    _refuse(node, validateCluster(cluster))
+    return cluster
 
 
 def _readObject(node: Node, cls: Any, fields: Mapping[str, Tuple[str, Callable[[Node], Any]]]) -> Any:
@@ -442,7 +416,7 @@ def _readObject(node: Node, cls: Any, fields: Mapping[str, Tuple[str, Callable[[
 
 def _headerValue(node: Node) -> str:
     """
-    A header value to match, as written; header values are Latin-1.
+    A header value to match, as written.
     """
     text = node.written()
     if text is None:
@@ -450,66 +424,43 @@ def _headerValue(node: Node) -> str:
             f"must be a header value or a mapping with one of exact, prefix, regex, "
             f"present, not {node.value()!r}"
         )
-    _checkOrRaise(node, text, _checkHeaderValue)
     return text
 
 
-def _checkHeaderValue(text: str) -> None:
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError(f"must be Latin-1, as header values are, not {text!r}") from None
-    if any(c in text for c in "\r\n\0"):
-        raise ValueError(f"must not contain CR, LF or NUL, not {text!r}")
-
-
 def _readHeaderMatch(name: str, node: Node) -> HeaderMatch:
-    _checkOrRaise(node, name, _checkHeaderName)
-    name = name.lower()
+    name = _lower(name)
     if node.isScalar():
         return HeaderMatch(name, exact=_headerValue(node))
-    fields = node.mapping({"exact", "prefix", "regex", "present"})
-    key = node.exactlyOne(fields, ("exact", "prefix", "regex", "present"))
-    if key == "present":
-        return HeaderMatch(name, present=fields[key].flag())
-    if key == "regex":
-        regex = fields[key].text(_checkRegex)
-        _checkOrRaise(fields[key], regex, _checkHeaderValue)
-        return HeaderMatch(name, regex=regex)
-    return HeaderMatch(name, **{key: _headerValue(fields[key])})
-
-
-def _checkOrRaise(node: Node, value: str, check: Callable[[str], None]) -> None:
-    try:
-        check(value)
-    except ValueError as e:
-        raise node.error(str(e)) from None
+    kwargs: Dict[str, Any] = {}
+    for key, field in node.mapping({"exact", "prefix", "regex", "present"}).items():
+        if key == "present":
+            kwargs[key] = field.flag()
+        elif key == "regex":
+            kwargs[key] = field.text()
+        else:
+            kwargs[key] = _headerValue(field)
+    return HeaderMatch(name, **kwargs)
 
 
 def _readMatch(node: Node) -> RouteMatch:
     entries = node.mapping({"prefix", "path", "regex", "host", "headers", "methods"})
     kwargs: Dict[str, Any] = {}
-    paths = [k for k in ("prefix", "path", "regex") if k in entries]
-    if len(paths) > 1:
-        raise node.error("must have at most one of prefix, path, regex")
-    for key in paths:
-        kwargs[key] = entries[key].text(_checkRegex if key == "regex" else _checkPath)
+    for key in ("prefix", "path", "regex"):
+        if key in entries:
+            kwargs[key] = entries[key].text()
     if "host" in entries:
-        kwargs["host"] = entries["host"].text(_checkHostPattern).lower()
+        kwargs["host"] = _lower(entries["host"].text())
     if "headers" in entries:
         kwargs["headers"] = tuple(
             _readHeaderMatch(name, value) for name, value in entries["headers"].mapping().items()
         )
     if "methods" in entries:
-        methods = []
-        for item in entries["methods"].sequence():
-            method = item.text()
-            _checkOrRaise(item, method, _checkHeaderName)
-            methods.append(method.upper())
-        kwargs["methods"] = tuple(methods)
-    if not paths:
+        kwargs["methods"] = tuple(_upper(item.text()) for item in entries["methods"].sequence())
+    if not any(key in entries for key in ("prefix", "path", "regex")):
         kwargs["prefix"] = "/"
-    return RouteMatch(**kwargs)
+    match = RouteMatch(**kwargs)
+    _refuse(node, validateMatch(match))
+    return match
 
 
 #: Read a C{match} mapping (also used by authorization rules).
@@ -520,45 +471,26 @@ def _readRetryPolicy(node: Node) -> RetryPolicy:
     entries = node.mapping({"retry_on", "num_retries", "per_try_timeout", "backoff", "budget"})
     kwargs: Dict[str, Any] = {}
     if "retry_on" in entries:
-        conditions: List[str] = []
-        statuses: List[int] = []
-        for item in entries["retry_on"].sequence():
-            value = item.value()
-            if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
-                statuses.append(value)
-            elif isinstance(value, str) and value.isdigit() and 100 <= int(value) <= 599:
-                statuses.append(int(value))
-            elif value in RETRY_CONDITIONS:
-                conditions.append(value)
-            else:
-                raise item.error(
-                    f"must be a status code or one of {', '.join(RETRY_CONDITIONS)}, not {value!r}"
-                )
-        kwargs["retryOn"] = tuple(conditions)
-        kwargs["retryStatuses"] = tuple(statuses)
+        items = [item.checked(item.value(), retryItem) for item in entries["retry_on"].sequence()]
+        kwargs["retryOn"] = tuple(i for i in items if isinstance(i, str))
+        kwargs["retryStatuses"] = tuple(i for i in items if isinstance(i, int))
     if "num_retries" in entries:
-        kwargs["numRetries"] = entries["num_retries"].number(0, integer=True)
+        kwargs["numRetries"] = entries["num_retries"].value()
     if "per_try_timeout" in entries:
         kwargs["perTryTimeout"] = entries["per_try_timeout"].duration()
     if "backoff" in entries:
-        backoff = _readObject(
-            entries["backoff"],
-            Backoff,
-            {"base": ("base", Node.duration), "max": ("max", Node.duration)},
-        )
-        if "max" not in entries["backoff"].mapping():
-            # As Envoy: the cap is ten times the base unless given.
-            backoff = Backoff(backoff.base, 10 * backoff.base)
-        kwargs["backoff"] = backoff
-        if kwargs["backoff"].max < kwargs["backoff"].base:
-            raise entries["backoff"].error("max must not be below base")
+        fields = entries["backoff"].mapping({"base", "max"})
+        base = fields["base"].duration() if "base" in fields else Backoff().base
+        # As Envoy: the cap is ten times the base unless given.
+        cap = fields["max"].duration() if "max" in fields else 10 * base
+        kwargs["backoff"] = Backoff(base, cap)
     if "budget" in entries:
         kwargs["budget"] = _readObject(
             entries["budget"],
             RetryBudget,
             {
-                "percent": ("percent", _percent),
-                "min_retries_per_second": ("minRetriesPerSecond", lambda n: float(n.number(0))),
+                "percent": ("percent", _real(checkPercent)),
+                "min_retries_per_second": ("minRetriesPerSecond", _real(checkNotNegative)),
             },
         )
     return RetryPolicy(**kwargs)
@@ -568,29 +500,36 @@ def _readRateLimit(node: Node) -> RouteRateLimit:
     entries = node.mapping({"rate", "burst", "key", "max_keys"})
     if "rate" not in entries:
         raise node.error("needs rate")
-    rate = float(entries["rate"].number(0, positive=True))
-    burst = entries["burst"].number(1, integer=True) if "burst" in entries else max(1, int(-(-rate // 1)))
-    key = None
+    rate = _real(checkRate)(entries["rate"])
+    kwargs: Dict[str, Any] = {"rate": rate}
+    if "burst" in entries:
+        kwargs["burst"] = entries["burst"].value()
+    else:
+        # Enough for one second at the rate.
+        kwargs["burst"] = max(1, int(-(-rate // 1)))
     if "key" in entries:
-        keyNode = entries["key"]
-        fields = keyNode.mapping({"header", "source_ip", "identity"})
-        which = keyNode.exactlyOne(fields, ("header", "source_ip", "identity"))
-        if which == "header":
-            key = RateLimitKey(header=fields[which].text(_checkHeaderName).lower())
-        elif not fields[which].flag():
-            raise fields[which].error("must be true")
-        else:
-            key = RateLimitKey(sourceIp=which == "source_ip", identity=which == "identity")
-    maxKeys = 10000
+        fields = entries["key"].mapping({"header", "source_ip", "identity"})
+        key: Dict[str, Any] = {}
+        if "header" in fields:
+            key["header"] = _lower(fields["header"].text())
+        if "source_ip" in fields:
+            key["sourceIp"] = _true(fields["source_ip"])
+        if "identity" in fields:
+            key["identity"] = _true(fields["identity"])
+        kwargs["key"] = RateLimitKey(**key)
     if "max_keys" in entries:
-        maxKeys = entries["max_keys"].number(1, integer=True)
-        if maxKeys > MAX_RATE_LIMIT_KEYS:
-            raise entries["max_keys"].error(f"must be at most {MAX_RATE_LIMIT_KEYS}, not {maxKeys}")
-    return RouteRateLimit(rate, burst, key, maxKeys)
+        kwargs["maxKeys"] = entries["max_keys"].value()
+    return RouteRateLimit(**kwargs)
 
 
-#: Statuses whose responses have no body.
-_NO_BODY = frozenset((204, 304))
+def _readDirectResponse(node: Node) -> DirectResponse:
+    fields = node.mapping({"status", "body"})
+    if "status" not in fields:
+        raise node.error("needs status")
+    body = ""
+    if "body" in fields and fields["body"].value() is not None:
+        body = str(fields["body"].node.value)
+    return DirectResponse(fields["status"].value(), body.encode("utf-8"))
 
 
 def _readRoute(listener: str, index: int, node: Node, clusters: Set[str]) -> Route:
@@ -608,54 +547,56 @@ def _readRoute(listener: str, index: int, node: Node, clusters: Set[str]) -> Rou
             "rate_limit",
         }
     )
-    action = node.exactlyOne(entries, ("cluster", "weighted_clusters", "direct_response"))
     kwargs: Dict[str, Any] = {
         "name": entries["name"].text() if "name" in entries else f"{listener}-{index}"
     }
     if "match" in entries:
         kwargs["match"] = _readMatch(entries["match"])
-    if action == "cluster":
-        name = entries["cluster"].text()
-        if name not in clusters:
-            raise entries["cluster"].error(f"no cluster named {name!r}")
-        kwargs["cluster"] = name
-    elif action == "weighted_clusters":
-        weighted = []
-        for name, weightNode in entries["weighted_clusters"].mapping().items():
-            if name not in clusters:
-                raise weightNode.error(f"no cluster named {name!r}")
-            weighted.append((name, weightNode.number(0, integer=True)))
-        if not weighted or sum(w for _, w in weighted) == 0:
-            raise entries["weighted_clusters"].error("must give some cluster a weight above 0")
-        kwargs["weightedClusters"] = tuple(weighted)
-    else:
-        fields = entries["direct_response"].mapping({"status", "body"})
-        if "status" not in fields:
-            raise entries["direct_response"].error("needs status")
-        status = fields["status"].number(200, integer=True)
-        if status > 599:
-            raise fields["status"].error(f"must be a status code from 200 to 599, not {status}")
-        body = ""
-        if "body" in fields and fields["body"].value() is not None:
-            body = str(fields["body"].node.value)
-        if body and status in _NO_BODY:
-            raise fields["body"].error(f"a {status} response has no body")
-        kwargs["directResponse"] = DirectResponse(status, body.encode("utf-8"))
-    if "prefix_rewrite" in entries:
-        kwargs["prefixRewrite"] = entries["prefix_rewrite"].text(_checkPath)
-        if kwargs.get("match", RouteMatch(prefix="/")).regex is not None:
-            raise entries["prefix_rewrite"].error(
-                "needs a prefix or path match (it replaces what they matched), not regex"
-            )
-    if "host_rewrite" in entries:
-        kwargs["hostRewrite"] = entries["host_rewrite"].text(_checkHost)
+    if "cluster" in entries:
+        kwargs["cluster"] = entries["cluster"].text()
+    if "weighted_clusters" in entries:
+        weightsNode = entries["weighted_clusters"]
+        weighted = tuple((name, w.value()) for name, w in weightsNode.mapping().items())
+        if not weighted:
+            weightsNode.checked((), checkWeights)
+        kwargs["weightedClusters"] = weighted
+    if "direct_response" in entries:
+        kwargs["directResponse"] = _readDirectResponse(entries["direct_response"])
+    for key, attribute in (("prefix_rewrite", "prefixRewrite"), ("host_rewrite", "hostRewrite")):
+        if key in entries:
+            kwargs[attribute] = entries[key].text()
     if "timeout" in entries:
         kwargs["timeout"] = entries["timeout"].duration()
     if "retry_policy" in entries:
         kwargs["retryPolicy"] = _readRetryPolicy(entries["retry_policy"])
     if "rate_limit" in entries:
         kwargs["rateLimit"] = _readRateLimit(entries["rate_limit"])
-    return Route(**kwargs)
+    route = Route(**kwargs)
+    _refuse(node, validateRoute(route, clusters))
+    return route
+
+
+#: Top-level options: their key and the L{MeshConfig} or L{PathOptions}
+#: attribute each sets.
+_OPTIONS = (
+    ("normalize_path", "paths", "normalize"),
+    ("merge_slashes", "paths", "mergeSlashes"),
+    ("path_with_escaped_slashes", "paths", "escapedSlashes"),
+    ("xff_num_trusted_hops", None, "xffNumTrustedHops"),
+    ("retry_buffer_limit", None, "retryBufferLimit"),
+)
+
+
+def _readOptions(nodes: Mapping[str, Node]) -> Dict[str, Any]:
+    paths = {a: nodes[k].value() for k, within, a in _OPTIONS if within and k in nodes}
+    result: Dict[str, Any] = {"paths": PathOptions(**paths)} if paths else {}
+    for key, within, attribute in _OPTIONS:
+        if not within and key in nodes:
+            result[attribute] = nodes[key].value()
+    for problem in validateOptions(MeshConfig(**result))[:1]:
+        key, *rest = problem.path
+        raise nodes[str(key)].find(tuple(rest)).error(problem.reason)
+    return result
 
 
 def readMesh(nodes: Mapping[str, Node]) -> Dict[str, Any]:
@@ -680,24 +621,9 @@ def readMesh(nodes: Mapping[str, Node]) -> Dict[str, Any]:
             routes[listener] = tuple(
                 _readRoute(listener, i, item, known) for i, item in enumerate(node.sequence())
             )
-            names = [r.name for r in routes[listener]]
-            for i, name in enumerate(names):
-                if name in names[:i]:
-                    raise node.sequence()[i].error(f"route name {name!r} is given twice")
+            _refuse(node, validateRouteNames(routes[listener]))
         result["routes"] = routes
-    paths: Dict[str, Any] = {}
-    if "normalize_path" in nodes:
-        paths["normalize"] = nodes["normalize_path"].flag()
-    if "merge_slashes" in nodes:
-        paths["mergeSlashes"] = nodes["merge_slashes"].flag()
-    if "path_with_escaped_slashes" in nodes:
-        paths["escapedSlashes"] = nodes["path_with_escaped_slashes"].choice(ESCAPED_SLASHES)
-    if paths:
-        result["paths"] = PathOptions(**paths)
-    if "xff_num_trusted_hops" in nodes:
-        result["xffNumTrustedHops"] = nodes["xff_num_trusted_hops"].number(0, integer=True)
-    if "retry_buffer_limit" in nodes:
-        result["retryBufferLimit"] = nodes["retry_buffer_limit"].number(0, integer=True)
+    result.update(_readOptions(nodes))
     return result
 
 
