@@ -44,7 +44,7 @@ from twisted.logger import Logger
 
 from easymesh.config.mesh import PathOptions, RouteMatch
 from easymesh.config.model import DEFAULT_CLUSTERS
-from easymesh.errors import ProxyError
+from easymesh.errors import ProxyError, Unauthorized
 from easymesh.message import ProxyRequest
 from easymesh.patterns import compilePattern
 from easymesh.routing.matcher import compileMatch, requestHost
@@ -52,6 +52,8 @@ from easymesh.routing.paths import normalisePath
 from easymesh.tls.identity import IdentityPattern, parsePatterns
 
 _log = Logger()
+
+# Unauthorized, defined with the other errors, is still importable from here.
 
 
 #: Seconds during which the same denial (listener, caller, reason) is
@@ -62,12 +64,6 @@ MAX_BURSTS = 1024
 
 #: The parameters of a path's segments (C{;jsessionid=...}).
 _PARAMETERS = re.compile(rb";[^/]*")
-
-
-class Unauthorized(ProxyError):
-    code = 403
-    cause = "unauthorized"
-    message = "the caller is not authorized for this request"
 
 
 @attrs.frozen

@@ -26,7 +26,15 @@ from zope.interface import implementer
 
 from easymesh.accesslog import AccessLog
 from easymesh.config.model import EdgeLimits
-from easymesh.errors import ERROR_HEADER, BadRequest, StreamIdleTimeout, replyFor
+from easymesh.errors import (
+    CLIENT_CLOSED,
+    ERROR_HEADER,
+    INTERNAL_ERROR,
+    UPSTREAM_RESET_MID_BODY,
+    BadRequest,
+    StreamIdleTimeout,
+    replyFor,
+)
 from easymesh.forwarder import Forwarder
 from easymesh.h1server import DeadlineSweeper, HTTP1Channel
 from easymesh.headers import REQUEST_ID
@@ -207,7 +215,7 @@ def _rescue(request: server.Request, reply: LocalReply) -> None:
 
 #: Causes the error log reports even when the status sent is not a 5xx:
 #: the response was cut off.
-_CUT_OFF = ("upstream_reset_mid_body", "internal_error", StreamIdleTimeout.cause)
+_CUT_OFF = (UPSTREAM_RESET_MID_BODY, INTERNAL_ERROR, StreamIdleTimeout.cause)
 
 
 @implementer(IPushProducer)
@@ -383,7 +391,7 @@ class _Exchange:
         if reason.check(ResponseDone, PotentialDataLoss):
             request.finish()
         else:
-            self._abort("upstream_reset_mid_body", reason.getErrorMessage())
+            self._abort(UPSTREAM_RESET_MID_BODY, reason.getErrorMessage())
 
     def finished(self, result: Optional[Failure]) -> None:
         resource = self.resource
@@ -396,7 +404,7 @@ class _Exchange:
             elif self.relay is not None and self.relay.transport is not None:
                 self.relay.transport.stopProducing()
             if self.cause is None:
-                self.cause = "client_closed"
+                self.cause = CLIENT_CLOSED
         duration = resource.clock.seconds() - self.started
         status = request.code if request.startedWriting else 0
         if (
