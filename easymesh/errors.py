@@ -186,8 +186,8 @@ CAUSE_TABLE: Tuple[Cause, ...] = (
         GrpcStatus.CANCELLED,
         message="client closed the request",
         words="the client went away before the answer",
-        when="the client went away before the answer; its upstream request is cancelled "
-        "(seen in the access and error logs only)",
+        when="the client went away before the answer, and its upstream request was "
+        "cancelled; only the access log and the dashboard show it",
         answer=NOTHING,
     ),
     Cause(
@@ -205,9 +205,9 @@ CAUSE_TABLE: Tuple[Cause, ...] = (
         501,
         GrpcStatus.UNIMPLEMENTED,
         message="unsupported transfer coding",
-        words="the request's body is sent in a transfer coding other than chunked",
-        when="a `Transfer-Encoding` other than `chunked` alone, ending in `chunked` "
-        "(then the connection closes)",
+        words="the request's body is in a transfer coding the sidecar does not decode",
+        when="a `Transfer-Encoding` with a coding before `chunked` (such as "
+        "`gzip, chunked`), which the sidecar does not decode (then the connection closes)",
         edge=True,
     ),
     Cause(
@@ -292,9 +292,9 @@ CAUSE_TABLE: Tuple[Cause, ...] = (
         505,
         GrpcStatus.UNIMPLEMENTED,
         message="HTTP version not supported",
-        words="the request is in an HTTP version other than 1.0 or 1.1",
-        when="a request line whose version is neither `HTTP/1.0` nor `HTTP/1.1` "
-        "(then the connection closes)",
+        words="the request is in an HTTP version other than 1.0 and 1.1",
+        when="a request in an HTTP version other than 1.0 and 1.1 (then the connection "
+        "closes)",
         edge=True,
     ),
     Cause(
