@@ -112,7 +112,8 @@ class Cause:
 #: else, as Envoy does, names it: timeouts are C{DEADLINE_EXCEEDED}, limits
 #: on size C{RESOURCE_EXHAUSTED}, a client gone C{CANCELLED}.  A rate limit
 #: is C{UNAVAILABLE}, as the mapping has 429 and as Envoy sends by default:
-#: gRPC clients retry it, and never retry C{RESOURCE_EXHAUSTED}.
+#: it is worth retrying later, and gRPC retry policies commonly retry
+#: C{UNAVAILABLE} but not C{RESOURCE_EXHAUSTED}.
 CAUSE_TABLE: Tuple[Cause, ...] = (
     Cause(
         "bad_request",
