@@ -44,6 +44,7 @@ from twisted.logger import Logger
 
 from easymesh.config.mesh import PathOptions, RouteMatch
 from easymesh.config.model import DEFAULT_CLUSTERS
+# Unauthorized is defined with the other errors, and importable from here.
 from easymesh.errors import ProxyError, Unauthorized
 from easymesh.message import ProxyRequest
 from easymesh.patterns import compilePattern
@@ -52,8 +53,6 @@ from easymesh.routing.paths import normalisePath
 from easymesh.tls.identity import IdentityPattern, parsePatterns
 
 _log = Logger()
-
-# Unauthorized, defined with the other errors, is still importable from here.
 
 
 #: Seconds during which the same denial (listener, caller, reason) is
