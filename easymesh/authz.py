@@ -44,7 +44,8 @@ from twisted.logger import Logger
 
 from easymesh.config.mesh import PathOptions, RouteMatch
 from easymesh.config.model import DEFAULT_CLUSTERS
-from easymesh.errors import ProxyError
+# Unauthorized is defined with the other errors, and importable from here.
+from easymesh.errors import ProxyError, Unauthorized
 from easymesh.message import ProxyRequest
 from easymesh.patterns import compilePattern
 from easymesh.routing.matcher import compileMatch, requestHost
@@ -62,12 +63,6 @@ MAX_BURSTS = 1024
 
 #: The parameters of a path's segments (C{;jsessionid=...}).
 _PARAMETERS = re.compile(rb";[^/]*")
-
-
-class Unauthorized(ProxyError):
-    code = 403
-    cause = "unauthorized"
-    message = "the caller is not authorized for this request"
 
 
 @attrs.frozen

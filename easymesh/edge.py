@@ -24,7 +24,14 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from easymesh.errors import ERROR_HEADER, StreamIdleTimeout, replyFor
+from easymesh.errors import (
+    CLIENT_CLOSED,
+    ERROR_HEADER,
+    INTERNAL_ERROR,
+    UPSTREAM_RESET_MID_BODY,
+    StreamIdleTimeout,
+    replyFor,
+)
 from easymesh.headers import REQUEST_ID
 from easymesh.interfaces import IBodySink
 from easymesh.message import LocalReply, Request, Response
@@ -32,14 +39,9 @@ from easymesh.requestbody import RequestBodyStream
 
 _log = Logger()
 
-#: The cause of a response cut off because its upstream failed mid-body.
-RESET_MID_BODY = "upstream_reset_mid_body"
-#: The cause recorded when the client went away before its response ended.
-CLIENT_CLOSED = "client_closed"
-
 #: Causes the error log reports even when the status sent is not a 5xx:
 #: the response was cut off.
-_CUT_OFF = (RESET_MID_BODY, "internal_error", StreamIdleTimeout.cause)
+_CUT_OFF = (UPSTREAM_RESET_MID_BODY, INTERNAL_ERROR, StreamIdleTimeout.cause)
 
 
 @implementer(IBodySink)
@@ -158,7 +160,7 @@ class Exchange:
         self.responder.setProducer(None)
         value = reason.value
         detail = getattr(value, "detail", "") or str(value) or reason.type.__name__
-        self._abort(RESET_MID_BODY, detail)
+        self._abort(UPSTREAM_RESET_MID_BODY, detail)
 
     # Failures and timeouts.
 

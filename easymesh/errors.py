@@ -5,13 +5,20 @@ The one place where failures become responses.
 Every failure on the request path is classified into a L{ProxyError}; its
 L{ProxyError.reply} is the response the client sees: a status, a short text
 body and an C{x-easymesh-error} header naming the cause.
+
+L{CAUSE_TABLE} is the one list of causes, with each one's status, gRPC
+status, body and words for people: the errors here, the HTTP/1.1 edge's
+refusals, the README's error table and the dashboard all take them from it.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import os
-from typing import Optional, Sequence, Tuple, Type
+from typing import Any, Dict, Optional, Sequence, Tuple, Type
+
+import attrs
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError
@@ -24,14 +31,393 @@ from easymesh.message import LocalReply
 ERROR_HEADER = b"x-easymesh-error"
 
 
-class ProxyError(Exception):
+class GrpcStatus(enum.IntEnum):
     """
-    A request could not be proxied.  Subclasses fix C{code} and C{cause}.
+    The gRPC status codes (grpc's C{doc/statuscodes.md}).
     """
 
-    code = 500
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+#: How a cause reaches the client: a reply with its status; that, or the
+#: connection aborted if the response had begun; only the connection
+#: aborted (the response had begun); nothing (the client is gone).
+REPLY, REPLY_OR_ABORT, ABORT, NOTHING = "reply", "reply_or_abort", "abort", "nothing"
+
+
+@attrs.frozen
+class Cause:
+    """
+    One cause of an error the sidecar makes: a value of C{x-easymesh-error}.
+
+    @ivar name: The value of C{x-easymesh-error}, the access log's C{error}.
+    @ivar status: The HTTP status of its reply; L{None} if it never has a
+        reply of its own.
+    @ivar grpc: The gRPC status that says what happened.
+    @ivar message: The reply's body (the HTTP/1.1 edge's refusals send the
+        precise reason instead).
+    @ivar words: What happened, in plain words (the dashboard's).
+    @ivar when: What happened, in Markdown (the README's error table).
+    @ivar answer: How it reaches the client: L{REPLY}, L{REPLY_OR_ABORT},
+        L{ABORT} or L{NOTHING}.
+    @ivar alsoStatuses: Other statuses the HTTP/1.1 edge refuses with it.
+    @ivar edge: Whether the HTTP/1.1 edge refuses unreadable requests with
+        it (by status: see L{edgeCause}).
+    """
+
+    name: str
+    status: Optional[int]
+    grpc: GrpcStatus
+    message: str
+    words: str
+    when: str
+    answer: str = REPLY
+    alsoStatuses: Tuple[int, ...] = ()
+    edge: bool = False
+
+    @property
+    def statuses(self) -> Tuple[int, ...]:
+        """
+        Every status its reply may have.
+        """
+        return () if self.status is None else (self.status,) + self.alsoStatuses
+
+
+#: Every cause of an error the sidecar makes; users match on the names, so
+#: a name is never changed.  The gRPC status follows grpc's
+#: C{doc/http-grpc-status-mapping.md} where that says what happened, and
+#: else, as Envoy does, names it: timeouts are C{DEADLINE_EXCEEDED}, limits
+#: on size C{RESOURCE_EXHAUSTED}, a client gone C{CANCELLED}.  A rate limit
+#: is C{UNAVAILABLE}, as the mapping has 429 and as Envoy sends by default:
+#: it is worth retrying later, and gRPC retry policies commonly retry
+#: C{UNAVAILABLE} but not C{RESOURCE_EXHAUSTED}.
+CAUSE_TABLE: Tuple[Cause, ...] = (
+    Cause(
+        "bad_request",
+        400,
+        GrpcStatus.INTERNAL,
+        message="bad request",
+        words="malformed request",
+        when="a malformed request (refused while its head or body is read, the connection then "
+        "closes), or a target or path the sidecar does not forward (see "
+        "[Routes and clusters](#routes-and-clusters))",
+        edge=True,
+    ),
+    Cause(
+        "header_with_underscores",
+        400,
+        GrpcStatus.INTERNAL,
+        message="bad request: header names with underscores are refused",
+        words="a request header name holds an underscore, which this listener refuses",
+        when="a request header name holds an underscore, with "
+        "`--headers-with-underscores-action reject_request`",
+    ),
+    Cause(
+        "unauthorized",
+        403,
+        GrpcStatus.PERMISSION_DENIED,
+        message="the caller is not authorized for this request",
+        words="the caller's identity is not allowed",
+        when="an authorization rule refuses the caller's identity (see "
+        "[mTLS between sidecars](#mtls-between-sidecars))",
+    ),
+    Cause(
+        "no_route",
+        404,
+        GrpcStatus.UNIMPLEMENTED,
+        message="no route matches this request",
+        words="no route of the listener matches the request",
+        when="no route of the listener matches the request (see "
+        "[Routes and clusters](#routes-and-clusters))",
+    ),
+    Cause(
+        "request_timeout",
+        408,
+        GrpcStatus.DEADLINE_EXCEEDED,
+        message="request timeout",
+        words="the client sent its request too slowly",
+        when="the request head or body came too slowly (then the connection closes)",
+        edge=True,
+    ),
+    Cause(
+        "request_too_large",
+        413,
+        GrpcStatus.RESOURCE_EXHAUSTED,
+        message="request too large",
+        words="request line, headers or body over the limit",
+        when="a request line, head or body over its limit (then the connection closes)",
+        alsoStatuses=(414, 431),
+        edge=True,
+    ),
+    Cause(
+        "rate_limited",
+        429,
+        GrpcStatus.UNAVAILABLE,
+        message="rate limited",
+        words="over the rate limit",
+        when="no token within `--max-wait`, or a route's per-key limit is spent "
+        "(with `Retry-After`)",
+    ),
+    Cause(
+        "client_closed",
+        499,
+        GrpcStatus.CANCELLED,
+        message="client closed the request",
+        words="the client went away before the answer",
+        when="the client went away before the answer, and its upstream request was "
+        "cancelled; only the access log and the dashboard show it",
+        answer=NOTHING,
+    ),
+    Cause(
+        "internal_error",
+        500,
+        GrpcStatus.INTERNAL,
+        message="internal proxy error",
+        words="a fault in the sidecar itself (a bug)",
+        when="a fault in the sidecar itself (a bug); logged in the error log with the "
+        "exception and where it was raised",
+        answer=REPLY_OR_ABORT,
+        edge=True,
+    ),
+    Cause(
+        "unsupported_transfer_coding",
+        501,
+        GrpcStatus.UNIMPLEMENTED,
+        message="unsupported transfer coding",
+        words="the request's body is in a transfer coding the sidecar does not decode",
+        when="a `Transfer-Encoding` with a coding before `chunked` (such as "
+        "`gzip, chunked`), which the sidecar does not decode (then the connection closes)",
+        edge=True,
+    ),
+    Cause(
+        "upstream_protocol_error",
+        502,
+        GrpcStatus.UNAVAILABLE,
+        message="upstream sent a malformed response",
+        words="the upstream's answer was not valid HTTP",
+        when="the upstream's response is malformed",
+    ),
+    Cause(
+        "upstream_reset",
+        502,
+        GrpcStatus.UNAVAILABLE,
+        message="upstream closed the connection before responding",
+        words="the upstream closed the connection without answering",
+        when="the upstream closed without responding",
+    ),
+    Cause(
+        "upstream_reset_mid_body",
+        None,
+        GrpcStatus.UNAVAILABLE,
+        message="upstream closed the connection in the middle of its response",
+        words="the upstream closed the connection in the middle of its answer",
+        when="the upstream closed in the middle of its response body, which had begun to "
+        "reach the client",
+        answer=ABORT,
+    ),
+    Cause(
+        "upstream_connect_failure",
+        503,
+        GrpcStatus.UNAVAILABLE,
+        message="upstream connect failure",
+        words="could not connect to the upstream",
+        when="connection refused, unreachable, or `--connect-timeout`",
+    ),
+    Cause(
+        "upstream_tls_failure",
+        503,
+        GrpcStatus.UNAVAILABLE,
+        message="upstream TLS handshake failed",
+        words="the upstream's certificate did not verify, or its identity is not the expected one",
+        when="the upstream's certificate did not verify, or its identity is not the expected one",
+    ),
+    Cause(
+        "overflow",
+        503,
+        GrpcStatus.UNAVAILABLE,
+        message="upstream overflow: too many requests to this cluster",
+        words="a circuit breaker of the cluster is full",
+        when="a cluster's circuit breaker is full: the request is refused at once",
+    ),
+    Cause(
+        "no_healthy_upstream",
+        503,
+        GrpcStatus.UNAVAILABLE,
+        message="no upstream endpoint is available",
+        words="the cluster has no endpoint to send to",
+        when="the cluster has no endpoints (a DNS name that never resolved)",
+    ),
+    Cause(
+        "upstream_timeout",
+        504,
+        GrpcStatus.DEADLINE_EXCEEDED,
+        message="upstream request timeout",
+        words="the upstream did not answer in time",
+        when="no response headers within the cluster's (or `--timeout`) per-try timeout, "
+        "or a route's `timeout` passed",
+    ),
+    Cause(
+        "stream_idle_timeout",
+        504,
+        GrpcStatus.DEADLINE_EXCEEDED,
+        message="stream idle timeout: no body bytes moved for too long",
+        words="the request or response body stopped moving for too long",
+        when="a request or response body streamed with no byte moving either way for the "
+        "cluster's `stream_idle_timeout` (or `--stream-idle-timeout`)",
+        answer=REPLY_OR_ABORT,
+    ),
+    Cause(
+        "unsupported_http_version",
+        505,
+        GrpcStatus.UNIMPLEMENTED,
+        message="HTTP version not supported",
+        words="the request is in an HTTP version other than 1.0 and 1.1",
+        when="a request in an HTTP version other than 1.0 and 1.1 (then the connection "
+        "closes)",
+        edge=True,
+    ),
+    Cause(
+        "loop_detected",
+        508,
+        GrpcStatus.INTERNAL,
+        message="request loop detected: this sidecar has already forwarded it",
+        words="the request came back to this listener (a routing loop)",
+        when="the request has been through this listener already",
+    ),
+)
+
+#: The rows of L{CAUSE_TABLE} by name.
+CAUSES: Dict[str, Cause] = {c.name: c for c in CAUSE_TABLE}
+
+#: The reason phrases of the statuses in L{CAUSE_TABLE}.
+PHRASES: Dict[int, bytes] = {
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    499: b"Client Closed Request",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+    508: b"Loop Detected",
+}
+
+#: The edge's refusals by status.
+_EDGE: Dict[int, Cause] = {s: c for c in CAUSE_TABLE if c.edge for s in c.statuses}
+
+
+def edgeCause(status: int) -> Cause:
+    """
+    The cause with which the HTTP/1.1 edge refuses an unreadable request
+    with C{status}.
+
+    @raise KeyError: No cause of the edge has that status.
+    """
+    return _EDGE[status]
+
+
+def phrase(status: int) -> bytes:
+    """
+    The reason phrase of a status in L{CAUSE_TABLE}.
+    """
+    return PHRASES.get(status, b"Error")
+
+
+#: The comments around the README's error table.
+MARKDOWN_BEGIN = "<!-- causes:begin -->"
+MARKDOWN_END = "<!-- causes:end -->"
+
+
+def _statusCell(cause: Cause) -> str:
+    if cause.answer == NOTHING:
+        return "none: the client is gone"
+    if cause.answer == ABORT:
+        return "none: the connection is aborted"
+    text = ", ".join(str(s) for s in cause.statuses)
+    if cause.answer == REPLY_OR_ABORT:
+        text += ", or the connection aborted if the response had begun"
+    return text
+
+
+def causesMarkdown() -> str:
+    """
+    L{CAUSE_TABLE} as the README's Markdown table, without the comments
+    around it.
+    """
+    lines = ["| status | `x-easymesh-error` | when |", "|---|---|---|"]
+    for cause in CAUSE_TABLE:
+        lines.append(f"| {_statusCell(cause)} | `{cause.name}` | {cause.when} |")
+    return "\n".join(lines) + "\n"
+
+
+def withCausesMarkdown(text: str) -> str:
+    """
+    C{text} (the README) with what lies between L{MARKDOWN_BEGIN} and
+    L{MARKDOWN_END} replaced by L{causesMarkdown}.
+
+    @raise ValueError: C{text} lacks the comments.
+    """
+    head, found, rest = text.partition(MARKDOWN_BEGIN + "\n")
+    _, ended, tail = rest.partition(MARKDOWN_END)
+    if not (found and ended):
+        raise ValueError(f"no {MARKDOWN_BEGIN} ... {MARKDOWN_END} in the text")
+    return head + MARKDOWN_BEGIN + "\n" + causesMarkdown() + MARKDOWN_END + tail
+
+
+def causesJSON() -> Dict[str, Dict[str, Any]]:
+    """
+    L{CAUSE_TABLE} as JSON-ready data, by name (the admin's C{GET /causes}).
+    """
+    return {
+        c.name: {
+            "status": c.status,
+            "statuses": list(c.statuses),
+            "grpc_status": c.grpc.name,
+            "grpc_code": int(c.grpc),
+            "message": c.message,
+            "words": c.words,
+            "answer": c.answer,
+        }
+        for c in CAUSE_TABLE
+    }
+
+
+class ProxyError(Exception):
+    """
+    A request could not be proxied.  Subclasses fix C{cause}, a name in
+    L{CAUSES}, whose row gives C{code} and C{message}.
+    """
+
     cause = "internal_error"
-    message = "internal proxy error"
+    code: int
+    message: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _fromTable(cls)
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.message)
@@ -53,10 +439,27 @@ class ProxyError(Exception):
         return LocalReply(self.code, body, headers, cause=self.cause, detail=self.detail)
 
 
+def _fromTable(kind: Type[ProxyError]) -> None:
+    """
+    Give an error class the status and message of its cause's row.
+
+    @raise TypeError: Its cause is not in L{CAUSES}, has no status, or the
+        class sets its own C{code} or C{message}.
+    """
+    row = CAUSES.get(kind.cause)
+    if row is None or row.status is None:
+        raise TypeError(f"{kind.__name__}: cause {kind.cause!r} has no status in CAUSE_TABLE")
+    if "code" in vars(kind) or "message" in vars(kind):
+        raise TypeError(f"{kind.__name__}: code and message come from CAUSE_TABLE")
+    kind.code = row.status
+    kind.message = row.message
+
+
+_fromTable(ProxyError)
+
+
 class BadRequest(ProxyError):
-    code = 400
     cause = "bad_request"
-    message = "bad request"
 
 
 class HeaderWithUnderscores(BadRequest):
@@ -66,19 +469,14 @@ class HeaderWithUnderscores(BadRequest):
     """
 
     cause = "header_with_underscores"
-    message = "bad request: header names with underscores are refused"
 
 
 class RequestLoop(ProxyError):
-    code = 508
     cause = "loop_detected"
-    message = "request loop detected: this sidecar has already forwarded it"
 
 
 class TooManyRequests(ProxyError):
-    code = 429
     cause = "rate_limited"
-    message = "rate limited"
 
     def __init__(self, retryAfter: float) -> None:
         super().__init__()
@@ -95,15 +493,11 @@ class ClientClosed(ProxyError):
     reply, but the access log records it.
     """
 
-    code = 499
     cause = "client_closed"
-    message = "client closed the request"
 
 
 class UpstreamConnectFailure(ProxyError):
-    code = 503
     cause = "upstream_connect_failure"
-    message = "upstream connect failure"
 
 
 class UpstreamTLSFailure(UpstreamConnectFailure):
@@ -114,7 +508,6 @@ class UpstreamTLSFailure(UpstreamConnectFailure):
     """
 
     cause = "upstream_tls_failure"
-    message = "upstream TLS handshake failed"
 
 
 #: The failures of a TLS handshake, by qualified name (so that OpenSSL need
@@ -131,9 +524,7 @@ def isTLSFailure(reason: Failure) -> bool:
 
 
 class UpstreamTimeout(ProxyError):
-    code = 504
     cause = "upstream_timeout"
-    message = "upstream request timeout"
 
 
 class StreamIdleTimeout(ProxyError):
@@ -144,21 +535,15 @@ class StreamIdleTimeout(ProxyError):
     aborted.  Never retried: the body was under way.
     """
 
-    code = 504
     cause = "stream_idle_timeout"
-    message = "stream idle timeout: no body bytes moved for too long"
 
 
 class UpstreamProtocolError(ProxyError):
-    code = 502
     cause = "upstream_protocol_error"
-    message = "upstream sent a malformed response"
 
 
 class UpstreamReset(ProxyError):
-    code = 502
     cause = "upstream_reset"
-    message = "upstream closed the connection before responding"
 
 
 class Overflow(ProxyError):
@@ -167,9 +552,7 @@ class Overflow(ProxyError):
     of queueing.  C{breaker} names the limit reached.
     """
 
-    code = 503
     cause = "overflow"
-    message = "upstream overflow: too many requests to this cluster"
 
     def __init__(self, breaker: str = "") -> None:
         super().__init__(f"{self.message} ({breaker})" if breaker else "")
@@ -177,15 +560,25 @@ class Overflow(ProxyError):
 
 
 class NoRoute(ProxyError):
-    code = 404
     cause = "no_route"
-    message = "no route matches this request"
 
 
 class NoHealthyUpstream(ProxyError):
-    code = 503
     cause = "no_healthy_upstream"
-    message = "no upstream endpoint is available"
+
+
+class Unauthorized(ProxyError):
+    """
+    An authorization rule refuses the caller's identity.
+    """
+
+    cause = "unauthorized"
+
+
+#: Causes named where no L{ProxyError} is at hand.
+INTERNAL_ERROR: str = ProxyError.cause
+CLIENT_CLOSED: str = ClientClosed.cause
+UPSTREAM_RESET_MID_BODY: str = CAUSES["upstream_reset_mid_body"].name
 
 
 _CONNECT_ERRORS: Tuple[Type[BaseException], ...] = (

@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from easymesh.config.model import EdgeLimits
 from easymesh.edge import admitCaller, peerAddress
-from easymesh.errors import ERROR_HEADER
+from easymesh.errors import ERROR_HEADER, edgeCause, phrase
 from easymesh.headers import TOKEN as _TOKEN, BadField, forbiddenInHead, parseFields, trailerFields
 from easymesh.interfaces import IResponder
 from easymesh.message import Request
@@ -111,40 +111,24 @@ _HEAD, _BODY, _WAIT, _DISCARD, _CLOSED = range(5)
 class BadMessage(Exception):
     """
     A request that cannot be read safely; answered with C{code} and closed.
+
+    @ivar cause: Its cause, the one the table gives the edge's C{code}.
     """
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.cause = edgeCause(code).name
 
 
-_PHRASES = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    505: b"HTTP Version Not Supported",
-}
-_CAUSES = {
-    408: b"request_timeout",
-    413: b"request_too_large",
-    414: b"request_too_large",
-    431: b"request_too_large",
-    500: b"internal_error",
-}
-
-
-def _errorResponse(code: int, reason: str) -> bytes:
-    body = reason.encode("ascii", "replace") + b"\n"
+def _errorResponse(error: BadMessage) -> bytes:
+    body = error.reason.encode("ascii", "replace") + b"\n"
     return b"".join(
         (
-            b"HTTP/1.1 %d %s\r\n" % (code, _PHRASES.get(code, b"Error")),
+            b"HTTP/1.1 %d %s\r\n" % (error.code, phrase(error.code)),
             b"Connection: close\r\nContent-Type: text/plain; charset=utf-8\r\n",
-            ERROR_HEADER + b": " + _CAUSES.get(code, b"bad_request") + b"\r\n",
+            ERROR_HEADER + b": " + error.cause.encode("ascii") + b"\r\n",
             b"Content-Length: %d\r\n\r\n" % len(body),
             body,
         )
@@ -916,7 +900,7 @@ class HTTP1Channel(Protocol):
         """
         self._buffer = b""
         if not (self._exchange is not None and self.started):
-            self.transport.write(_errorResponse(error.code, error.reason))
+            self.transport.write(_errorResponse(error))
             self.loseConnection()
         else:
             self._state = _CLOSED

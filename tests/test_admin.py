@@ -26,6 +26,7 @@ from easymesh.cluster.cluster import Cluster
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.mesh import LEAST_REQUEST, ClusterConfig
 from easymesh.config.model import SidecarConfig
+from easymesh.errors import CAUSE_TABLE
 from easymesh.message import ProxyRequest
 from easymesh.ops.admin import AdminResource, adminSite
 from easymesh.ops.live import LiveStats
@@ -614,7 +615,7 @@ class MethodTests(AdminTestCase):
         self.assertEqual(self.pending(), [])
 
     def test_postOnGet(self) -> None:
-        for path in (b"/ready", b"/healthz", b"/clusters", b"/config_dump", b"/", b"/stats/live"):
+        for path in (b"/ready", b"/healthz", b"/clusters", b"/config_dump", b"/", b"/stats/live", b"/causes"):
             self.assertEqual(self.post(path).code, 405, path)
 
     def test_otherMethods(self) -> None:
@@ -661,6 +662,34 @@ class DashboardTests(AdminTestCase):
         self.assertEqual(sources, [b"dashboard.js"])
         self.assertEqual(re.findall(rb"<link[^>]*>", page), [])
         self.assertIn(b'fetch("stats/live"', script)
+
+    def test_causesServed(self) -> None:
+        """
+        C{GET /causes} serves the cause table: each cause's statuses, gRPC
+        status, body and the words the dashboard shows.
+        """
+        response = self.get(b"/causes")
+        self.assertEqual((response.code, response.header(b"content-type")), (200, b"application/json"))
+        served = json.loads(response.body)
+        self.assertEqual(list(served), [c.name for c in CAUSE_TABLE])
+        for cause in CAUSE_TABLE:
+            entry = served[cause.name]
+            self.assertEqual(entry["words"], cause.words)
+            self.assertEqual(entry["status"], cause.status)
+            self.assertEqual(entry["statuses"], list(cause.statuses))
+            self.assertEqual((entry["grpc_status"], entry["grpc_code"]), (cause.grpc.name, cause.grpc.value))
+            self.assertEqual(entry["message"], cause.message)
+
+    def test_scriptHoldsNoCauses(self) -> None:
+        """
+        The dashboard takes its words for causes from C{GET /causes}: its
+        script names no cause and holds none of their words.
+        """
+        script = self.get(b"/dashboard.js").body.decode("utf-8")
+        self.assertIn('fetch("causes"', script)
+        for cause in CAUSE_TABLE:
+            self.assertNotIn(cause.name, script)
+            self.assertNotIn(cause.words, script)
 
 
 class AdminEdgeTests(AdminTestCase):

@@ -5,7 +5,10 @@ replies they make.
 
 from __future__ import annotations
 
-from typing import Optional, Type
+import ast
+import re
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple, Type
 
 import pytest
 from twisted.internet import error as ierror
@@ -19,12 +22,15 @@ from twisted.web._newclient import (
     ResponseNeverReceived,
 )
 
-from easymesh import errors
+from easymesh import authz, errors
 from easymesh.upstream.h1client import asProxyError
 from easymesh.errors import (
+    CAUSE_TABLE,
+    CAUSES,
     ERROR_HEADER,
     BadRequest,
     ClientClosed,
+    GrpcStatus,
     ProxyError,
     RequestLoop,
     TooManyRequests,
@@ -244,3 +250,196 @@ def test_underscoresCause() -> None:
     reply = errors.HeaderWithUnderscores("header name 'X_A' holds an underscore").reply()
     assert (reply.code, reply.cause) == (400, "header_with_underscores")
     assert reply.headers.getRawHeaders(ERROR_HEADER) == [b"header_with_underscores"]
+
+
+# The table of causes.
+
+#: The gRPC status codes, as grpc's doc/statuscodes.md lists them.
+GRPC_CODES = {
+    "OK": 0,
+    "CANCELLED": 1,
+    "UNKNOWN": 2,
+    "INVALID_ARGUMENT": 3,
+    "DEADLINE_EXCEEDED": 4,
+    "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6,
+    "PERMISSION_DENIED": 7,
+    "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": 9,
+    "ABORTED": 10,
+    "OUT_OF_RANGE": 11,
+    "UNIMPLEMENTED": 12,
+    "INTERNAL": 13,
+    "UNAVAILABLE": 14,
+    "DATA_LOSS": 15,
+    "UNAUTHENTICATED": 16,
+}
+
+SOURCES = Path(errors.__file__).resolve().parent
+
+
+def _proxyErrors() -> List[Type[ProxyError]]:
+    found: List[Type[ProxyError]] = []
+    pending: List[Type[ProxyError]] = [ProxyError]
+    while pending:
+        kind = pending.pop()
+        found.append(kind)
+        pending.extend(kind.__subclasses__())
+    return found
+
+
+def test_tableRows() -> None:
+    """
+    Every row has a distinct name valid as a header value, an error status
+    (or none, for a cause no reply carries), a valid gRPC status, a body
+    and words; and every status has a reason phrase.
+    """
+    names = [c.name for c in CAUSE_TABLE]
+    assert len(set(names)) == len(names)
+    assert set(CAUSES) == set(names)
+    for cause in CAUSE_TABLE:
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", cause.name), cause
+        assert (cause.status is None) == (cause.answer == errors.ABORT), cause
+        assert cause.answer in (errors.REPLY, errors.REPLY_OR_ABORT, errors.ABORT, errors.NOTHING)
+        for status in cause.statuses:
+            assert 400 <= status < 600, cause
+            assert errors.phrase(status) == errors.PHRASES[status]
+        assert GRPC_CODES[cause.grpc.name] == cause.grpc.value, cause
+        assert cause.message and cause.words and cause.when, cause
+        assert "\n" not in cause.when and "|" not in cause.when, cause
+
+
+def test_grpcCodes() -> None:
+    """
+    L{GrpcStatus} is gRPC's list of codes, names and numbers.
+    """
+    assert {s.name: s.value for s in GrpcStatus} == GRPC_CODES
+
+
+@pytest.mark.parametrize("kind", _proxyErrors(), ids=lambda k: k.__name__)
+def test_errorFromTable(kind: Type[ProxyError]) -> None:
+    """
+    Every L{ProxyError} subclass's status and body are its cause's row's.
+    """
+    row = CAUSES[kind.cause]
+    assert (kind.code, kind.message) == (row.status, row.message)
+
+
+def test_errorOutsideTableRefused() -> None:
+    """
+    An error class whose cause is not in the table, or that sets its own
+    status, is refused when it is defined.
+    """
+    with pytest.raises(TypeError):
+        type("Unknown", (ProxyError,), {"cause": "no_such_cause"})
+    with pytest.raises(TypeError):
+        type("NoStatus", (ProxyError,), {"cause": errors.UPSTREAM_RESET_MID_BODY})
+    with pytest.raises(TypeError):
+        type("OwnCode", (ProxyError,), {"cause": "bad_request", "code": 418})
+
+
+def test_unauthorizedAlias() -> None:
+    """
+    L{easymesh.authz.Unauthorized} is the error defined with the others.
+    """
+    assert authz.Unauthorized is errors.Unauthorized
+    assert errors.Unauthorized().reply().code == 403
+
+
+def test_edgeCauses() -> None:
+    """
+    Every status the HTTP/1.1 edge refuses with has one cause of the edge.
+    """
+    source = (SOURCES / "h1server.py").read_text(encoding="utf-8")
+    statuses = {
+        node.args[0].value
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) == "BadMessage"
+        and isinstance(node.args[0], ast.Constant)
+    }
+    assert statuses >= {400, 408, 413, 414, 431, 501, 505}
+    for status in statuses:
+        cause = errors.edgeCause(status)
+        assert cause.edge and status in cause.statuses
+    edge = [s for c in CAUSE_TABLE if c.edge for s in c.statuses]
+    assert len(edge) == len(set(edge))
+
+
+def _emitted(tree: ast.AST) -> Iterator[Tuple[int, str]]:
+    """
+    The string literals a module gives as a cause: assigned to, passed as,
+    or compared with something named C{cause}, or the reason of an abort.
+    """
+
+    def named(node: ast.AST) -> bool:
+        return getattr(node, "id", getattr(node, "attr", None)) == "cause"
+
+    def strings(node: ast.AST) -> Iterator[Tuple[int, str]]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.lineno, node.value
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            for element in node.elts:
+                yield from strings(element)
+        elif isinstance(node, ast.IfExp):
+            yield from strings(node.body)
+            yield from strings(node.orelse)
+        elif isinstance(node, ast.BoolOp):
+            for value in node.values:
+                yield from strings(value)
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(named(t) for t in targets) and node.value is not None:
+                yield from strings(node.value)
+        elif isinstance(node, ast.keyword) and node.arg == "cause":
+            yield from strings(node.value)
+        elif isinstance(node, ast.Compare) and any(map(named, [node.left, *node.comparators])):
+            for operand in [node.left, *node.comparators]:
+                yield from strings(operand)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "_abort":
+            if node.args:
+                yield from strings(node.args[0])
+
+
+def test_emittedFound() -> None:
+    """
+    The scan for causes finds each way a module gives one.
+    """
+    source = (
+        'class E(ProxyError):\n    cause = "a"\n'
+        'self.cause = "b" if x else "c"\n'
+        'LocalReply(500, b"", h, cause="d")\n'
+        'if cause in ("e", "f") or reply.cause == "g": pass\n'
+        'self._abort("h", reason)\n'
+        'self.cause = value.decode("latin-1")\n'
+    )
+    assert sorted(v for _, v in _emitted(ast.parse(source))) == list("abcdefgh")
+
+
+def test_everyEmittedCauseInTable() -> None:
+    """
+    Every cause a module of easymesh gives as a literal is in the table.
+    """
+    for path in sorted(SOURCES.rglob("*.py")):
+        for line, value in _emitted(ast.parse(path.read_text(encoding="utf-8"))):
+            assert value in CAUSES, f"{path.relative_to(SOURCES)}:{line}: cause {value!r} not in CAUSE_TABLE"
+
+
+#: Literals equal to a cause's name that are something else (settings).
+NOT_CAUSES = {("reload.py", "stream_idle_timeout"), ("config/meshfile.py", "stream_idle_timeout")}
+
+
+def test_causesNamedOnlyInErrors() -> None:
+    """
+    No module but L{easymesh.errors} spells a cause's name: others use its
+    classes and constants, so that the table is the one place causes live.
+    """
+    for path in sorted(SOURCES.rglob("*.py")):
+        where = path.relative_to(SOURCES).as_posix()
+        if where == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in CAUSES:
+                assert (where, node.value) in NOT_CAUSES, f"{where}:{node.lineno}: {node.value!r}"

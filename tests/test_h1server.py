@@ -365,6 +365,39 @@ def test_errorResponseExactBytes() -> None:
     assert conn.requests == []
 
 
+
+@pytest.mark.parametrize(
+    "head, cause",
+    [
+        (b"GET / HTTP/1.1\r\n" + HOST + b"Host: b\r\n\r\n", b"bad_request"),
+        (b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 70000 + b"\r\n\r\n", b"request_too_large"),
+        (b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: gzip, chunked\r\n\r\n", b"unsupported_transfer_coding"),
+        (b"GET / HTTP/2.0\r\n" + HOST + b"\r\n", b"unsupported_http_version"),
+    ],
+)
+def test_refusalCause(head: bytes, cause: bytes) -> None:
+    """
+    Each refusal names the cause the cause table gives its status.
+    """
+    conn = Conn()
+    conn.feed(head)
+    _, headers, _ = split(conn.output())
+    assert b"x-easymesh-error: " + cause in headers
+
+
+def test_versionRefusalExactBytes() -> None:
+    conn = Conn()
+    conn.feed(b"GET / HTTP/1.2\r\n" + HOST + b"\r\n")
+    assert conn.output() == (
+        b"HTTP/1.1 505 HTTP Version Not Supported\r\n"
+        b"Connection: close\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"x-easymesh-error: unsupported_http_version\r\n"
+        b"Content-Length: 27\r\n\r\n"
+        b"HTTP version not supported\n"
+    )
+
+
 REJECTED = [
     # Framing.
     (b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),

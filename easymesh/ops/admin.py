@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_admin -*-
 """
 The admin listener: readiness and health, Prometheus metrics, the running
-config and clusters as JSON, drain and quit, and a live dashboard.
+config, clusters and error causes as JSON, drain and quit, and a live
+dashboard.
 
 It reads the data path's state and never changes it, except through
 C{POST /drain} and C{POST /quitquitquit}, which only loopback callers may
@@ -24,6 +25,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from easymesh.config.model import EdgeLimits
+from easymesh.errors import causesJSON
 from easymesh.listener import ProxySite
 from easymesh.message import Request
 
@@ -204,6 +206,7 @@ class AdminResource(Resource):
             b"/stats/live": self._live,
             b"/config_dump": self._configDump,
             b"/clusters": self._clusters,
+            b"/causes": lambda r: self._json(causesJSON()),
         }
         self._posts: Dict[bytes, Callable[[Any], Tuple[int, bytes, bytes]]] = {
             b"/drain": self._drain,

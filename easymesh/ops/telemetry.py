@@ -13,6 +13,7 @@ from typing import Any, Optional
 from twisted.internet.defer import succeed
 from twisted.logger import Logger
 
+from easymesh.errors import StreamIdleTimeout, TooManyRequests, UpstreamTimeout
 from easymesh.ops.live import LiveStats
 
 _log = Logger()
@@ -21,7 +22,7 @@ _log = Logger()
 NONE = "none"
 
 #: The causes counted as timeouts of a cluster's requests.
-_TIMEOUTS = ("upstream_timeout", "stream_idle_timeout")
+_TIMEOUTS = (UpstreamTimeout.cause, StreamIdleTimeout.cause)
 
 
 class Telemetry:
@@ -67,7 +68,7 @@ class Telemetry:
         if metrics is not None:
             clusterLabel = cluster or NONE
             metrics.requestFinished(listener, route or NONE, clusterLabel, status, duration)
-            if cause == "rate_limited":
+            if cause == TooManyRequests.cause:
                 metrics.requestRateLimited(listener, route or NONE)
             elif cause in _TIMEOUTS and cluster is not None:
                 metrics.upstreamTimedOut(cluster)

@@ -13,22 +13,9 @@
     outbound: "calls from the local app to other services",
     inbound: "calls from other services to the local app"
   };
-  // The causes the sidecar records (its x-easymesh-error header), in words.
-  var CAUSES = {
-    bad_request: "malformed request",
-    request_timeout: "the client sent its request too slowly",
-    request_too_large: "request line, headers or body over the limit",
-    rate_limited: "over the rate limit",
-    unauthorized: "the caller's identity is not allowed",
-    upstream_protocol_error: "the upstream's answer was not valid HTTP",
-    upstream_reset: "the upstream closed the connection without answering",
-    upstream_reset_mid_body: "the upstream closed the connection in the middle of its answer",
-    upstream_connect_failure: "could not connect to the upstream",
-    upstream_timeout: "the upstream did not answer in time",
-    stream_idle_timeout: "the request or response body stopped moving for too long",
-    loop_detected: "the request came back to this listener (a routing loop)",
-    client_closed: "the client went away before the answer"
-  };
+  // The causes the sidecar records (its x-easymesh-error header), in words:
+  // the sidecar's table, fetched once before the first poll.
+  var CAUSES = {};
 
   function el(tag, attrs, children) {
     var node = document.createElement(tag);
@@ -174,7 +161,7 @@
     if (!list || !list.length) { container.appendChild(el("p", { "class": "empty", text: "No errors recorded." })); return; }
     var head = el("tr", {}, ["time", "listener", "cluster", "request", "status", "reason"].map(function (h) { return el("th", { text: h }); }));
     var rows = list.slice(0, 20).map(function (e) {
-      var why = CAUSES[e.reason];
+      var why = Object.prototype.hasOwnProperty.call(CAUSES, e.reason) ? CAUSES[e.reason].words : null;
       return el("tr", { "data-error": e.reason }, [
         el("td", { text: clock(e.time) }), el("td", { text: e.listener }),
         el("td", { text: e.cluster || "–" }), el("td", { text: e.method + " " + e.path }),
@@ -235,5 +222,7 @@
       document.getElementById("state-help").textContent = "";
     }).then(function () { setTimeout(poll, POLL_MS); });
   }
-  poll();
+  fetch("causes", { cache: "no-store" }).then(function (r) { return r.json(); }).then(function (causes) {
+    CAUSES = causes || {};
+  }).catch(function () {}).then(poll);
 })();
