@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
+from http import HTTPStatus
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple, Type
 
@@ -341,9 +342,16 @@ def edgeCause(status: int) -> Cause:
 
 def phrase(status: int) -> bytes:
     """
-    The reason phrase of a status in L{CAUSE_TABLE}.
+    The reason phrase of a status: RFC 9110's for those in
+    L{CAUSE_TABLE}, else the standard library's, else C{Unknown}.
     """
-    return PHRASES.get(status, b"Error")
+    found = PHRASES.get(status)
+    if found is None:
+        try:
+            found = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            found = b"Unknown"
+    return found
 
 
 #: The comments around the README's error table.

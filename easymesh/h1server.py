@@ -16,7 +16,6 @@ error is read.
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Any, Callable, List, Optional
 
 from OpenSSL import SSL
@@ -448,7 +447,6 @@ def _tlsReason(reason: Failure) -> str:
 
 #: Status codes whose responses never have a body (RFC 9110 section 6.4.1).
 _NO_BODY_CODES = frozenset((204, 304))
-_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
 
 @implementer(IPushProducer, IHandshakeListener, IResponder)
@@ -924,12 +922,12 @@ class HTTP1Channel(Protocol):
     def setProducer(self, producer: Any) -> None:
         self._producer = producer
 
-    def sendHead(self, code: int, phrase: bytes, headers: Headers) -> None:
+    def sendHead(self, code: int, reason: bytes, headers: Headers) -> None:
         self.started = True
         if self._state == _CLOSED:
             return
         version = self._version
-        parts = [version, b" %d " % code, phrase or _REASONS.get(code, b"Unknown"), b"\r\n"]
+        parts = [version, b" %d " % code, reason or phrase(code), b"\r\n"]
         for name, values in headers.getAllRawHeaders():
             for value in values:
                 parts += (name, b": ", value, b"\r\n")

@@ -1,10 +1,11 @@
 """
-A bug on the request path, reached through a real sidecar: routes built in
-code (a C{.tac} file) whose weighted clusters all weigh 0, which the YAML
-reader refuses but the model accepts, make the router raise.  Both edges
-(plaintext outbound, mTLS inbound) answer the sidecar's own C{500
-internal_error}, never Twisted's HTML page, and the error log says so once
-per listener, naming the exception.
+A bug on the request path, reached through a real sidecar started from a
+C{.tac} file.  Routes built in code whose weighted clusters all weigh 0 are
+refused by the model (as the YAML reader refuses them), with the reason;
+so the bug is planted instead: the router's choice of cluster raises.
+Both edges (plaintext outbound, mTLS inbound) answer the sidecar's own
+C{500 internal_error}, never Twisted's HTML page, and the error log says
+so once per listener, naming the exception.
 """
 
 from __future__ import annotations
@@ -32,21 +33,33 @@ import attrs
 from twisted.application.service import Application
 
 from easymesh.config.mesh import Route
+from easymesh.config.validate import InvalidConfig
+from easymesh.routing.router import Router
 from easymesh.tap import Options, makeService
 
 options = Options()
 options.parseOptions(shlex.split(os.environ["EASYMESH_ARGS"]))
 sidecar = makeService(options)
 runtime = sidecar.runtime
-runtime.apply(
-    attrs.evolve(
-        runtime.mesh,
-        routes={
-            "outbound": (Route("outbound-zero", weightedClusters=(("peer", 0),)),),
-            "inbound": (Route("inbound-zero", weightedClusters=(("local", 0),)),),
-        },
+try:
+    runtime.apply(
+        attrs.evolve(
+            runtime.mesh,
+            routes={
+                "outbound": (Route("outbound-zero", weightedClusters=(("peer", 0),)),),
+                "inbound": (Route("inbound-zero", weightedClusters=(("local", 0),)),),
+            },
+        )
     )
-)
+except InvalidConfig as e:
+    print("model refused:", e)
+
+
+def _clusterName(self, route):
+    return next(iter(()))
+
+
+Router._clusterName = _clusterName
 application = Application("easymesh")
 sidecar.setServiceParent(application)
 """
@@ -54,7 +67,7 @@ sidecar.setServiceParent(application)
 
 class Broken:
     """
-    One sidecar with all-zero weights on both listeners; its inbound one
+    One sidecar whose router raises on both listeners; its inbound one
     speaks mTLS.
     """
 
@@ -134,6 +147,19 @@ def test_bugAnsweredAndLoggedOnce(broken: Broken, listener: str) -> None:
     assert "Processing Failed" not in text
     assert "Traceback" not in text
     assert broken.app.requests == []
+
+
+def test_invalidModelRefusedWithReasons(broken: Broken) -> None:
+    """
+    A model built in code gets the checks a file gets: all-zero weights
+    are refused, with the key path and reason of each, before anything
+    runs.
+    """
+    log = broken.sidecar.log()
+    for listener in ("outbound", "inbound"):
+        assert (
+            f"routes.{listener}.0.weighted_clusters: must give some cluster a weight above 0"
+        ) in log
 
 
 def test_connectionStaysUsable(broken: Broken) -> None:
