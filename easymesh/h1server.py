@@ -16,7 +16,7 @@ error is read.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, succeed
@@ -88,14 +88,9 @@ def _checkTarget(target: bytes) -> None:
         raise BadMessage(400, "invalid request target")
     if target[:1] == b"/":
         return
-    scheme, sep, rest = target.partition(b"://")
-    if sep and scheme.lower() in (b"http", b"https"):
-        end = len(rest)
-        for delimiter in (b"/", b"?"):
-            found = rest.find(delimiter)
-            if 0 <= found < end:
-                end = found
-        authority = rest[:end]
+    parts = _absoluteForm(target)
+    if parts is not None:
+        authority = parts[0]
         if b"@" in authority:
             raise BadMessage(400, "userinfo in request target")
         if not authority or not validAuthority(authority):
@@ -144,19 +139,28 @@ def _originForm(target: bytes, headers: Headers) -> bytes:
     """
     if target[:1] == b"/":
         return target
+    parts = _absoluteForm(target)
+    if parts is None:
+        raise BadMessage(400, "unsupported request target")
+    authority, path = parts
+    headers.setRawHeaders(b"host", [authority])
+    return path if path[:1] == b"/" else b"/" + path
+
+
+def _absoluteForm(target: bytes) -> Optional[Tuple[bytes, bytes]]:
+    """
+    The authority and the rest (path and query) of an absolute-form
+    C{http} or C{https} target; L{None} for any other form.
+    """
     scheme, sep, rest = target.partition(b"://")
-    if sep and scheme.lower() in (b"http", b"https"):
-        end = len(rest)
-        for delimiter in (b"/", b"?"):
-            found = rest.find(delimiter)
-            if 0 <= found < end:
-                end = found
-        headers.setRawHeaders(b"host", [rest[:end]])
-        path = rest[end:]
-        if path[:1] != b"/":
-            path = b"/" + path
-        return path
-    raise BadMessage(400, "unsupported request target")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return None
+    end = len(rest)
+    for delimiter in (b"/", b"?"):
+        found = rest.find(delimiter)
+        if 0 <= found < end:
+            end = found
+    return rest[:end], rest[end:]
 
 
 _EMPTY = EmptyBody()
