@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from easymesh.config.model import EdgeLimits
 from easymesh.edge import admitCaller, peerAddress
+from easymesh.h2server import PREFACE, H2Edge
 from easymesh.errors import ERROR_HEADER, edgeCause, phrase
 from easymesh.headers import TOKEN as _TOKEN, BadField, forbiddenInHead, parseFields, trailerFields
 from easymesh.interfaces import IResponder
@@ -385,6 +386,11 @@ class DeadlineSweeper:
         for channel in list(self._channels):
             if channel.idle:
                 channel.loseConnection()
+            else:
+                # An HTTP/2 connection in use: no new streams on it.
+                goAway = getattr(channel, "goAway", None)
+                if goAway is not None:
+                    goAway()
 
     def closeAll(self) -> Deferred[None]:
         """
@@ -475,6 +481,10 @@ class HTTP1Channel(Protocol):
     sweeper: Optional["DeadlineSweeper"] = None
     deadline: Optional[float] = None
     limits = EdgeLimits()
+    #: The HTTP/2 edge this connection was handed to, if it was.
+    _h2: Optional[H2Edge] = None
+    #: Whether no request has been read yet (only then may HTTP/2 begin).
+    _fresh = True
     # The response being sent (see IResponder).
     started = False
     _chunked = False
@@ -528,8 +538,31 @@ class HTTP1Channel(Protocol):
             self.transport.abortConnection()
             return
         self.peerIdentity = identity
+        if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
+            self._switchToHTTP2()
+
+    def _switchToHTTP2(self) -> None:
+        """
+        Hand this connection, and what it has sent so far, to an HTTP/2
+        edge: the client negotiated C{h2}, or began with its preface.
+        """
+        data, self._buffer = self._buffer, b""
+        self._setTimer(None)
+        if self.sweeper is not None:
+            self.sweeper.remove(self)
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
+        self._h2 = edge = H2Edge(self)
+        self.onClose = None
+        edge.makeConnection(self.transport)
+        if data:
+            edge.dataReceived(data)
 
     def connectionLost(self, reason: Failure) -> None:
+        if self._h2 is not None:
+            self._h2.connectionLost(reason)
+            return
         if (
             self.scheme == b"https"
             and not self._handshakeDone
@@ -623,6 +656,9 @@ class HTTP1Channel(Protocol):
     # Reading.
 
     def dataReceived(self, data: bytes) -> None:
+        if self._h2 is not None:
+            self._h2.dataReceived(data)
+            return
         state = self._state
         if state == _BODY:
             try:
@@ -713,6 +749,13 @@ class HTTP1Channel(Protocol):
             self._buffer = buffer = buffer[2:]
         if not buffer:
             return False
+        if self._fresh and buffer[:1] == b"P":
+            # Prior-knowledge HTTP/2 (h2c): its preface, before any request.
+            if len(buffer) < len(PREFACE) and PREFACE.startswith(buffer):
+                return False
+            if buffer.startswith(PREFACE):
+                self._switchToHTTP2()
+                return False
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
             # Limits apply to content: a line end that is still arriving
@@ -810,6 +853,7 @@ class HTTP1Channel(Protocol):
         target = _originForm(target, headers)
         self._headStarted = False
         self._emptyLines = 0
+        self._fresh = False
         self._method = method
         self._version = version
         self.started = False

@@ -147,6 +147,8 @@ class EdgeLimits:
     @ivar closeTimeout: Seconds a connection that the sidecar closes may
         take to deliver what it is still owed (the end of a response, the
         TLS close alert) before it is aborted.
+    @ivar maxConcurrentStreams: Most streams open at once on one HTTP/2
+        connection (C{SETTINGS_MAX_CONCURRENT_STREAMS}).
     """
 
     maxRequestLine: int = 8 * 1024
@@ -159,6 +161,7 @@ class EdgeLimits:
     maxConnections: int = 8192
     maxChunkLine: int = 4 * 1024
     closeTimeout: float = 10.0
+    maxConcurrentStreams: int = 100
 
     def withSidecarHeadroom(self) -> "EdgeLimits":
         """

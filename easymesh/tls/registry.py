@@ -14,6 +14,10 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from easymesh.config.model import TLS_EXPIRY_WARNING, TLSFiles, UpstreamTLS
 from easymesh.tls.contexts import ClientTLS, ServerTLS
 
+#: What a listener offers by ALPN, most preferred first: the same port
+#: speaks HTTP/2 and HTTP/1.1.
+SERVER_PROTOCOLS = (b"h2", b"http/1.1")
+
 
 class TLSContexts:
     """
@@ -73,6 +77,7 @@ class TLSContexts:
                 self._clock,
                 True,
                 self._checkEvery,
+                protocols=SERVER_PROTOCOLS,
                 expiryWarning=self._expiryWarning,
             )
             self._servers[files] = creator
