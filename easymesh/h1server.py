@@ -41,6 +41,7 @@ from easymesh.headers import TOKEN as _TOKEN, BadField, forbiddenInHead, parseFi
 from easymesh.interfaces import IResponder
 from easymesh.message import Request
 from easymesh.requestbody import EmptyBody, RequestBodyStream
+from easymesh.twistedprivate import rawHeaders
 
 _log = Logger()
 
@@ -809,7 +810,7 @@ class HTTP1Channel(Protocol):
             headers = parseFields(lines[1:])
         except BadField:
             raise BadMessage(400, "invalid header field") from None
-        raw = headers._rawHeaders
+        raw = rawHeaders(headers)
         hosts = raw.get(b"Host")
         if hosts is not None:
             if len(hosts) != 1 or not validAuthority(hosts[0]):

@@ -52,6 +52,7 @@ from easymesh.headers import BadField, canonicalName, trailerFields
 from easymesh.interfaces import IResponder
 from easymesh.message import Request
 from easymesh.requestbody import EmptyBody, RequestBodyStream
+from easymesh.twistedprivate import rawHeaders
 
 _log = Logger()
 
@@ -405,7 +406,7 @@ class H2Edge(Protocol):
         limits = self.limits
         pseudo: Dict[bytes, bytes] = {}
         headers = Headers()
-        raw = headers._rawHeaders
+        raw = rawHeaders(headers)
         size = count = 0
         for name, value in fields:
             size += len(name) + len(value) + 32

@@ -12,10 +12,11 @@ from __future__ import annotations
 from random import getrandbits
 from typing import Dict, Iterable, List, Optional
 
-from twisted.web.http_headers import Headers, _nameEncoder
+from twisted.web.http_headers import Headers
 
 from easymesh.config.model import OUTBOUND, UNDERSCORE_ACTIONS
 from easymesh.errors import HeaderWithUnderscores, RequestLoop
+from easymesh.twistedprivate import encodeName, rawHeaders
 
 #: Hop-by-hop fields, lower case; plus whatever C{Connection} names.
 HOP_BY_HOP = frozenset(
@@ -98,7 +99,7 @@ def canonicalName(name: bytes) -> Optional[bytes]:
     if found is None:
         if not name or not TOKEN.issuperset(name):
             return None
-        found = _nameEncoder.encode(name)
+        found = encodeName(name)
         if len(_canonicalNames) < 4096:
             _canonicalNames[name] = found
     return found
@@ -119,7 +120,7 @@ def parseFields(lines: Iterable[bytes]) -> Headers:
         white space before the colon, and obs-fold lines).
     """
     headers = Headers()
-    raw = headers._rawHeaders
+    raw = rawHeaders(headers)
     canonical = canonicalName
     for line in lines:
         name, sep, value = line.partition(b":")
@@ -148,7 +149,7 @@ def trailerFields(lines: List[bytes]) -> Optional[Headers]:
     if forbiddenInHead(joined) is not None:
         raise BadField(joined[:64])
     trailers = parseFields(lines)
-    raw = trailers._rawHeaders
+    raw = rawHeaders(trailers)
     for name in [n for n in raw if n in _NOT_TRAILERS or n.startswith(_OWN_PREFIX)]:
         del raw[name]
     return trailers if raw else None
@@ -208,14 +209,14 @@ def validRequestId(value: bytes) -> bool:
 
 # Headers stores names in one canonical form, so these sets (in that form)
 # are matched without lower-casing every name of every message.
-_HOP_BY_HOP = frozenset(_nameEncoder.encode(n) for n in HOP_BY_HOP)
-_REQUEST_DROPPED = _HOP_BY_HOP | frozenset(_nameEncoder.encode(n) for n in FRAMING)
-_OWN_PREFIX = _nameEncoder.encode(OWN_PREFIX + b"x")[:-1]
-_NOT_TRAILERS = frozenset(_nameEncoder.encode(n) for n in NOT_TRAILERS)
-_TE = _nameEncoder.encode(b"te")
-_PROTECTED = frozenset(_nameEncoder.encode(n) for n in PROTECTED)
-_ERROR_HEADER = _nameEncoder.encode(b"x-easymesh-error")
-_ATTEMPTS_HEADER = _nameEncoder.encode(b"x-easymesh-attempts")
+_HOP_BY_HOP = frozenset(encodeName(n) for n in HOP_BY_HOP)
+_REQUEST_DROPPED = _HOP_BY_HOP | frozenset(encodeName(n) for n in FRAMING)
+_OWN_PREFIX = encodeName(OWN_PREFIX + b"x")[:-1]
+_NOT_TRAILERS = frozenset(encodeName(n) for n in NOT_TRAILERS)
+_TE = encodeName(b"te")
+_PROTECTED = frozenset(encodeName(n) for n in PROTECTED)
+_ERROR_HEADER = encodeName(b"x-easymesh-error")
+_ATTEMPTS_HEADER = encodeName(b"x-easymesh-attempts")
 
 
 def removeHopByHop(headers: Headers, also: Iterable[bytes] = ()) -> None:
@@ -223,7 +224,7 @@ def removeHopByHop(headers: Headers, also: Iterable[bytes] = ()) -> None:
     Remove hop-by-hop fields, including those named by C{Connection}, and the
     names in C{also}.
     """
-    _remove(headers, _HOP_BY_HOP | frozenset(_nameEncoder.encode(n) for n in also), False)
+    _remove(headers, _HOP_BY_HOP | frozenset(encodeName(n) for n in also), False)
 
 
 def _ownWithUnderscores(name: bytes) -> bool:
@@ -243,7 +244,7 @@ def _remove(
     never a L{PROTECTED} one); with C{own}, the sidecar's own fields in any
     spelling; with C{underscores}, every name holding an underscore.
     """
-    raw = headers._rawHeaders
+    raw = rawHeaders(headers)
     named = raw.get(b"Connection")
     doomed = [
         name
@@ -346,7 +347,7 @@ class HeaderPolicy:
         """
         # This runs for every request: it works on the canonical names that
         # Headers stores, rather than through its name-encoding methods.
-        raw = headers._rawHeaders
+        raw = rawHeaders(headers)
         if b"Via" in raw:
             self.checkLoop(headers)
         if self._rejectUnderscores:
@@ -387,7 +388,7 @@ class HeaderPolicy:
         a peer sidecar they are relayed, but an C{x-easymesh-error} whose
         value is not a cause is removed.
         """
-        raw = headers._rawHeaders
+        raw = rawHeaders(headers)
         if self.upstreamIsSidecar:
             _remove(headers, _HOP_BY_HOP, False)
             errors = raw.get(_ERROR_HEADER)

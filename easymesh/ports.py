@@ -21,6 +21,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from zope.interface import implementer
 
 from easymesh.config.addresses import withBacklog
+from easymesh.twistedprivate import portLogger, setPortLogger
 
 #: A burst ends after this many seconds without an EMFILE event.
 BURST_QUIET = 5.0
@@ -102,11 +103,14 @@ class _QuietPortEndpoint:
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(port)
-        logger = getattr(port, "_logger", None)
+        logger = portLogger(port)
         if isinstance(logger, Logger):
-            port._logger = Logger(
-                namespace=logger.namespace,
-                observer=BurstLogFilter(globalLogPublisher, self._reactor),
+            setPortLogger(
+                port,
+                Logger(
+                    namespace=logger.namespace,
+                    observer=BurstLogFilter(globalLogPublisher, self._reactor),
+                ),
             )
         return port
 

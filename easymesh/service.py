@@ -15,6 +15,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from easymesh.inflight import InFlight
+from easymesh.twistedprivate import clearExitSignal, raiseSynchronously
 
 
 class SidecarService(MultiService):
@@ -65,8 +66,7 @@ class SidecarService(MultiService):
         a clear message (rather than a sidecar half up).
         """
         for child in self:
-            if hasattr(child, "_raiseSynchronously"):
-                child._raiseSynchronously = True
+            raiseSynchronously(child)
         try:
             super().privilegedStartService()
         except CannotListenError as e:
@@ -182,8 +182,7 @@ class SidecarService(MultiService):
         # twistd re-raises a stopping signal once the reactor has stopped, so
         # that the exit status says "killed by SIGTERM"; after an orderly
         # drain, the exit status is 0.
-        if getattr(self.clock, "_exitSignal", None) is not None:
-            self.clock._exitSignal = None
+        clearExitSignal(self.clock)
 
     def _waitForRequests(self) -> Deferred[None]:
         if self.inflight.count:

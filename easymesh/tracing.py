@@ -43,6 +43,7 @@ import attrs
 from twisted.web.http_headers import Headers
 
 from easymesh.headers import canonicalName
+from easymesh.twistedprivate import rawHeaders
 
 TRACEPARENT = b"traceparent"
 TRACESTATE = b"tracestate"
@@ -137,7 +138,7 @@ def continueTrace(
     """
     # Headers keeps names in one canonical form: work on that directly, as
     # this runs for every request.
-    raw = headers._rawHeaders
+    raw = rawHeaders(headers)
     values = raw.get(_TRACEPARENT)
     parsed = parseTraceparent(values[0]) if values is not None and len(values) == 1 else None
     if parsed is None:

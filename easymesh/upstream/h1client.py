@@ -20,8 +20,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
-from twisted.web._newclient import (
-    ParseError,
+from twisted.web.client import (
     RequestGenerationFailed,
     RequestNotSent,
     RequestTransmissionFailed,
@@ -43,6 +42,7 @@ from easymesh.errors import (
     isTLSFailure,
 )
 from easymesh.headers import BadField, forbiddenInHead, offendingName, parseFields, trailerFields
+from easymesh.twistedprivate import ParseError, rawHeaders
 
 #: Largest response head (status line and headers) accepted.
 MAX_HEAD = 64 * 1024
@@ -379,7 +379,7 @@ class H1Connection(Protocol):
         except BadField:
             self._fail(_parseError("bad response header line"))
             return
-        raw = headers._rawHeaders
+        raw = rawHeaders(headers)
         if 100 <= code < 200:
             # Informational: drop it and read the final response.
             if code == 101:

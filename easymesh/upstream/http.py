@@ -37,6 +37,7 @@ from easymesh.config.model import PoolSettings
 from easymesh.errors import Overflow, UpstreamTimeout
 from easymesh.interfaces import IUpstream
 from easymesh.message import Request, Response
+from easymesh.twistedprivate import idleConnections, rawHeaders, setConnectionFactory
 from easymesh.upstream.h1client import (
     H1ConnectionFactory,
     H1Response,
@@ -166,7 +167,7 @@ def requestHead(method: bytes, target: bytes, headers: Headers, authority: bytes
     upstream's C{authority}.
     """
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    if b"Host" not in headers._rawHeaders:
+    if b"Host" not in rawHeaders(headers):
         parts += (b"Host: ", authority, b"\r\n")
     for name, values in headers.getAllRawHeaders():
         for value in values:
@@ -198,7 +199,8 @@ class HTTPUpstream:
         self.pool.maxPersistentPerHost = settings.size
         self.pool.cachedConnectionTimeout = settings.idle
         self.pool.retryAutomatically = True
-        self.pool._factory = (
+        setConnectionFactory(
+            self.pool,
             H1ConnectionFactory
             if breakers is None
             else partial(H1ConnectionFactory, observer=breakers)
@@ -218,7 +220,7 @@ class HTTPUpstream:
         """
         breakers = self._breakers
         pending = False
-        if breakers is not None and not self.pool._connections.get(self._key):
+        if breakers is not None and not idleConnections(self.pool, self._key):
             # No idle connection: this request waits for a new one.
             if not breakers.canConnect():
                 breakers.overflowed(MAX_CONNECTIONS)
@@ -249,7 +251,7 @@ class HTTPUpstream:
         """
         Connections kept open in the pool, waiting for a request.
         """
-        return len(self.pool._connections.get(self._key, ()))
+        return len(idleConnections(self.pool, self._key))
 
     def close(self) -> Deferred[None]:
         """
