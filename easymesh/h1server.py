@@ -527,18 +527,18 @@ class HTTP1Channel(Protocol):
     def handshakeCompleted(self) -> None:
         """
         The TLS handshake is done and the client's chain verified: refuse a
-        caller whose identity the site does not accept.
+        caller whose identity the site does not accept; hand a client that
+        negotiated C{h2} to the HTTP/2 edge.
         """
         self._handshakeDone = True
         allowed = getattr(self.site, "allowedIdentities", None)
-        if allowed is None:
-            return
-        identity = admitCaller(self.transport, allowed, self.peer)
-        if identity is None:
-            self._state = _CLOSED
-            self.transport.abortConnection()
-            return
-        self.peerIdentity = identity
+        if allowed is not None:
+            identity = admitCaller(self.transport, allowed, self.peer)
+            if identity is None:
+                self._state = _CLOSED
+                self.transport.abortConnection()
+                return
+            self.peerIdentity = identity
         if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
             self._switchToHTTP2()
 

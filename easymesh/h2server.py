@@ -28,6 +28,7 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    PingAckReceived,
     PingReceived,
     RemoteSettingsChanged,
     RequestReceived,
@@ -38,6 +39,7 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, StreamClosedError
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -90,6 +92,12 @@ PING_WINDOW = 5.0
 #: their stream, a client may send within a second.
 MAX_SETTINGS_PER_SECOND = 20
 MAX_EMPTY_DATA_PER_SECOND = 100
+
+
+#: The highest stream id: a first GOAWAY naming it refuses no stream.
+_MAX_STREAM_ID = 2**31 - 1
+#: The opaque data of the PING that follows a first GOAWAY.
+_DRAIN_PING = b"easymesh"
 
 
 class Malformed(Exception):
@@ -216,7 +224,10 @@ class H2Edge(Protocol):
         self._conn = H2Connection(config=config)
         self._streams: Dict[int, _Stream] = {}
         self._closing = False
+        self._shutDown = False
         self._goingAway = False
+        #: Whether new streams are refused: the final GOAWAY has gone out.
+        self._refusing = False
         self._transportPaused = False
         self._lastStream = 0
         self._earlyResets: List[float] = []
@@ -238,9 +249,10 @@ class H2Edge(Protocol):
                 SettingCodes.ENABLE_PUSH: 0,
             },
         )
-        # The HPACK decoder refuses a larger header list as it decodes it (an
-        # HPACK bomb), before anything is kept.
-        conn.decoder.max_header_list_size = limits.maxHeadSize
+        # A header list over the advertised size gets 431 on its stream; one
+        # far over it (an HPACK bomb) is refused by the decoder as it
+        # decodes, and the connection closed.
+        conn.decoder.max_header_list_size = 2 * limits.maxHeadSize
         conn.initiate_connection()
         self._flush()
         if self.sweeper is not None:
@@ -248,7 +260,7 @@ class H2Edge(Protocol):
         self._setTimer(limits.idleTimeout)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing and not self._streams and self._goingAway:
+        if self._shutDown:
             return
         try:
             events = self._conn.receive_data(data)
@@ -266,7 +278,7 @@ class H2Edge(Protocol):
             handler = _HANDLERS.get(type(event))
             if handler is not None:
                 handler(self, event)
-            if self._closing and self.transport is None:
+            if self._shutDown:
                 return
         self._flush()
 
@@ -292,9 +304,12 @@ class H2Edge(Protocol):
         Close the connection after what is queued, whatever streams are
         open.
         """
-        if self._closing and self.transport is None:
+        if self._shutDown:
             return
-        self._closing = True
+        if self._goingAway and not self._refusing:
+            self._refusing = True
+            self._writeGoAway(self._lastStream)
+        self._shutDown = self._closing = True
         self._setTimer(self.limits.closeTimeout)
         self.transport.unregisterProducer()
         from easymesh.h1server import closeWithoutWaiting
@@ -332,14 +347,27 @@ class H2Edge(Protocol):
 
     def goAway(self) -> None:
         """
-        Tell the client to open no more streams (GOAWAY naming the last
-        one this connection has taken); those open may finish.
+        Tell the client to open no more streams, in the graceful two steps
+        (RFC 9113 section 6.8): a GOAWAY that still admits every stream,
+        and a PING; once the PING's answer shows the client has seen it, a
+        GOAWAY naming the last stream taken.  Open streams may finish.
         """
         if self._goingAway or self._closing:
             return
         self._goingAway = True
-        self._conn.close_connection(ErrorCodes.NO_ERROR, last_stream_id=self._lastStream)
+        self._writeGoAway(_MAX_STREAM_ID)
+        self._conn.ping(_DRAIN_PING)
         self._flush()
+
+    def _writeGoAway(self, lastStream: int) -> None:
+        """
+        Send a GOAWAY (C{NO_ERROR}) on the side: the h2 library's own
+        closes its connection at once, which would cut the open streams.
+        """
+        self._flush()
+        frame = GoAwayFrame(0, last_stream_id=lastStream, error_code=ErrorCodes.NO_ERROR)
+        if self.transport is not None:
+            self.transport.write(frame.serialize())
 
     def _setTimer(self, seconds: Optional[float]) -> None:
         if seconds is None or self.clock is None:
@@ -378,7 +406,7 @@ class H2Edge(Protocol):
         streamId = event.stream_id
         self._lastStream = max(self._lastStream, streamId)
         self._pings.clear()
-        if self._goingAway:
+        if self._refusing:
             self._conn.reset_stream(streamId, ErrorCodes.REFUSED_STREAM)
             return
         stream = _Stream(self, streamId, b"")
@@ -567,8 +595,13 @@ class H2Edge(Protocol):
         if self._flood(self._pings, PING_WINDOW, MAX_IDLE_PINGS):
             self._calm("a flood of PING frames")
 
+    def _pingAcknowledged(self, event: PingAckReceived) -> None:
+        if event.ping_data == _DRAIN_PING and not self._refusing:
+            self._refusing = True
+            self._writeGoAway(self._lastStream)
+
     def _terminated(self, event: ConnectionTerminated) -> None:
-        self._goingAway = True
+        self._goingAway = self._refusing = True
         if not self._streams:
             self._shut()
 
@@ -662,7 +695,7 @@ class H2Edge(Protocol):
 
     def _sendHead(self, stream: _Stream, code: int, headers: Headers) -> None:
         stream.started = True
-        if stream.closed:
+        if stream.closed or self._shutDown:
             return
         stream.noBody = stream.method == b"HEAD" or code in (204, 304)
         fields = [(b":status", b"%d" % code)]
@@ -676,7 +709,7 @@ class H2Edge(Protocol):
         self._flush()
 
     def _sendData(self, stream: _Stream, data: bytes) -> None:
-        if stream.closed or stream.noBody or not data:
+        if stream.closed or stream.noBody or not data or self._shutDown:
             return
         stream.pending.append(data)
         stream.pendingSize += len(data)
@@ -686,13 +719,13 @@ class H2Edge(Protocol):
             stream.producer.pauseProducing()
 
     def _finish(self, stream: _Stream, trailers: Optional[Headers]) -> None:
-        if stream.closed:
+        if stream.closed or self._shutDown:
             return
         stream.ending = (trailers,)
         self._flushStream(stream)
 
     def _flushStream(self, stream: _Stream) -> None:
-        if stream.closed:
+        if stream.closed or self._shutDown:
             return
         conn = self._conn
         pending = stream.pending
@@ -754,6 +787,7 @@ _HANDLERS: Dict[type, Any] = {
     WindowUpdated: H2Edge._windowUpdated,
     RemoteSettingsChanged: H2Edge._settingsChanged,
     PingReceived: H2Edge._pingReceived,
+    PingAckReceived: H2Edge._pingAcknowledged,
     ConnectionTerminated: H2Edge._terminated,
 }
 

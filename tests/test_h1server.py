@@ -101,7 +101,7 @@ class FakeRequest:
             self.respond(body=b"auto " + self.uri)
 
     def done(self, reason: Optional[Failure] = None) -> None:
-        self.channelAtDone = (self.channel.closing, self.channel.idle)
+        self.channelAtDone = (getattr(self.channel, "closing", None), getattr(self.channel, "idle", None))
         if reason is not None:
             self.lost = reason
             self.events.append("lost")
