@@ -72,17 +72,26 @@ class AccessLog:
                 requestId.decode("ascii") if requestId and validRequestId(requestId) else None
             ),
             "error": cause,
+            "protocol": _protocol(getattr(proxied, "version", None)),
+            "upstream_protocol": "HTTP/1.1" if getattr(proxied, "attempts", 0) else None,
         }
         if self.style == "json":
             _log.info("{line}", line=json.dumps(entry, separators=(",", ":")), **entry)
         else:
             _log.info(
-                "{listener} {method} {path} {status} in={bytes_in}B out={bytes_out}B "
+                "{listener} {method} {path} {protocol} {status} in={bytes_in}B out={bytes_out}B "
                 "{duration_ms}ms route={route} cluster={cluster} upstream={upstream} "
                 "attempts={attempts} error={error} "
                 "request_id={request_id}",
                 **entry,
             )
+
+
+def _protocol(version: Optional[bytes]) -> Optional[str]:
+    """
+    C{HTTP/1.1}, C{HTTP/1.0} or C{HTTP/2}: how a request arrived.
+    """
+    return "HTTP/" + version.decode("ascii") if version else None
 
 
 def _iso(seconds: float) -> str:

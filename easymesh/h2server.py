@@ -496,6 +496,10 @@ class H2Edge(Protocol):
             if limits.maxBody == 0:
                 raise _Refused(413, "request body not accepted")
             length = stream.expected if stream.expected is not None else UNKNOWN_LENGTH
+            if b"Trailer" in raw:
+                # Trailers are announced: send the body chunked, the one
+                # HTTP/1.1 framing that carries them.
+                length = UNKNOWN_LENGTH
             body = stream.body = RequestBodyStream(length, stream.pauseReading, stream.resumeReading)
         elif lengths is not None:
             body = _EMPTY

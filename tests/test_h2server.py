@@ -665,3 +665,24 @@ def test_otherConnectionsUnaffected() -> None:
 
 def test_highWaterIsBounded() -> None:
     assert HIGH_WATER <= 1024 * 1024
+
+
+def test_announcedTrailersMakeBodyChunked() -> None:
+    """
+    A request that announces trailers is forwarded with a body of unknown
+    length (chunked on HTTP/1.1), the one framing that carries them, even
+    if it gave a content-length; that length is still checked.
+    """
+    client = Client()
+    streamId = client.request(
+        b"/u", b"POST", end=False, headers=[(b"content-length", b"3"), (b"trailer", b"x-sum")]
+    )
+    [request] = client.requests
+    from twisted.web.iweb import UNKNOWN_LENGTH
+
+    assert request.request.body.length is UNKNOWN_LENGTH
+    client.h2.send_data(streamId, b"abc")
+    client.h2.send_headers(streamId, [(b"x-sum", b"1")], end_stream=True)
+    client.pump()
+    assert request.body == b"abc"
+    assert request.trailers.getRawHeaders(b"x-sum") == [b"1"]

@@ -67,6 +67,10 @@ class TrailerApp:
                     break
                 body += rfile.read(size)
                 rfile.readline(65537)
+        else:
+            lengths = [v for n, v in headers if n.lower() == "content-length"]
+            if lengths:
+                body = rfile.read(int(lengths[0]))
         self.seen.append({"line": line, "headers": headers, "body": body, "trailers": trailers})
         self.arrived.set()
         conn.sendall(
