@@ -73,7 +73,7 @@ class AccessLog:
             ),
             "error": cause,
             "protocol": _protocol(getattr(proxied, "version", None)),
-            "upstream_protocol": "HTTP/1.1" if getattr(proxied, "attempts", 0) else None,
+            "upstream_protocol": getattr(proxied, "upstreamProtocol", None),
         }
         if self.style == "json":
             _log.info("{line}", line=json.dumps(entry, separators=(",", ":")), **entry)

@@ -48,6 +48,8 @@ class Request:
     @ivar trace: This hop's L{easymesh.tracing.TraceContext}.
     @ivar streamIdleTimeout: Its cluster's stream idle timeout, once a
         cluster is chosen; L{None} before.
+    @ivar upstreamProtocol: What its last try was sent with (C{HTTP/1.1}
+        or C{HTTP/2}); L{None} if it was not sent.
     """
 
     __slots__ = (
@@ -66,6 +68,7 @@ class Request:
         "attempts",
         "trace",
         "streamIdleTimeout",
+        "upstreamProtocol",
     )
 
     def __init__(
@@ -95,6 +98,7 @@ class Request:
         self.attempts = 0
         self.trace: Optional[Any] = None
         self.streamIdleTimeout: Optional[float] = None
+        self.upstreamProtocol: Optional[str] = None
 
     @property
     def authority(self) -> Optional[bytes]:

@@ -120,6 +120,7 @@ def test_defaults() -> None:
         "inbound_tls": "off",
         "inbound_allow": (),
         "peer_identity": (),
+        "peer_protocol": "http1",
         "tls_expiry_warning": 604800.0,
         "headers_with_underscores_action": "drop_header",
     }
@@ -199,6 +200,7 @@ def test_everyFlag() -> None:
         "inbound_tls": "off",
         "inbound_allow": (),
         "peer_identity": (),
+        "peer_protocol": "http1",
         "tls_expiry_warning": 604800.0,
         "headers_with_underscores_action": "reject_request",
     }

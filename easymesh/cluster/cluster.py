@@ -62,7 +62,12 @@ class Cluster:
         self._makeUpstream = makeUpstream
         self._random = random if random is not None else _random.Random()
         self.pool = PoolSettings(
-            config.poolSize, config.poolIdle, config.connectTimeout, config.timeout, config.tls
+            config.poolSize,
+            config.poolIdle,
+            config.connectTimeout,
+            config.timeout,
+            config.tls,
+            config.protocol,
         )
         self.endpoints: List[Endpoint] = []
         self.balancer = balancerFor(config.lbPolicy, self._random, reactor)

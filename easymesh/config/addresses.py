@@ -13,8 +13,10 @@ from urllib.parse import urlsplit
 import attrs
 
 #: URL schemes with an upstream implementation; see L{easymesh.upstream}.
-UPSTREAM_SCHEMES = ("http", "https")
-DEFAULT_PORTS = {"http": 80, "https": 443}
+UPSTREAM_SCHEMES = ("http", "https", "h2c", "grpc")
+DEFAULT_PORTS = {"http": 80, "https": 443, "h2c": 80, "grpc": 80}
+#: Schemes that mean HTTP/2 with prior knowledge (plaintext h2c).
+HTTP2_SCHEMES = ("h2c", "grpc")
 
 
 def endpointNormaliser(bareInterface: Optional[str]) -> Callable[[str], str]:

@@ -97,6 +97,12 @@ class HashOn:
     sourceIp: bool = False
 
 
+#: Cluster protocols: HTTP/1.1, or HTTP/2 (prior-knowledge h2c on
+#: plaintext, ALPN h2 over TLS).
+HTTP1, HTTP2 = "http1", "http2"
+PROTOCOLS = (HTTP1, HTTP2)
+
+
 @attrs.frozen
 class ClusterConfig:
     """
@@ -127,6 +133,8 @@ class ClusterConfig:
     #: vouches for.
     tlsIdentities: Tuple[str, ...] = ()
     tls: Optional[UpstreamTLS] = None
+    #: What its C{http://} and C{https://} endpoints speak (L{PROTOCOLS}).
+    protocol: str = HTTP1
 
 
 @attrs.frozen

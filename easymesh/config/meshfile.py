@@ -337,9 +337,12 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
             "outlier_detection",
             "health_check",
             "tls",
+            "protocol",
         }
     )
     kwargs: Dict[str, Any] = {"name": name}
+    if "protocol" in entries:
+        kwargs["protocol"] = entries["protocol"].value()
     if "endpoints" in entries:
         kwargs.update(_readEndpoints(entries["endpoints"]))
     if "dns" in entries:

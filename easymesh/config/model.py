@@ -127,6 +127,9 @@ class PoolSettings:
     connectTimeout: float = 5.0
     responseTimeout: float = 15.0
     tls: Optional[UpstreamTLS] = None
+    #: C{http1} or C{http2}: what C{http://} and C{https://} endpoints
+    #: speak (C{h2c://} and C{grpc://} speak HTTP/2 whatever this says).
+    protocol: str = "http1"
 
 
 @attrs.frozen
@@ -242,6 +245,7 @@ class SidecarConfig:
     inbound_tls: str = "off"
     inbound_allow: Tuple[str, ...] = ()
     peer_identity: Tuple[str, ...] = ()
+    peer_protocol: str = "http1"
     tls_expiry_warning: float = TLS_EXPIRY_WARNING
     headers_with_underscores_action: str = "drop_header"
     #: What the config file's mesh sections gave: keyword arguments for
@@ -390,6 +394,7 @@ class SidecarConfig:
                 poolIdle=pool.idle,
                 streamIdleTimeout=self.stream_idle_timeout,
                 tls=UpstreamTLS(files, identities) if files is not None else None,
+                protocol=self.peer_protocol if listener.name == OUTBOUND else "http1",
             )
         for name, cluster in self.meshFile.get("clusters", {}).items():
             if files is not None and cluster.tls is None:

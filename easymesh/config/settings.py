@@ -10,6 +10,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from easymesh.config.addresses import checkFilterSpec, checkURL, endpointNormaliser
 from easymesh.config.kinds import Choice, Endpoint, ListOf, Number, Setting, Text
+from easymesh.config.mesh import PROTOCOLS
 from easymesh.config.model import UNDERSCORE_ACTIONS, ConfigError, SidecarConfig
 
 _defaults = SidecarConfig()
@@ -260,6 +261,15 @@ SETTINGS += (
         "A caller identity the inbound listener accepts (SPIFFE URI, "
         "spiffe://domain/prefix/*, DNS name, or * for any; repeatable; "
         "default any from --tls-ca).",
+    ),
+    Setting(
+        "peer-protocol",
+        Choice(PROTOCOLS),
+        "What the outbound listener speaks to --peer: http1, or http2 "
+        "(prior-knowledge h2c over http://, ALPN h2 over https://); every "
+        "request, HTTP/1.1 ones included, then rides on a few multiplexed "
+        "connections.",
+        _defaults.peer_protocol,
     ),
     Setting(
         "peer-identity",

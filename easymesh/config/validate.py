@@ -19,9 +19,12 @@ from typing import Any, Callable, Collection, Iterable, List, Sequence, Tuple, U
 import attrs
 
 from easymesh.config.kinds import isFinite
+from easymesh.config.addresses import HTTP2_SCHEMES
 from easymesh.config.mesh import (
     ESCAPED_SLASHES,
+    HTTP2,
     LB_POLICIES,
+    PROTOCOLS,
     RETRY_CONDITIONS,
     RING_HASH,
     ClusterConfig,
@@ -316,6 +319,16 @@ def validateCluster(cluster: ClusterConfig, at: Path = ()) -> List[Problem]:
         p.check(dns + ("refresh",), checkSeconds, cluster.dns.refresh)
         p.check(dns + ("scheme",), checkChoice, cluster.dns.scheme, ("http", "https"))
     p.check(at + ("lb_policy",), checkChoice, cluster.lbPolicy, LB_POLICIES)
+    if p.check(at + ("protocol",), checkChoice, cluster.protocol, PROTOCOLS):
+        for i, url in enumerate(cluster.endpoints):
+            if url.scheme in HTTP2_SCHEMES and cluster.protocol != HTTP2:
+                p.append(
+                    Problem(
+                        at + ("endpoints", i),
+                        f"{url.scheme}:// means HTTP/2, which protocol: {cluster.protocol} "
+                        "contradicts",
+                    )
+                )
     if cluster.hashOn is not None:
         p.extend(_hashOn(cluster.hashOn, at + ("hash_on",)))
         if cluster.lbPolicy != RING_HASH:

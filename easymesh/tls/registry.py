@@ -7,12 +7,12 @@ each watches its files for rotation while the sidecar runs.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 
 from easymesh.config.model import TLS_EXPIRY_WARNING, TLSFiles, UpstreamTLS
-from easymesh.tls.contexts import ClientTLS, ServerTLS
+from easymesh.tls.contexts import PROTOCOLS, ClientTLS, ServerTLS
 
 #: What a listener offers by ALPN, most preferred first: the same port
 #: speaks HTTP/2 and HTTP/1.1.
@@ -35,17 +35,21 @@ class TLSContexts:
         self._clock = clock
         self._checkEvery = checkEvery
         self._expiryWarning = expiryWarning
-        self._clients: Dict[Tuple[UpstreamTLS, Optional[str]], ClientTLS] = {}
+        self._clients: Dict[Tuple[UpstreamTLS, Optional[str], Tuple[bytes, ...]], ClientTLS] = {}
         self._servers: Dict[TLSFiles, ServerTLS] = {}
         self.running = False
 
-    def client(self, tls: UpstreamTLS, host: str) -> ClientTLS:
+    def client(
+        self, tls: UpstreamTLS, host: str, protocols: Optional[Sequence[bytes]] = None
+    ) -> ClientTLS:
         """
         The creator of client connections to C{host} (its SNI, unless it
-        is an IP address).
+        is an IP address), offering C{protocols} by ALPN (HTTP/1.1 unless
+        given).
         """
         serverName = None if isIPAddress(host) or isIPv6Address(host) else host
-        key = (tls, serverName)
+        offered = tuple(protocols) if protocols else PROTOCOLS
+        key = (tls, serverName, offered)
         creator = self._clients.get(key)
         if creator is None:
             files = tls.files
@@ -57,6 +61,7 @@ class TLSContexts:
                 serverName,
                 self._clock,
                 self._checkEvery,
+                protocols=offered,
                 expiryWarning=self._expiryWarning,
             )
             self._clients[key] = creator

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_upstream_http -*-
 """
-Upstream access, one implementation per URL scheme.  A new protocol
-(C{grpc://}, C{tcp://}) registers its factory in L{SCHEMES}.
+Upstream access, one implementation per URL scheme (and, for C{http://}
+and C{https://}, per cluster C{protocol}).  A new protocol (C{tcp://})
+registers its factory in L{SCHEMES}.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from easymesh.config.addresses import UpstreamURL
 from easymesh.config.model import PoolSettings
 from easymesh.interfaces import IUpstream
 from easymesh.upstream.http import HTTPUpstream
+from easymesh.upstream.http2 import H2Upstream
 
 #: Makes an upstream from its URL, pool settings, reactor and (optionally)
 #: its cluster's circuit breakers and the sidecar's TLS contexts.
@@ -20,6 +22,8 @@ UpstreamFactory = Callable[..., IUpstream]
 SCHEMES: Dict[str, UpstreamFactory] = {
     "http": HTTPUpstream,
     "https": HTTPUpstream,
+    "h2c": H2Upstream,
+    "grpc": H2Upstream,
 }
 
 
@@ -37,4 +41,6 @@ def upstreamFor(
         upstream's cluster, told of connections and pending requests.
     @param tls: The sidecar's L{easymesh.tls.registry.TLSContexts}.
     """
+    if settings.protocol == "http2" and url.scheme in ("http", "https"):
+        return H2Upstream(url, settings, reactor, breakers, tls)
     return SCHEMES[url.scheme](url, settings, reactor, breakers, tls)

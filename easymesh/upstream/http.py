@@ -13,7 +13,7 @@ URL and build an endpoint (with IDNA encoding) on every request.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer, IDelayedCall
@@ -131,7 +131,11 @@ class _Attempt:
 
 
 def _endpointFor(
-    url: UpstreamURL, reactor: Any, settings: PoolSettings, contexts: Any = None
+    url: UpstreamURL,
+    reactor: Any,
+    settings: PoolSettings,
+    contexts: Any = None,
+    protocols: Optional[Sequence[bytes]] = None,
 ) -> IStreamClientEndpoint:
     """
     The endpoint to connect to C{url} with: a plain TCP endpoint for an IP
@@ -150,11 +154,11 @@ def _endpointFor(
         endpoint = HostnameEndpoint(reactor, url.host, url.port, timeout=connectTimeout)
     if url.scheme == "https":
         if settings.tls is not None and contexts is not None:
-            creator = contexts.client(settings.tls, url.host)
+            creator = contexts.client(settings.tls, url.host, protocols)
         else:
             from twisted.internet.ssl import optionsForClientTLS
 
-            creator = optionsForClientTLS(url.host)
+            creator = optionsForClientTLS(url.host, acceptableProtocols=protocols)
         endpoint = wrapClientTLS(creator, endpoint)
     return endpoint
 
@@ -228,6 +232,7 @@ class HTTPUpstream:
             if not breakers.tryPending():
                 return fail(Overflow(MAX_PENDING_REQUESTS))
             pending = True
+        request.upstreamProtocol = "HTTP/1.1"
         attempt = _Attempt(self._reactor, timeout if timeout is not None else self._timeout)
         body = request.body
         if body is not None:

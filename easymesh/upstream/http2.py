@@ -1,0 +1,180 @@
+# -*- test-case-name: tests.test_h2client -*-
+"""
+HTTP/2 upstreams (C{h2c://}, C{grpc://}, and C{http://}/C{https://}
+endpoints of a cluster with C{protocol: http2}): a multiplexing pool.
+
+Requests share as few connections as the peer's
+C{SETTINGS_MAX_CONCURRENT_STREAMS} allows: a request takes a stream on a
+connection with room, a new connection is opened only when every one is
+full (up to the pool size), and requests wait for room otherwise.  Over
+TLS the connection must negotiate C{h2} by ALPN.  A stream the peer never
+processed (refused, or above a GOAWAY's last stream) is sent again at once
+on another connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import connectProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from easymesh.cluster.breakers import MAX_CONNECTIONS, MAX_PENDING_REQUESTS
+from easymesh.config.addresses import UpstreamURL
+from easymesh.config.model import PoolSettings
+from easymesh.errors import Overflow, UpstreamProtocolError
+from easymesh.interfaces import IUpstream
+from easymesh.message import Request, Response
+from easymesh.upstream.h2client import H2ClientConnection, StreamRefused
+from easymesh.upstream.http import _Attempt, _BodyEndWatch, _endpointFor
+
+#: ALPN for an HTTP/2 upstream over TLS.
+H2_PROTOCOLS = (b"h2",)
+
+
+@implementer(IUpstream)
+class H2Upstream:
+    """
+    An HTTP/2 upstream: multiplexed connections, opened as streams fill.
+    """
+
+    def __init__(
+        self,
+        url: UpstreamURL,
+        settings: PoolSettings,
+        reactor: Any,
+        breakers: Any = None,
+        tls: Any = None,
+    ) -> None:
+        self.url = url
+        self._reactor = reactor
+        self._breakers = breakers
+        self._timeout = settings.responseTimeout
+        self._maxConnections = settings.size
+        secure = url.scheme == "https"
+        self._endpoint = _endpointFor(url, reactor, settings, tls, H2_PROTOCOLS if secure else None)
+        self._secure = secure
+        self._scheme = b"https" if secure else b"http"
+        self._authority = url.authority.encode("ascii")
+        self._connections: List[H2ClientConnection] = []
+        self._connecting = 0
+        self._waiting: List[Deferred[H2ClientConnection]] = []
+        self._closed = False
+
+    def request(self, request: Request, timeout: Optional[float] = None) -> Deferred[Response]:
+        """
+        Send C{request} on a stream; see L{IUpstream.request}.
+        """
+        request.upstreamProtocol = "HTTP/2"
+        attempt = _Attempt(self._reactor, timeout if timeout is not None else self._timeout)
+        body = request.body
+        if body is not None:
+            body = _BodyEndWatch(body, attempt.endBody)
+        d = self._send(request, body, retry=True)
+        attempt.deferred = d
+        if body is None:
+            attempt.startTimer()
+        return d.addBoth(attempt.finished)
+
+    def _send(self, request: Request, body: Any, retry: bool) -> Deferred[Response]:
+        d = self._connection()
+
+        def send(connection: H2ClientConnection) -> Deferred[Response]:
+            return connection.request(request, body)
+
+        def refused(failure: Failure) -> Any:
+            # Never processed by the peer: once more, on another connection.
+            if retry and failure.check(StreamRefused) and body is None:
+                return self._send(request, body, retry=False)
+            return failure
+
+        return d.addCallback(send).addErrback(refused)
+
+    def _connection(self) -> Deferred[H2ClientConnection]:
+        for connection in self._connections:
+            if connection.capacity > 0:
+                return succeed(connection)
+        breakers = self._breakers
+        connect = len(self._connections) < self._maxConnections and not self._connecting
+        if connect and breakers is not None and not breakers.canConnect():
+            breakers.overflowed(MAX_CONNECTIONS)
+            return fail(Overflow(MAX_CONNECTIONS))
+        if breakers is not None and not breakers.tryPending():
+            return fail(Overflow(MAX_PENDING_REQUESTS))
+        d: Deferred[H2ClientConnection] = Deferred(self._waiting.remove)
+        self._waiting.append(d)
+        if breakers is not None:
+            d.addBoth(_pendingDone, breakers)
+        if connect:
+            self._connect()
+        return d
+
+    def _connect(self) -> None:
+        self._connecting += 1
+        connection = H2ClientConnection(self._authority, self._scheme, self._reactor)
+        connection.observer = self._breakers
+        connection.onCapacity = self._serveWaiting
+        connection.onClose = self._lost
+        d = connectProtocol(self._endpoint, connection)
+        d.addCallbacks(self._connected, self._connectFailed)
+
+    def _connected(self, connection: H2ClientConnection) -> None:
+        self._connecting -= 1
+        if self._secure:
+            negotiated = getattr(connection.transport, "negotiatedProtocol", None)
+            if negotiated is not None and negotiated != b"h2":
+                connection.transport.abortConnection()
+                self._failWaiting(Failure(UpstreamProtocolError("upstream did not negotiate h2")))
+                return
+        if self._closed:
+            connection.close()
+            return
+        self._connections.append(connection)
+        self._serveWaiting(connection)
+
+    def _connectFailed(self, reason: Failure) -> None:
+        self._connecting -= 1
+        self._failWaiting(reason)
+
+    def _failWaiting(self, reason: Failure) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(reason)
+
+    def _serveWaiting(self, connection: H2ClientConnection) -> None:
+        while self._waiting and connection.capacity > 0:
+            d = self._waiting.pop(0)
+            d.callback(connection)
+        if self._waiting and not self._connecting:
+            # Still more waiting than this connection can take: open another.
+            if len(self._connections) < self._maxConnections and not self._closed:
+                if self._breakers is None or self._breakers.canConnect():
+                    self._connect()
+
+    def _lost(self, connection: H2ClientConnection) -> None:
+        if connection in self._connections:
+            self._connections.remove(connection)
+        if self._waiting and not self._connecting and not self._closed:
+            self._connect()
+
+    def idleConnections(self) -> int:
+        """
+        Connections open with no stream on them.
+        """
+        return sum(1 for c in self._connections if not c.active)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close every connection once its streams end; none is opened again.
+        """
+        self._closed = True
+        for connection in list(self._connections):
+            connection.close()
+        return succeed(None)
+
+
+def _pendingDone(result: Any, breakers: Any) -> Any:
+    breakers.pendingDone()
+    return result
