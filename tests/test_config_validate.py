@@ -244,6 +244,16 @@ RULES: Dict[str, Tuple[Callable[[], MeshConfig], Tuple[Any, ...], str]] = {
         C + ("dns", "scheme"),
         "must be one of http, https, not 'ftp'",
     ),
+    "protocol": (
+        lambda: withCluster(protocol="http3"),
+        C + ("protocol",),
+        "must be one of http1, http2, not 'http3'",
+    ),
+    "h2c endpoint with protocol http1": (
+        lambda: withCluster(endpoints=(UpstreamURL.parse("h2c://backend:8080"),), weights=(1,)),
+        C + ("endpoints", 0),
+        "h2c:// means HTTP/2, which protocol: http1 contradicts",
+    ),
     "lb policy": (
         lambda: withCluster(lbPolicy="fastest"),
         C + ("lb_policy",),
@@ -682,3 +692,9 @@ class TestRuntime:
         runtime.apply(config)
         assert runtime.mesh is config
         assert runtime.clusters["backend"].config.lbPolicy == "ring_hash"
+
+
+def test_http2ProtocolAccepted() -> None:
+    assert validateMesh(withCluster(protocol="http2")) == []
+    grpc = withCluster(endpoints=(UpstreamURL.parse("grpc://b:50051"),), weights=(1,), protocol="http2")
+    assert validateMesh(grpc) == []

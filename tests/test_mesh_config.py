@@ -1012,3 +1012,47 @@ def test_rate_limit_max_keys_bounded() -> None:
         assert "rl.yaml:5" in str(e) and "max_keys: must be at most 1000000" in str(e), str(e)
     else:
         raise AssertionError("accepted")
+
+
+def test_clusterProtocol() -> None:
+    mesh = parse(
+        """
+        clusters:
+          grpc-backend:
+            endpoints: ["h2c://10.0.0.5:50051"]
+            protocol: http2
+          h1:
+            endpoints: ["http://10.0.0.6:80"]
+        """
+    )
+    assert mesh.clusters["grpc-backend"].protocol == "http2"
+    assert mesh.clusters["h1"].protocol == "http1"
+    assert "mesh.yaml:4" in refused(
+        """
+        clusters:
+          backend:
+            endpoints: ["h2c://10.0.0.5:50051"]
+            protocol: http1
+        """
+    ) or "mesh.yaml:3" in refused(
+        """
+        clusters:
+          backend:
+            endpoints: ["h2c://10.0.0.5:50051"]
+            protocol: http1
+        """
+    )
+    assert "protocol: must be one of http1, http2" in refused(
+        """
+        clusters:
+          backend:
+            endpoints: ["http://10.0.0.5:80"]
+            protocol: quic
+        """
+    )
+
+
+def test_peerProtocolFlag() -> None:
+    config = sidecar("peer-protocol: http2\n")
+    assert config.mesh().clusters["peer"].protocol == "http2"
+    assert config.mesh().clusters["local"].protocol == "http1"

@@ -159,3 +159,87 @@ def test_alpnH2OnMutualTLSInbound(launch, app, tmp_path: Path) -> None:
     )  # fmt: skip
     assert refused.stdout in (b"000", b""), refused.stdout
     assert '"protocol":"HTTP/2"' in b.log()
+
+
+# HTTP/2 between sidecars.
+
+
+def test_sidecarHopOverH2c(launch, app) -> None:
+    """
+    With C{--peer-protocol http2} an HTTP/1.1 request rides the hop between
+    the listeners over h2c and arrives as it was sent: method, target,
+    repeated headers, body; the status comes back; both access log lines
+    say what each side spoke.
+    """
+    sidecar = launch("--peer-protocol", "http2", "--access-log", "json", upstream=app.url)
+    done = curl(
+        "--http1.1",
+        "-H", "X-Rep: 1",
+        "-H", "X-Rep: 2",
+        "--data-binary", "hello body",
+        "-w", "\\n%{http_version} %{http_code}",
+        f"http://127.0.0.1:{sidecar.outbound}/echo/hop?y=2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    body, _, tail = done.stdout.rpartition(b"\n")
+    assert tail == b"1.1 200"
+    seen = echoed(body)
+    assert (seen["method"], seen["target"]) == ("POST", "/echo/hop?y=2")
+    assert seen["body_length"] == len(b"hello body")
+    assert headerValues(seen, "x-rep") in (["1", "2"], ["1, 2"])
+    assert headerValues(seen, "host") == [f"127.0.0.1:{sidecar.outbound}"]
+    via = ", ".join(headerValues(seen, "via"))
+    assert re.search(r"\b2 \S+\.inbound", via), via
+    log = sidecar.log()
+    assert re.search(r'"listener":"outbound".*"protocol":"HTTP/1.1","upstream_protocol":"HTTP/2"', log), log
+    assert re.search(r'"listener":"inbound".*"protocol":"HTTP/2","upstream_protocol":"HTTP/1.1"', log), log
+
+
+def test_sidecarHopOverH2cKeepsTrailers(launch) -> None:
+    from tests.integration.test_trailers import _check
+
+    app = TrailerApp()
+    try:
+        sidecar = launch("--peer-protocol", "http2", upstream=app.url)
+        _check(sidecar.outbound, app)
+    finally:
+        app.close()
+
+
+def test_sidecarHopOverH2cManyRequests(launch) -> None:
+    """
+    100 concurrent HTTP/2 streams from a client, each forwarded over the
+    multiplexed hop: all answered.
+    """
+    sidecar = launch("--peer-protocol", "http2")
+    done = run(["nghttp", "-nv", "-m", "100", f"http://127.0.0.1:{sidecar.outbound}/many"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().count(":status: 200") == 100
+
+
+def test_sidecarHopOverMutualTLSWithALPN(launch, app, tmp_path: Path) -> None:
+    """
+    Between two sidecars over mTLS, C{--peer-protocol http2} negotiates
+    C{h2} by ALPN: the request arrives with the caller's identity, and the
+    receiving sidecar logs it as HTTP/2.
+    """
+    (tmp_path / "pki").mkdir()
+    pki = PKI(tmp_path / "pki")
+    config = tmp_path / "orders.yaml"
+    config.write_text(bConfig(pki), encoding="utf-8")
+    b = launch("--config", str(config), "--node-id", "orders", "--access-log", "json", upstream=app.url)
+    a = launch(
+        *pki.tlsFlags(pki.web),
+        "--peer", f"https://127.0.0.1:{b.inbound}",
+        "--peer-protocol", "http2",
+        "--node-id", "web",
+        "--access-log", "json",
+        upstream=app.url,
+    )  # fmt: skip
+    for i in range(3):
+        done = curl(f"http://127.0.0.1:{a.outbound}/echo/mtls-h2/{i}")
+        assert done.returncode == 0, done.stderr
+        seen = echoed(done.stdout)
+        assert headerValues(seen, "x-easymesh-peer-identity") == [WEB]
+    assert b.log().count('"protocol":"HTTP/2"') == 3
+    assert a.log().count('"upstream_protocol":"HTTP/2"') == 3
