@@ -12,6 +12,13 @@ is nginx when installed, else ``refs/backend.py`` (asyncio).  With two or
 more cores, each proxy is pinned to core 0 and wrk and the backend to core
 1.  Rounds are interleaved and medians reported.
 
+HTTP/2 rows (when ``h2load`` is installed; Debian's nghttp2-client):
+``easymesh-1hop-h2`` (h2load, 10 connections of 5 streams, to the inbound
+listener over h2c), ``easymesh-2hop-h2hop`` (wrk to the outbound listener,
+the hop between the listeners over h2c, ``--peer-protocol http2``), and
+``nghttpx`` (Debian's nghttp2-proxy, h2c in front of the backend) beside
+them.
+
 ``--baseline REV`` adds rows ``easymesh-1hop@REV`` and ``easymesh-2hop@REV``:
 the same sidecar at git revision REV (a previous commit, say), run from a
 copy of that revision in the same rounds, so that a change is measured
@@ -171,7 +178,11 @@ def checkout(revision: str, directory: str) -> str:
 
 
 def startEasymesh(
-    upstreamPort: int, hops: int, python: str = PYTHON, source: Optional[str] = None
+    upstreamPort: int,
+    hops: int,
+    python: str = PYTHON,
+    source: Optional[str] = None,
+    extra: Sequence[str] = (),
 ) -> "tuple[Proc, int]":
     """
     @param source: A copy of another revision to run instead of the
@@ -187,6 +198,7 @@ def startEasymesh(
         "--outbound", str(outbound), "--inbound", str(inbound),
         "--upstream", f"http://127.0.0.1:{upstreamPort}",
         "--admin", f"tcp:{freePort()}:interface=127.0.0.1",
+        *extra,
     ]
     proc = Proc(f"easymesh-{hops}hop", argv, inbound, 0, env)
     waitForPort(outbound)
@@ -195,6 +207,12 @@ def startEasymesh(
 
 def startReference(kind: str, upstreamPort: int, directory: str) -> "tuple[Proc, int]":
     port = freePort()
+    if kind == "nghttpx":
+        argv = [
+            "nghttpx", f"--frontend=127.0.0.1,{port};no-tls", f"--backend=127.0.0.1,{upstreamPort}",
+            "--workers=1", "--no-ocsp", "--log-level=ERROR", "--accesslog-file=/dev/null",
+        ]  # fmt: skip
+        return Proc(kind, argv, port, 0), port
     if kind == "nginx":
         servers = f"""
     upstream backend {{ server 127.0.0.1:{upstreamPort}; keepalive 128; }}
@@ -238,6 +256,48 @@ def wrk(port: int, connections: int, duration: float) -> Dict[str, float]:
     }
 
 
+H2LOAD_RATE = re.compile(r"finished in [\d.]+\w+, ([\d.]+) req/s")
+H2LOAD_DONE = re.compile(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed")
+H2LOAD_TIME = re.compile(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)")
+
+
+def h2load(port: int, clients: int, streams: int, duration: float) -> Dict[str, float]:
+    """
+    HTTP/2 load (prior-knowledge h2c): C{clients} connections of
+    C{streams} concurrent streams each.
+    """
+    out = subprocess.run(
+        pin(1) + ["h2load", "-c", str(clients), "-m", str(streams), "-D", str(max(1, round(duration))),
+                  f"http://127.0.0.1:{port}/bench?x=1"],
+        capture_output=True, text=True, timeout=duration + 60,
+    ).stdout
+    done, time = H2LOAD_DONE.search(out), H2LOAD_TIME.search(out)
+    if not done or int(done.group(2)) or not time:
+        raise RuntimeError(f"h2load saw errors on port {port}:\n{out}")
+    return {
+        "requests": int(done.group(1)),
+        "rps": float(H2LOAD_RATE.search(out).group(1)),  # type: ignore[union-attr]
+        "mean": float(time.group(5)) * UNIT[time.group(6)],
+        "max": float(time.group(3)) * UNIT[time.group(4)],
+    }
+
+
+def measureH2(proc: Optional[Proc], port: int, duration: float, warmup: float = 1.0) -> Dict[str, float]:
+    h2load(port, 10, 5, warmup)
+    before = proc.cpuSeconds() if proc else 0.0
+    loaded = h2load(port, 10, 5, duration)
+    cpu = (proc.cpuSeconds() - before) if proc else 0.0
+    single = h2load(port, 1, 1, max(2.0, duration / 2))
+    return {
+        "rps": loaded["rps"],
+        "p50": loaded["mean"],
+        "p99": loaded["max"],
+        "cpu_us": cpu / loaded["requests"] * 1e6 if proc else float("nan"),
+        "c1_p50": single["mean"],
+        "rss": proc.peakRSS() if proc else 0,
+    }
+
+
 def measure(proc: Optional[Proc], port: int, duration: float, warmup: float = 1.0) -> Dict[str, float]:
     wrk(port, 50, warmup)  # warm up: pools filled, code paths hot (PyPy: JIT-compiled)
     before = proc.cpuSeconds() if proc else 0.0
@@ -263,6 +323,10 @@ def small(args: argparse.Namespace, directory: str) -> "tuple[List[Dict], str]":
     rows = ["backend", "easymesh-1hop", "easymesh-2hop", "twisted-rproxy", "aiohttp"]
     if shutil.which("nginx"):
         rows.append("nginx")
+    if shutil.which("h2load"):
+        rows += ["easymesh-1hop-h2", "easymesh-2hop-h2hop"]
+        if shutil.which("nghttpx"):
+            rows.append("nghttpx")
     if args.rows:
         rows = ["backend"] + [r for r in rows if r in args.rows.split(",")]
     source = None
@@ -279,15 +343,20 @@ def small(args: argparse.Namespace, directory: str) -> "tuple[List[Dict], str]":
                         port = backendPort
                     elif row.startswith("easymesh"):
                         name, _, revision = row.partition("@")
+                        hops = int(name[len("easymesh-")])
+                        extra = ("--peer-protocol", "http2") if name.endswith("h2hop") else ()
                         proc, port = startEasymesh(
                             backendPort,
-                            int(name[-4]),
+                            hops,
                             args.easymesh_python,
                             source if revision else None,
+                            extra,
                         )
                     else:
                         proc, port = startReference(row, backendPort, directory)
-                    results[row].append(measure(proc, port, args.duration, args.warmup))
+                    h2 = row.endswith("-h2") or row == "nghttpx"
+                    run = measureH2 if h2 else measure
+                    results[row].append(run(proc, port, args.duration, args.warmup))
                 finally:
                     if proc is not None:
                         proc.stop()
@@ -332,6 +401,21 @@ def ratios(table: List[Dict]) -> List[str]:
         f"- req/s, easymesh two hops / twisted-rproxy one hop: "
         f"{by['easymesh-2hop']['rps'] / by['twisted-rproxy']['rps']:.2f}x"
     )
+    if "easymesh-1hop-h2" in by:
+        h2 = by["easymesh-1hop-h2"]
+        lines.append(
+            f"- CPU per request, easymesh one hop HTTP/2 / HTTP/1.1: {h2['cpu_us'] / one['cpu_us']:.2f}x"
+        )
+        if "nghttpx" in by:
+            lines.append(
+                f"- CPU per request, nghttpx / easymesh one hop HTTP/2: "
+                f"{by['nghttpx']['cpu_us'] / h2['cpu_us']:.2f}x"
+            )
+    if "easymesh-2hop-h2hop" in by:
+        lines.append(
+            f"- req/s, easymesh two hops with an HTTP/2 hop / with an HTTP/1.1 hop: "
+            f"{by['easymesh-2hop-h2hop']['rps'] / by['easymesh-2hop']['rps']:.2f}x"
+        )
     for row in table:
         name, _, revision = row["row"].partition("@")
         if revision and name in by:
@@ -464,6 +548,12 @@ def render(table: List[Dict], largeRows: List[Dict], args: argparse.Namespace, b
             f"| {r['row']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['added_ms']:.3f} | {r['cpu_us']:.0f} | {r['rss_mb']:.1f} |"
         )
+    if any(r["row"].endswith("-h2") or r["row"] == "nghttpx" for r in table):
+        lines += [
+            "",
+            "HTTP/2 rows (`-h2`, `nghttpx`) are h2load, 10 connections of 5 streams: h2load reports no "
+            "percentiles, so their p50 is the mean and their p99 the maximum.",
+        ]
     lines += ["", "Ratios:", ""] + ratios(table)
     if largeRows:
         lines += [

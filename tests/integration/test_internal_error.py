@@ -137,7 +137,7 @@ def test_bugAnsweredAndLoggedOnce(broken: Broken, listener: str) -> None:
         reply = request(broken.sidecar.inbound, "GET", "/zero?inbound", context=broken.context)
     assertInternalError(reply)
     text = broken.sidecar.waitForLog(
-        lambda t: f"{listener} GET /zero?{listener} 500 " in t and "error=internal_error" in t
+        lambda t: f"{listener} GET /zero?{listener} HTTP/1.1 500 " in t and "error=internal_error" in t
     )
     [line] = [
         l for l in text.splitlines() if "[easymesh.errors#warn]" in l and f"{listener} GET /zero" in l
