@@ -223,6 +223,11 @@ class H2ClientConnection(Protocol):
     # The connection.
 
     def connectionMade(self) -> None:
+        # Frames are small and written as they are made: Nagle's algorithm
+        # would hold each behind the peer's delayed ACK.
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            setNoDelay(True)
         conn = self._conn
         conn.local_settings = Settings(
             client=True,
