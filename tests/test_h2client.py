@@ -385,3 +385,27 @@ def test_requestRecordsProtocol() -> None:
     sent = request()
     pool.request(sent)
     assert sent.upstreamProtocol == "HTTP/2"
+
+
+def test_answerToCancelledStreamIgnored() -> None:
+    """
+    An answer that crosses the client's cancellation on the wire is
+    dropped; the connection goes on.
+    """
+    client = connection()
+    peer = Peer(client)
+    d = client.request(request())
+    results(d)
+    peer.pump()
+    [received] = peer.of(RequestReceived)
+    d.cancel()  # the RST_STREAM is written, not yet read by the peer
+    peer.h2.send_headers(received.stream_id, [(b":status", b"200")])
+    peer.h2.send_data(received.stream_id, b"late", end_stream=True)
+    client.dataReceived(peer.h2.data_to_send())
+    assert not peer.transport.disconnecting
+    peer.pump()
+    got = results(client.request(request()))
+    peer.pump()
+    second = peer.of(RequestReceived)[-1]
+    peer.answer(second.stream_id)
+    assert len(got) == 1 and got[0].code == 200

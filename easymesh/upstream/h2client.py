@@ -234,7 +234,10 @@ class H2ClientConnection(Protocol):
             initial_values={
                 SettingCodes.ENABLE_PUSH: 0,
                 SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
-                SettingCodes.MAX_CONCURRENT_STREAMS: 0,
+                # Not 0, though the peer may open none (push is off): the h2
+                # library checks this limit before it sees that a HEADERS
+                # frame is for a stream this side has just reset.
+                SettingCodes.MAX_CONCURRENT_STREAMS: 100,
             },
         )
         conn.initiate_connection()
@@ -250,6 +253,11 @@ class H2ClientConnection(Protocol):
         try:
             events = self._conn.receive_data(data)
         except H2Error as e:
+            _log.warn(
+                "HTTP/2 connection to {authority} closed: {error}",
+                authority=self.authority.decode("ascii", "replace"),
+                error=str(e) or type(e).__name__,
+            )
             self._flush()
             self._abort(Failure(UpstreamProtocolError(f"HTTP/2: {e}")))
             return
