@@ -7,7 +7,7 @@ the mapping of failures to replies.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure

@@ -50,6 +50,7 @@ from zope.interface import implementer
 
 from easymesh.config.model import EdgeLimits
 from easymesh.errors import ERROR_HEADER, edgeCause
+from easymesh.h2output import CONNECTION_SPECIFIC, fieldsOf, sendWithinWindow
 from easymesh.headers import BadField, canonicalName, trailerFields
 from easymesh.interfaces import IResponder
 from easymesh.message import Request
@@ -66,11 +67,6 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
 
-#: Fields that are connection-specific, and so malformed in HTTP/2
-#: (RFC 9113 section 8.2.2).
-CONNECTION_SPECIFIC = frozenset(
-    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
-)
 _REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
 #: Bytes a field value may not hold, nor begin or end with (RFC 9113
 #: section 8.2.1).
@@ -702,13 +698,7 @@ class H2Edge(Protocol):
         if stream.closed or self._shutDown:
             return
         stream.noBody = stream.method == b"HEAD" or code in (204, 304)
-        fields = [(b":status", b"%d" % code)]
-        for name, values in headers.getAllRawHeaders():
-            lower = name.lower()
-            if lower in CONNECTION_SPECIFIC:
-                continue
-            for value in values:
-                fields.append((lower, value))
+        fields = [(b":status", b"%d" % code)] + fieldsOf(headers)
         self._conn.send_headers(stream.id, fields)
         self._flush()
 
@@ -731,20 +721,9 @@ class H2Edge(Protocol):
     def _flushStream(self, stream: _Stream) -> None:
         if stream.closed or self._shutDown:
             return
-        conn = self._conn
         pending = stream.pending
-        while pending and not self._transportPaused:
-            window = min(conn.local_flow_control_window(stream.id), conn.max_outbound_frame_size)
-            if window <= 0:
-                break
-            chunk = pending[0]
-            if len(chunk) > window:
-                pending[0] = chunk[window:]
-                chunk = chunk[:window]
-            else:
-                pending.pop(0)
-            stream.pendingSize -= len(chunk)
-            conn.send_data(stream.id, chunk)
+        if not self._transportPaused:
+            stream.pendingSize -= sendWithinWindow(self._conn, stream.id, pending)
         if stream.producerPaused and stream.pendingSize <= LOW_WATER and not self._transportPaused:
             stream.producerPaused = False
             if stream.producer is not None:
@@ -757,13 +736,7 @@ class H2Edge(Protocol):
         (trailers,) = stream.ending  # type: ignore[misc]
         conn = self._conn
         if trailers is not None and not stream.noBody:
-            fields = [
-                (name.lower(), value)
-                for name, values in trailers.getAllRawHeaders()
-                if name.lower() not in CONNECTION_SPECIFIC
-                for value in values
-            ]
-            conn.send_headers(stream.id, fields, end_stream=True)
+            conn.send_headers(stream.id, fieldsOf(trailers), end_stream=True)
         else:
             conn.send_data(stream.id, b"", end_stream=True)
         stream.closed = True

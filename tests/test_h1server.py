@@ -22,7 +22,6 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from easymesh.h1server import BadMessage, DeadlineSweeper, EdgeLimits, HTTP1Channel
 from easymesh.headers import TOKEN

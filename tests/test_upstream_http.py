@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any, List, Tuple
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock as Clock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase

@@ -41,6 +41,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from easymesh.errors import UpstreamProtocolError, UpstreamReset
+from easymesh.h2output import CONNECTION_SPECIFIC, fieldsOf, sendWithinWindow
 from easymesh.headers import BadField, trailerFields
 from easymesh.message import Request, Response
 
@@ -53,10 +54,10 @@ LOW_WATER = 16 * 1024
 #: The window this side grants each response stream (and the connection):
 #: a response body is read ahead by at most this much.
 WINDOW = 256 * 1024
-#: Connection-specific fields: never sent in HTTP/2 (RFC 9113 section 8.2.2).
-_CONNECTION_SPECIFIC = frozenset(
-    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host")
-)
+#: Request fields not sent as such: connection-specific ones (RFC 9113
+#: section 8.2.2), C{Host} (sent as C{:authority}), and C{te} (sent only as
+#: C{te: trailers}).
+_NOT_SENT = CONNECTION_SPECIFIC | frozenset((b"host", b"te"))
 
 
 class StreamRefused(UpstreamReset):
@@ -351,12 +352,9 @@ class H2ClientConnection(Protocol):
             (b":authority", request.authority or self.authority),
             (b":path", request.target),
         ]
-        for name, values in request.headers.getAllRawHeaders():
-            lower = name.lower()
-            if lower in _CONNECTION_SPECIFIC or (lower == b"te" and values != [b"trailers"]):
-                continue
-            for value in values:
-                fields.append((lower, value))
+        fields += fieldsOf(request.headers, _NOT_SENT)
+        if request.headers.getRawHeaders(b"te") == [b"trailers"]:
+            fields.append((b"te", b"trailers"))
         stream.body = body
         conn.send_headers(streamId, fields, end_stream=body is None)
         self._flush()
@@ -378,21 +376,7 @@ class H2ClientConnection(Protocol):
             return
         conn = self._conn
         pending = stream.pending
-        while pending:
-            try:
-                window = min(conn.local_flow_control_window(stream.id), conn.max_outbound_frame_size)
-            except H2Error:
-                return
-            if window <= 0:
-                break
-            chunk = pending[0]
-            if len(chunk) > window:
-                pending[0] = chunk[window:]
-                chunk = chunk[:window]
-            else:
-                pending.pop(0)
-            stream.pendingSize -= len(chunk)
-            conn.send_data(stream.id, chunk)
+        stream.pendingSize -= sendWithinWindow(conn, stream.id, pending)
         if stream.sourcePaused and stream.pendingSize <= LOW_WATER and stream.producer is not None:
             stream.sourcePaused = False
             stream.producer.resumeProducing()
@@ -400,12 +384,7 @@ class H2ClientConnection(Protocol):
             stream.bodyDone = False
             trailers = getattr(stream.body, "trailers", None)
             if trailers is not None:
-                fields = [
-                    (name.lower(), value)
-                    for name, values in trailers.getAllRawHeaders()
-                    for value in values
-                ]
-                conn.send_headers(stream.id, fields, end_stream=True)
+                conn.send_headers(stream.id, fieldsOf(trailers), end_stream=True)
             else:
                 conn.send_data(stream.id, b"", end_stream=True)
         self._flush()
