@@ -686,3 +686,13 @@ def test_announcedTrailersMakeBodyChunked() -> None:
     client.pump()
     assert request.body == b"abc"
     assert request.trailers.getRawHeaders(b"x-sum") == [b"1"]
+
+
+def test_concurrentStreamsFromSettings() -> None:
+    from easymesh.config.files import parseConfigText
+    from easymesh.config.settings import buildConfig
+
+    config = buildConfig(parseConfigText("max-concurrent-streams: 7\n", "x.yaml"), "x.yaml")
+    assert config.edgeLimits.maxConcurrentStreams == 7
+    client = Client(config.edgeLimits)
+    assert client.h2.remote_settings.max_concurrent_streams == 7

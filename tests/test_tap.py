@@ -121,6 +121,7 @@ def test_defaults() -> None:
         "inbound_allow": (),
         "peer_identity": (),
         "peer_protocol": "http1",
+        "max_concurrent_streams": 100,
         "tls_expiry_warning": 604800.0,
         "headers_with_underscores_action": "drop_header",
     }
@@ -201,6 +202,7 @@ def test_everyFlag() -> None:
         "inbound_allow": (),
         "peer_identity": (),
         "peer_protocol": "http1",
+        "max_concurrent_streams": 100,
         "tls_expiry_warning": 604800.0,
         "headers_with_underscores_action": "reject_request",
     }

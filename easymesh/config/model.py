@@ -232,6 +232,7 @@ class SidecarConfig:
     max_request_line: int = _EDGE.maxRequestLine
     max_head_size: int = _EDGE.maxHeadSize
     max_headers: int = _EDGE.maxHeaders
+    max_concurrent_streams: int = _EDGE.maxConcurrentStreams
     max_body: Optional[int] = _EDGE.maxBody
     head_timeout: float = _EDGE.headTimeout
     body_timeout: float = _EDGE.bodyTimeout
@@ -327,6 +328,7 @@ class SidecarConfig:
             maxRequestLine=self.max_request_line,
             maxHeadSize=self.max_head_size,
             maxHeaders=self.max_headers,
+            maxConcurrentStreams=self.max_concurrent_streams,
             maxBody=self.max_body,
             headTimeout=self.head_timeout,
             bodyTimeout=self.body_timeout,

@@ -165,6 +165,13 @@ SETTINGS = (
         _defaults.max_headers,
     ),
     Setting(
+        "max-concurrent-streams",
+        Number(1, integer=True, maximum=10_000),
+        "Most streams open at once on one HTTP/2 client connection "
+        "(SETTINGS_MAX_CONCURRENT_STREAMS).",
+        _defaults.max_concurrent_streams,
+    ),
+    Setting(
         "max-body",
         Number(0, integer=True, maximum=2**53),
         "Largest request body in bytes (then 413; checked before reading when "

@@ -106,17 +106,21 @@ class Shared:
     One sidecar in front of one test app (C{--upstream} the app, default
     settings otherwise), shared by the tests that need nothing else, so that
     the suite starts fewer processes.  It is started again if it has died.
+
+    @ivar hop: What the hop between its listeners speaks
+        (C{--peer-protocol}): the tests that use it run over each.
     """
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, hop: str = "http1") -> None:
         self.app = TestApp()
         self.launcher = Launcher(tmp)
+        self.hop = hop
         self._sidecar: Optional[Sidecar] = None
 
     @property
     def sidecar(self) -> Sidecar:
         if self._sidecar is None or not self._sidecar.running:
-            self._sidecar = self.launcher(upstream=self.app.url)
+            self._sidecar = self.launcher("--peer-protocol", self.hop, upstream=self.app.url)
         return self._sidecar
 
     def close(self) -> None:
@@ -126,9 +130,9 @@ class Shared:
             self.app.close()
 
 
-@pytest.fixture(scope="session")
-def _shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
-    shared = Shared(tmp_path_factory.mktemp("shared-mesh"))
+@pytest.fixture(scope="session", params=["http1", "http2"], ids=["hop-http1", "hop-http2"])
+def _shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    shared = Shared(tmp_path_factory.mktemp("shared-mesh"), request.param)
     try:
         yield shared
     finally:
