@@ -50,7 +50,7 @@ from zope.interface import implementer
 
 from easymesh.config.model import EdgeLimits
 from easymesh.errors import ERROR_HEADER, edgeCause
-from easymesh.h2output import CONNECTION_SPECIFIC, fieldsOf, sendWithinWindow
+from easymesh.h2wire import CONNECTION_SPECIFIC, GoAwayFilter, fieldsOf, sendWithinWindow
 from easymesh.headers import BadField, canonicalName, trailerFields
 from easymesh.interfaces import IResponder
 from easymesh.message import Request
@@ -230,6 +230,7 @@ class H2Edge(Protocol):
         self._pings: List[float] = []
         self._settings: List[float] = []
         self._emptyData: List[float] = []
+        self._goAways = GoAwayFilter(skip=len(PREFACE))
 
     # The connection.
 
@@ -258,8 +259,9 @@ class H2Edge(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._shutDown:
             return
+        data, goAways = self._goAways.feed(data)
         try:
-            events = self._conn.receive_data(data)
+            events = self._conn.receive_data(data) if data else []
         except H2Error as e:
             # h2 has queued a GOAWAY naming the error: send it and close.
             _log.info(
@@ -276,6 +278,8 @@ class H2Edge(Protocol):
                 handler(self, event)
             if self._shutDown:
                 return
+        if goAways:
+            self._clientGoingAway()
         self._flush()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -601,6 +605,13 @@ class H2Edge(Protocol):
             self._writeGoAway(self._lastStream)
 
     def _terminated(self, event: ConnectionTerminated) -> None:
+        self._clientGoingAway()
+
+    def _clientGoingAway(self) -> None:
+        """
+        The client said GOAWAY: it opens no more streams; those open may
+        finish, then the connection closes.
+        """
         self._goingAway = self._refusing = True
         if not self._streams:
             self._shut()

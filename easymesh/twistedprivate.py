@@ -7,7 +7,7 @@ Each is used because no public API does the job (or not at the cost of a
 request's hot path), and each has a test of its own in
 L{tests.test_twistedprivate}, named for it, so that a Twisted release that
 moves one breaks one test with a clear name.  Checked against Twisted
-25.5 to 26.10; C{setup.cfg} allows no Twisted release beyond those tested.
+26.4 and 26.10; C{setup.cfg} allows no Twisted release beyond those tested.
 
   - L{Headers}' dict of canonical names to values, and the encoder of those
     names: header policy works on it directly, once per request, without

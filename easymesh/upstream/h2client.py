@@ -41,7 +41,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from easymesh.errors import UpstreamProtocolError, UpstreamReset
-from easymesh.h2output import CONNECTION_SPECIFIC, fieldsOf, sendWithinWindow
+from easymesh.h2wire import CONNECTION_SPECIFIC, GoAwayFilter, fieldsOf, sendWithinWindow
 from easymesh.headers import BadField, trailerFields
 from easymesh.message import Request, Response
 
@@ -58,6 +58,10 @@ WINDOW = 256 * 1024
 #: section 8.2.2), C{Host} (sent as C{:authority}), and C{te} (sent only as
 #: C{te: trailers}).
 _NOT_SENT = CONNECTION_SPECIFIC | frozenset((b"host", b"te"))
+
+
+#: Streams opened before the peer's SETTINGS arrive.
+INITIAL_STREAMS = 100
 
 
 class StreamRefused(UpstreamReset):
@@ -205,6 +209,7 @@ class H2ClientConnection(Protocol):
         self.ready: Deferred[H2ClientConnection] = Deferred()
         self._keepaliveCall: Any = None
         self._pinged = False
+        self._goAways = GoAwayFilter()
 
     # Capacity.
 
@@ -219,7 +224,13 @@ class H2ClientConnection(Protocol):
         """
         if self.closed or self.goingAway:
             return 0
-        return max(0, self._conn.remote_settings.max_concurrent_streams - len(self._streams))
+        limit = self._conn.remote_settings.max_concurrent_streams
+        if not self.ready.called:
+            # Until the peer's SETTINGS say otherwise, no more than the
+            # value RFC 9113 recommends as a minimum: a peer that allows
+            # fewer would refuse the rest, or close the connection.
+            limit = min(limit, INITIAL_STREAMS)
+        return max(0, limit - len(self._streams))
 
     # The connection.
 
@@ -251,8 +262,9 @@ class H2ClientConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._pinged = False
         self._armKeepalive()
+        data, goAways = self._goAways.feed(data)
         try:
-            events = self._conn.receive_data(data)
+            events = self._conn.receive_data(data) if data else []
         except H2Error as e:
             _log.warn(
                 "HTTP/2 connection to {authority} closed: {error}",
@@ -266,6 +278,8 @@ class H2ClientConnection(Protocol):
             handler = _HANDLERS.get(type(event))
             if handler is not None:
                 handler(self, event)
+        for goAway in goAways:
+            self._goAway(goAway.lastStreamId)
         self._flush()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -478,12 +492,14 @@ class H2ClientConnection(Protocol):
                 self._flushStream(stream)
 
     def _terminated(self, event: ConnectionTerminated) -> None:
+        self._goAway(event.last_stream_id or 0)
+
+    def _goAway(self, last: int) -> None:
         """
         GOAWAY: streams above its last stream never reached the app, and
         are refused (to be sent again elsewhere); the others may finish.
         """
         self.goingAway = True
-        last = event.last_stream_id if event.last_stream_id is not None else 0
         for streamId in [s for s in self._streams if s > last]:
             stream = self._streams.pop(streamId)
             stream.closed = True

@@ -11,6 +11,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 
 from tests.integration.harness import (
     TACFILE,
@@ -27,7 +29,7 @@ from tests.integration.harness import (
 GRACEFUL = (0,)
 
 
-def _slowRequestThenSigterm(launch, app):
+def _slowRequestThenSigterm(launch, app, *extra):
     """
     Start a sidecar with --drain 5, send GET /slow?d=1 (answered after a
     second) through both hops, and SIGTERM the sidecar once the app has the
@@ -36,7 +38,7 @@ def _slowRequestThenSigterm(launch, app):
     @return: The sidecar, the client thread and the dict its outcome lands
         in (C{"reply"} or C{"error"}).
     """
-    sidecar = launch("--drain", "5", upstream=app.url)
+    sidecar = launch("--drain", "5", *extra, upstream=app.url)
     result = {}
 
     def client() -> None:
@@ -75,8 +77,13 @@ def test_sigterm_refuses_new_connections_while_draining(launch, app):
     assert "Traceback" not in log, log
 
 
-def test_sigterm_completes_in_flight_request(launch, app):
-    sidecar, thread, result = _slowRequestThenSigterm(launch, app)
+@pytest.mark.parametrize("hop", ["http1", "http2"])
+def test_sigterm_completes_in_flight_request(launch, app, hop):
+    """
+    A request in flight when SIGTERM comes is answered whole; over an
+    HTTP/2 hop the inbound listener's graceful GOAWAY lets it finish.
+    """
+    sidecar, thread, result = _slowRequestThenSigterm(launch, app, "--peer-protocol", hop)
     thread.join(10)
     assert not thread.is_alive()
     assert sidecar.wait(timeout=10) in GRACEFUL, sidecar.log()
