@@ -409,3 +409,16 @@ def test_answerToCancelledStreamIgnored() -> None:
     second = peer.of(RequestReceived)[-1]
     peer.answer(second.stream_id)
     assert len(got) == 1 and got[0].code == 200
+
+
+def test_atMostHundredStreamsBeforePeerSettings() -> None:
+    """
+    Until the peer's SETTINGS arrive, at most 100 streams are opened (a
+    peer allowing fewer would otherwise close the connection); then its
+    own limit counts.
+    """
+    client = connection()
+    client.makeConnection(StringTransport())
+    assert client.capacity == 100
+    peer = Peer(connection(), maxStreams=250)
+    assert peer.client.capacity == 250
