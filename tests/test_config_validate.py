@@ -247,7 +247,7 @@ RULES: Dict[str, Tuple[Callable[[], MeshConfig], Tuple[Any, ...], str]] = {
     "protocol": (
         lambda: withCluster(protocol="http3"),
         C + ("protocol",),
-        "must be one of http1, http2, not 'http3'",
+        "must be one of http1, http2, auto, not 'http3'",
     ),
     "h2c endpoint with protocol http1": (
         lambda: withCluster(endpoints=(UpstreamURL.parse("h2c://backend:8080"),), weights=(1,)),
@@ -698,3 +698,9 @@ def test_http2ProtocolAccepted() -> None:
     assert validateMesh(withCluster(protocol="http2")) == []
     grpc = withCluster(endpoints=(UpstreamURL.parse("grpc://b:50051"),), weights=(1,), protocol="http2")
     assert validateMesh(grpc) == []
+
+
+def test_autoProtocolAccepted() -> None:
+    assert validateMesh(withCluster(protocol="auto")) == []
+    h2c = withCluster(endpoints=(UpstreamURL.parse("h2c://b:80"),), weights=(1,), protocol="auto")
+    assert validateMesh(h2c) == []

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
+import pytest
+
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -422,3 +424,67 @@ def test_atMostHundredStreamsBeforePeerSettings() -> None:
     assert client.capacity == 100
     peer = Peer(connection(), maxStreams=250)
     assert peer.client.capacity == 250
+
+
+class ProbeEndpoint:
+    """
+    Connects the ALPN probe to a transport that negotiated C{protocol}.
+    """
+
+    def __init__(self, protocol: Optional[bytes]) -> None:
+        self.protocol = protocol
+        self.probes: List[Any] = []
+
+    def connect(self, factory: Any) -> Deferred:
+        probe = factory.buildProtocol(None)
+        transport = StringTransport()
+        transport.negotiatedProtocol = self.protocol  # type: ignore[attr-defined]
+        probe.makeConnection(transport)
+        self.probes.append((probe, transport))
+        return succeed(probe)
+
+
+@pytest.mark.parametrize("negotiated, kind", [(b"h2", "H2Upstream"), (b"http/1.1", "HTTPUpstream"), (None, "HTTPUpstream")])
+def test_autoChoosesByALPN(negotiated: Optional[bytes], kind: str) -> None:
+    """
+    C{protocol: auto} over TLS: the first connection offers C{h2} and
+    C{http/1.1}; what the upstream picks is what its requests are sent
+    with from then on; requests that arrived meanwhile wait for it.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from easymesh.upstream.http2 import AutoUpstream
+
+    reactor = MemoryReactorClock()
+    made = upstreamFor(UpstreamURL("https", "127.0.0.1", 8443), PoolSettings(protocol="auto"), reactor)
+    assert isinstance(made, AutoUpstream)
+    endpoint = ProbeEndpoint(negotiated)
+    made._endpoint = endpoint
+    first = results(made.request(request()))
+    second = results(made.request(request()))
+    [(probe, transport)] = endpoint.probes
+    assert made.chosen is None
+    probe.handshakeCompleted()
+    assert type(made.chosen).__name__ == kind
+    assert transport.disconnecting
+    assert first == [] and second == []  # sent on, waiting for the upstream
+    assert len(reactor.tcpClients) >= 1
+
+
+def test_autoProbeFailureTriedAgain() -> None:
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.internet.testing import MemoryReactorClock
+
+    from easymesh.upstream.http2 import AutoUpstream
+
+    made = upstreamFor(UpstreamURL("https", "127.0.0.1", 8443), PoolSettings(protocol="auto"), MemoryReactorClock())
+    assert isinstance(made, AutoUpstream)
+    endpoint = ProbeEndpoint(b"h2")
+    made._endpoint = endpoint
+    got = results(made.request(request()))
+    [(probe, _)] = endpoint.probes
+    probe.connectionLost(Failure(ConnectionRefusedError()))
+    assert len(got) == 1 and got[0].check(ConnectionRefusedError)
+    assert made.chosen is None
+    made.request(request())
+    assert len(endpoint.probes) == 2

@@ -97,10 +97,11 @@ class HashOn:
     sourceIp: bool = False
 
 
-#: Cluster protocols: HTTP/1.1, or HTTP/2 (prior-knowledge h2c on
-#: plaintext, ALPN h2 over TLS).
-HTTP1, HTTP2 = "http1", "http2"
-PROTOCOLS = (HTTP1, HTTP2)
+#: Cluster protocols: HTTP/1.1; HTTP/2 (prior-knowledge h2c on plaintext,
+#: ALPN h2 over TLS); or auto (over TLS, what the upstream picks by ALPN;
+#: HTTP/1.1 on plaintext).
+HTTP1, HTTP2, AUTO = "http1", "http2", "auto"
+PROTOCOLS = (HTTP1, HTTP2, AUTO)
 
 
 @attrs.frozen

@@ -272,10 +272,10 @@ SETTINGS += (
     Setting(
         "peer-protocol",
         Choice(PROTOCOLS),
-        "What the outbound listener speaks to --peer: http1, or http2 "
-        "(prior-knowledge h2c over http://, ALPN h2 over https://); every "
-        "request, HTTP/1.1 ones included, then rides on a few multiplexed "
-        "connections.",
+        "What the outbound listener speaks to --peer: http1; http2 "
+        "(prior-knowledge h2c over http://, ALPN h2 over https://), every "
+        "request, HTTP/1.1 ones included, then riding on a few multiplexed "
+        "connections; or auto (over https://, what the peer picks by ALPN).",
         _defaults.peer_protocol,
     ),
     Setting(

@@ -22,7 +22,7 @@ from easymesh.config.kinds import isFinite
 from easymesh.config.addresses import HTTP2_SCHEMES
 from easymesh.config.mesh import (
     ESCAPED_SLASHES,
-    HTTP2,
+    HTTP1,
     LB_POLICIES,
     PROTOCOLS,
     RETRY_CONDITIONS,
@@ -321,7 +321,7 @@ def validateCluster(cluster: ClusterConfig, at: Path = ()) -> List[Problem]:
     p.check(at + ("lb_policy",), checkChoice, cluster.lbPolicy, LB_POLICIES)
     if p.check(at + ("protocol",), checkChoice, cluster.protocol, PROTOCOLS):
         for i, url in enumerate(cluster.endpoints):
-            if url.scheme in HTTP2_SCHEMES and cluster.protocol != HTTP2:
+            if url.scheme in HTTP2_SCHEMES and cluster.protocol == HTTP1:
                 p.append(
                     Problem(
                         at + ("endpoints", i),

@@ -13,7 +13,7 @@ from easymesh.config.addresses import UpstreamURL
 from easymesh.config.model import PoolSettings
 from easymesh.interfaces import IUpstream
 from easymesh.upstream.http import HTTPUpstream
-from easymesh.upstream.http2 import H2Upstream
+from easymesh.upstream.http2 import AutoUpstream, H2Upstream
 
 #: Makes an upstream from its URL, pool settings, reactor and (optionally)
 #: its cluster's circuit breakers and the sidecar's TLS contexts.
@@ -43,4 +43,6 @@ def upstreamFor(
     """
     if settings.protocol == "http2" and url.scheme in ("http", "https"):
         return H2Upstream(url, settings, reactor, breakers, tls)
+    if settings.protocol == "auto" and url.scheme == "https":
+        return AutoUpstream(url, settings, reactor, breakers, tls)
     return SCHEMES[url.scheme](url, settings, reactor, breakers, tls)

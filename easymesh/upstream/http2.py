@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
+import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import connectProtocol
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -32,6 +35,8 @@ from easymesh.upstream.http import _Attempt, _BodyEndWatch, _endpointFor
 
 #: ALPN for an HTTP/2 upstream over TLS.
 H2_PROTOCOLS = (b"h2",)
+#: ALPN for an upstream with C{protocol: auto}: HTTP/2 preferred.
+AUTO_PROTOCOLS = (b"h2", b"http/1.1")
 
 
 @implementer(IUpstream)
@@ -178,3 +183,88 @@ class H2Upstream:
 def _pendingDone(result: Any, breakers: Any) -> Any:
     breakers.pendingDone()
     return result
+
+
+@implementer(IHandshakeListener)
+class _ALPNProbe(Protocol):
+    """
+    A connection made only to learn what the upstream picks by ALPN.
+    """
+
+    def __init__(self) -> None:
+        self.negotiated: Deferred[Optional[bytes]] = Deferred()
+
+    def handshakeCompleted(self) -> None:
+        protocol = getattr(self.transport, "negotiatedProtocol", None)
+        self.transport.loseConnection()
+        if not self.negotiated.called:
+            self.negotiated.callback(protocol)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self.negotiated.called:
+            self.negotiated.errback(reason)
+
+
+@implementer(IUpstream)
+class AutoUpstream:
+    """
+    An C{https://} upstream of a cluster with C{protocol: auto}: the first
+    connection offers C{h2} and C{http/1.1} by ALPN, and what the upstream
+    picks decides what this endpoint is spoken to with from then on (an
+    HTTP/2 pool, or HTTP/1.1 connections).  A failed first connection is
+    tried again with the next request.
+    """
+
+    def __init__(
+        self,
+        url: UpstreamURL,
+        settings: PoolSettings,
+        reactor: Any,
+        breakers: Any = None,
+        tls: Any = None,
+    ) -> None:
+        self.url = url
+        self._settings = settings
+        self._reactor = reactor
+        self._breakers = breakers
+        self._tls = tls
+        self._endpoint = _endpointFor(url, reactor, settings, tls, AUTO_PROTOCOLS)
+        self.chosen: Optional[Any] = None
+        self._waiting: List[Deferred[Any]] = []
+
+    def request(self, request: Request, timeout: Optional[float] = None) -> Deferred[Response]:
+        if self.chosen is not None:
+            return self.chosen.request(request, timeout)
+        d: Deferred[Any] = Deferred(self._waiting.remove)
+        self._waiting.append(d)
+        if len(self._waiting) == 1:
+            probe = _ALPNProbe()
+            connectProtocol(self._endpoint, probe).addErrback(self._probed)
+            probe.negotiated.addBoth(self._probed)
+        return d.addCallback(lambda upstream: upstream.request(request, timeout))
+
+    def _probed(self, result: Any) -> None:
+        if self.chosen is None and not isinstance(result, Failure):
+            from easymesh.upstream.http import HTTPUpstream
+
+            if result == b"h2":
+                self.chosen = H2Upstream(
+                    self.url, attrs.evolve(self._settings, protocol="http2"),
+                    self._reactor, self._breakers, self._tls,
+                )  # fmt: skip
+            else:
+                self.chosen = HTTPUpstream(
+                    self.url, self._settings, self._reactor, self._breakers, self._tls
+                )
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if self.chosen is not None:
+                d.callback(self.chosen)
+            else:
+                d.errback(result)
+
+    def idleConnections(self) -> int:
+        return self.chosen.idleConnections() if self.chosen is not None else 0
+
+    def close(self) -> Deferred[None]:
+        return self.chosen.close() if self.chosen is not None else succeed(None)

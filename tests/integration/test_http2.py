@@ -217,11 +217,13 @@ def test_sidecarHopOverH2cManyRequests(launch) -> None:
     assert done.stdout.decode().count(":status: 200") == 100
 
 
-def test_sidecarHopOverMutualTLSWithALPN(launch, app, tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["http2", "auto"])
+def test_sidecarHopOverMutualTLSWithALPN(launch, app, tmp_path: Path, protocol: str) -> None:
     """
-    Between two sidecars over mTLS, C{--peer-protocol http2} negotiates
-    C{h2} by ALPN: the request arrives with the caller's identity, and the
-    receiving sidecar logs it as HTTP/2.
+    Between two sidecars over mTLS, C{--peer-protocol http2} (or C{auto},
+    to which the peer answers C{h2}) negotiates C{h2} by ALPN: the request
+    arrives with the caller's identity, and the receiving sidecar logs it
+    as HTTP/2.
     """
     (tmp_path / "pki").mkdir()
     pki = PKI(tmp_path / "pki")
@@ -231,7 +233,7 @@ def test_sidecarHopOverMutualTLSWithALPN(launch, app, tmp_path: Path) -> None:
     a = launch(
         *pki.tlsFlags(pki.web),
         "--peer", f"https://127.0.0.1:{b.inbound}",
-        "--peer-protocol", "http2",
+        "--peer-protocol", protocol,
         "--node-id", "web",
         "--access-log", "json",
         upstream=app.url,
