@@ -286,13 +286,17 @@ def openFilesLimit(pid: int) -> Tuple[int, int]:
 # -- fixtures ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def hostileMesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+@pytest.fixture(scope="module", params=["http1", "http2"], ids=["hop-http1", "hop-http2"])
+def hostileMesh(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Shared]:
     """
     One sidecar (default settings, upstream the recording app) for the
-    cases that leave it as they found it.
+    cases that leave it as they found it; they run over an HTTP/1.1 and an
+    HTTP/2 hop between its listeners (a hostile request must not get
+    through a downgrade from HTTP/2 either).
     """
-    shared = Shared(tmp_path_factory.mktemp("hostile-mesh"))
+    shared = Shared(tmp_path_factory.mktemp("hostile-mesh"), request.param)
     try:
         yield shared
     finally:
