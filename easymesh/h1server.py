@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from easymesh.config.model import EdgeLimits
 from easymesh.edge import admitCaller, peerAddress
-from easymesh.h2server import PREFACE, H2Edge
+from easymesh.h2wire import PREFACE
 from easymesh.errors import ERROR_HEADER, edgeCause, phrase
 from easymesh.headers import TOKEN as _TOKEN, BadField, forbiddenInHead, parseFields, trailerFields
 from easymesh.interfaces import IResponder
@@ -80,7 +80,7 @@ def validAuthority(value: bytes) -> bool:
     return port[:1] == b":" and len(digits) <= 5 and (not digits or digits.isdigit())
 
 
-def _checkTarget(target: bytes) -> None:
+def checkTarget(target: bytes) -> None:
     """
     @raise BadMessage: C{target} holds a byte outside the URI grammar, a
         fragment, or (in absolute form) userinfo or an authority that is
@@ -483,7 +483,7 @@ class HTTP1Channel(Protocol):
     deadline: Optional[float] = None
     limits = EdgeLimits()
     #: The HTTP/2 edge this connection was handed to, if it was.
-    _h2: Optional[H2Edge] = None
+    _h2: Any = None
     #: Whether no request has been read yet (only then may HTTP/2 begin).
     _fresh = True
     # The response being sent (see IResponder).
@@ -554,6 +554,8 @@ class HTTP1Channel(Protocol):
         if self._registered:
             self._registered = False
             self.transport.unregisterProducer()
+        from easymesh.h2server import H2Edge
+
         self._h2 = edge = H2Edge(self)
         self.onClose = None
         edge.makeConnection(self.transport)
@@ -799,7 +801,7 @@ class HTTP1Channel(Protocol):
             raise BadMessage(400, "invalid request line")
         method, target, version = parts
         _checkToken(method, "method")
-        _checkTarget(target)
+        checkTarget(target)
         if version not in _VERSIONS:
             if version[:5] == b"HTTP/" and len(version) == 8 and version[5:6].isdigit():
                 raise BadMessage(505, "HTTP version not supported")

@@ -50,17 +50,15 @@ from zope.interface import implementer
 
 from easymesh.config.model import EdgeLimits
 from easymesh.errors import ERROR_HEADER, edgeCause
-from easymesh.h2wire import CONNECTION_SPECIFIC, GoAwayFilter, fieldsOf, sendWithinWindow
-from easymesh.headers import BadField, canonicalName, trailerFields
+from easymesh.h1server import BadMessage, checkTarget, closeWithoutWaiting, validAuthority
+from easymesh.h2wire import CONNECTION_SPECIFIC, PREFACE, GoAwayFilter, fieldsOf, sendWithinWindow
+from easymesh.headers import TOKEN, BadField, canonicalName, trailerFields
 from easymesh.interfaces import IResponder
 from easymesh.message import Request
 from easymesh.requestbody import EmptyBody, RequestBodyStream
 from easymesh.twistedprivate import rawHeaders
 
 _log = Logger()
-
-#: What an HTTP/2 client sends first (RFC 9113 section 3.4).
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 #: Response body bytes waiting for the client's window before the
 #: upstream is paused; it is resumed below L{LOW_WATER}.
@@ -312,8 +310,6 @@ class H2Edge(Protocol):
         self._shutDown = self._closing = True
         self._setTimer(self.limits.closeTimeout)
         self.transport.unregisterProducer()
-        from easymesh.h1server import closeWithoutWaiting
-
         if self.scheme == b"https":
             closeWithoutWaiting(self.transport)
         self.transport.loseConnection()
@@ -468,8 +464,6 @@ class H2Edge(Protocol):
             raise _Refused(400, "invalid request target")
         authority = pseudo.get(b":authority")
         hosts = raw.get(b"Host")
-        from easymesh.h1server import validAuthority
-
         if authority is not None:
             if not authority or not validAuthority(authority):
                 raise _Refused(400, "invalid :authority")
@@ -798,16 +792,12 @@ def _checkField(name: bytes, value: bytes) -> None:
 
 
 def _isToken(value: bytes) -> bool:
-    from easymesh.headers import TOKEN
-
     return bool(value) and TOKEN.issuperset(value)
 
 
 def _validTarget(path: bytes) -> bool:
-    from easymesh.h1server import BadMessage, _checkTarget
-
     try:
-        _checkTarget(path)
+        checkTarget(path)
     except BadMessage:
         return False
     return True

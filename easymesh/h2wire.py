@@ -14,6 +14,9 @@ from h2.connection import H2Connection
 from h2.exceptions import H2Error
 from twisted.web.http_headers import Headers
 
+#: What an HTTP/2 client sends first (RFC 9113 section 3.4).
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
 #: Fields that are connection-specific, and so malformed in HTTP/2
 #: (RFC 9113 section 8.2.2).
 CONNECTION_SPECIFIC = frozenset(

@@ -12,11 +12,9 @@ delivered to an L{easymesh.interfaces.IBodySink}.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
@@ -156,9 +154,10 @@ class Response:
         """
         Deliver the body, then its end (with the trailers) or its failure,
         to C{sink}, an L{easymesh.interfaces.IBodySink}.  Called at most
-        once.
+        once.  A plain L{Response} has no body: it ends at once.
         """
-        raise NotImplementedError()
+        sink.bodyStarted(_WHOLE)
+        sink.bodyEnded(None)
 
     def discard(self) -> None:
         """
@@ -226,28 +225,3 @@ def discardResponse(response: Response) -> None:
     retried): its body is not read, its connection is closed.
     """
     response.discard()
-
-
-class BodyCollector:
-    """
-    An L{easymesh.interfaces.IBodySink} that keeps a whole body in memory.
-
-    @ivar done: Fires with C{(body, trailers)}, or fails as the body did.
-    """
-
-    def __init__(self) -> None:
-        self._chunks: List[bytes] = []
-        self._producer: Any = None
-        self.done: Deferred[Any] = Deferred()
-
-    def bodyStarted(self, producer: IPushProducer) -> None:
-        self._producer = producer
-
-    def bodyData(self, data: bytes) -> None:
-        self._chunks.append(data)
-
-    def bodyEnded(self, trailers: Optional[Headers]) -> None:
-        self.done.callback((b"".join(self._chunks), trailers))
-
-    def bodyFailed(self, reason: Failure) -> None:
-        self.done.errback(reason)

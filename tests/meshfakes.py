@@ -287,3 +287,28 @@ def logged(events: List[dict], namespace: str, text: str) -> List[dict]:
         for e in events
         if e.get("log_namespace", "").startswith(namespace) and text in (e.get("log_format") or "")
     ]
+
+
+class BodyCollector:
+    """
+    An L{easymesh.interfaces.IBodySink} that keeps a whole body in memory.
+
+    @ivar done: Fires with C{(body, trailers)}, or fails as the body did.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: List[bytes] = []
+        self._producer: Any = None
+        self.done: Deferred[Any] = Deferred()
+
+    def bodyStarted(self, producer: Any) -> None:
+        self._producer = producer
+
+    def bodyData(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def bodyEnded(self, trailers: Optional[Headers]) -> None:
+        self.done.callback((b"".join(self._chunks), trailers))
+
+    def bodyFailed(self, reason: Failure) -> None:
+        self.done.errback(reason)

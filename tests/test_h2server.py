@@ -32,26 +32,9 @@ from twisted.web.http_headers import Headers
 from easymesh.config.model import EdgeLimits
 from easymesh.h2server import HIGH_WATER, MAX_EARLY_RESETS, PREFACE, H2Edge
 from tests.test_h1server import Conn
+from tests.test_listener import FakeProducer
 
 AUTHORITY = b"example.test"
-
-
-class Producer:
-    """
-    A response body's producer, recording what it is told.
-    """
-
-    def __init__(self) -> None:
-        self.calls: List[str] = []
-
-    def pauseProducing(self) -> None:
-        self.calls.append("pause")
-
-    def resumeProducing(self) -> None:
-        self.calls.append("resume")
-
-    def stopProducing(self) -> None:
-        self.calls.append("stop")
 
 
 class Client:
@@ -272,7 +255,7 @@ def test_responseFollowsClientWindow() -> None:
     client = Client()
     streamId = client.request()
     [request] = client.requests
-    producer = Producer()
+    producer = FakeProducer()
     request.channel.sendHead(200, b"", Headers())
     request.channel.setProducer(producer)
     for _ in range(10):

@@ -9,7 +9,8 @@ from typing import Any, List
 
 from twisted.web.http_headers import Headers
 
-from easymesh.message import BodyCollector, LocalReply, ProxyRequest, Request, Response
+from easymesh.message import LocalReply, ProxyRequest, Request, Response
+from tests.meshfakes import BodyCollector
 from easymesh.requestbody import RequestBodyStream
 
 
@@ -78,3 +79,10 @@ def test_bodyCollector() -> None:
     body, trailers = collector.done.result
     assert body == b"abc"
     assert trailers.getRawHeaders(b"t") == [b"1"]
+
+
+def test_plainResponseHasNoBody() -> None:
+    sink = Sink()
+    Response(204).deliverBody(sink)
+    assert [e[0] for e in sink.events] == ["started", "ended"]
+    assert sink.events[1] == ("ended", None)

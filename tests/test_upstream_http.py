@@ -16,7 +16,8 @@ from twisted.web.http_headers import Headers
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.model import PoolSettings
 from easymesh.errors import UpstreamTimeout
-from easymesh.message import BodyCollector, ProxyRequest
+from easymesh.message import ProxyRequest
+from tests.meshfakes import BodyCollector
 from easymesh.requestbody import RequestBodyStream
 from easymesh.upstream import upstreamFor
 from easymesh.upstream.http import HTTPUpstream

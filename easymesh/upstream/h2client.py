@@ -24,7 +24,6 @@ from h2.events import (
     PingAckReceived,
     RemoteSettingsChanged,
     ResponseReceived,
-    SettingsAcknowledged,
     StreamEnded,
     StreamReset,
     TrailersReceived,
@@ -77,10 +76,9 @@ class _ClientStream:
     One request on an HTTP/2 connection, and its response.
     """
 
-    def __init__(self, connection: "H2ClientConnection", streamId: int, request: Request) -> None:
+    def __init__(self, connection: "H2ClientConnection", streamId: int) -> None:
         self.connection = connection
         self.id = streamId
-        self.request = request
         self.deferred: Deferred[Response] = Deferred(self._cancel)
         self.response: Optional["_H2Response"] = None
         self.closed = False
@@ -358,7 +356,7 @@ class H2ClientConnection(Protocol):
             return d
         conn = self._conn
         streamId = conn.get_next_available_stream_id()
-        stream = _ClientStream(self, streamId, request)
+        stream = _ClientStream(self, streamId)
         self._streams[streamId] = stream
         fields = [
             (b":method", request.method),
@@ -404,9 +402,6 @@ class H2ClientConnection(Protocol):
         self._flush()
 
     # Events.
-
-    def _settingsAcknowledged(self, event: SettingsAcknowledged) -> None:
-        pass
 
     def _settingsChanged(self, event: RemoteSettingsChanged) -> None:
         if not self.ready.called:
@@ -557,7 +552,6 @@ class H2ClientConnection(Protocol):
 
 _HANDLERS: Dict[type, Any] = {
     RemoteSettingsChanged: H2ClientConnection._settingsChanged,
-    SettingsAcknowledged: H2ClientConnection._settingsAcknowledged,
     ResponseReceived: H2ClientConnection._responseReceived,
     DataReceived: H2ClientConnection._dataReceived,
     TrailersReceived: H2ClientConnection._trailersReceived,

@@ -49,7 +49,7 @@ from easymesh.upstream.h1client import (
 
 
 @implementer(IBodyProducer)
-class _BodyEndWatch:
+class BodyEndWatch:
     """
     A body producer that calls C{onEnd} once the wrapped producer has
     written the whole body: the response timeout runs from then.
@@ -84,7 +84,7 @@ class _BodyEndWatch:
         self._producer.stopProducing()
 
 
-class _Attempt:
+class Attempt:
     """
     One request upstream, with its response-headers timer.
     """
@@ -130,7 +130,7 @@ class _Attempt:
         return result
 
 
-def _endpointFor(
+def endpointFor(
     url: UpstreamURL,
     reactor: Any,
     settings: PoolSettings,
@@ -209,7 +209,7 @@ class HTTPUpstream:
             if breakers is None
             else partial(H1ConnectionFactory, observer=breakers)
         )
-        self._endpoint = _endpointFor(url, reactor, settings, tls)
+        self._endpoint = endpointFor(url, reactor, settings, tls)
         self._key = (url.scheme, url.host, url.port)
         self._authority = url.authority.encode("ascii")
 
@@ -233,10 +233,10 @@ class HTTPUpstream:
                 return fail(Overflow(MAX_PENDING_REQUESTS))
             pending = True
         request.upstreamProtocol = "HTTP/1.1"
-        attempt = _Attempt(self._reactor, timeout if timeout is not None else self._timeout)
+        attempt = Attempt(self._reactor, timeout if timeout is not None else self._timeout)
         body = request.body
         if body is not None:
-            body = _BodyEndWatch(body, attempt.endBody)
+            body = BodyEndWatch(body, attempt.endBody)
         upstreamRequest = UpstreamRequest(
             request.method,
             requestHead(request.method, request.target, request.headers, self._authority),

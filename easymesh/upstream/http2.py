@@ -31,7 +31,7 @@ from easymesh.errors import Overflow, UpstreamProtocolError
 from easymesh.interfaces import IUpstream
 from easymesh.message import Request, Response
 from easymesh.upstream.h2client import H2ClientConnection, StreamRefused
-from easymesh.upstream.http import _Attempt, _BodyEndWatch, _endpointFor
+from easymesh.upstream.http import Attempt, BodyEndWatch, endpointFor
 
 #: ALPN for an HTTP/2 upstream over TLS.
 H2_PROTOCOLS = (b"h2",)
@@ -59,7 +59,7 @@ class H2Upstream:
         self._timeout = settings.responseTimeout
         self._maxConnections = settings.size
         secure = url.scheme == "https"
-        self._endpoint = _endpointFor(url, reactor, settings, tls, H2_PROTOCOLS if secure else None)
+        self._endpoint = endpointFor(url, reactor, settings, tls, H2_PROTOCOLS if secure else None)
         self._secure = secure
         self._scheme = b"https" if secure else b"http"
         self._authority = url.authority.encode("ascii")
@@ -73,10 +73,10 @@ class H2Upstream:
         Send C{request} on a stream; see L{IUpstream.request}.
         """
         request.upstreamProtocol = "HTTP/2"
-        attempt = _Attempt(self._reactor, timeout if timeout is not None else self._timeout)
+        attempt = Attempt(self._reactor, timeout if timeout is not None else self._timeout)
         body = request.body
         if body is not None:
-            body = _BodyEndWatch(body, attempt.endBody)
+            body = BodyEndWatch(body, attempt.endBody)
         d = self._send(request, body, retry=True)
         attempt.deferred = d
         if body is None:
@@ -228,7 +228,7 @@ class AutoUpstream:
         self._reactor = reactor
         self._breakers = breakers
         self._tls = tls
-        self._endpoint = _endpointFor(url, reactor, settings, tls, AUTO_PROTOCOLS)
+        self._endpoint = endpointFor(url, reactor, settings, tls, AUTO_PROTOCOLS)
         self.chosen: Optional[Any] = None
         self._waiting: List[Deferred[Any]] = []
 
