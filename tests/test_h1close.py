@@ -484,3 +484,98 @@ def test_slowClientWithinCloseTimeoutGetsEverything(transport: str, pki: PKI) ->
     wire.pump()
     assert wire.client.data.endswith(b"\r\n\r\n" + b"x" * 300000)
     wire.assertClosedCleanly()
+
+
+# The same closes on an HTTP/2 connection (prior-knowledge h2c, or h2 over
+# TLS), through the listener that handed it over.
+
+
+class H2Client:
+    """
+    The h2 library's client side of one wire.
+    """
+
+    def __init__(self, wire: Wire) -> None:
+        from h2.config import H2Configuration
+        from h2.connection import H2Connection
+
+        self.wire = wire
+        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.h2.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        self.wire.send(self.h2.data_to_send())
+
+    def get(self, path: bytes) -> int:
+        streamId = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(
+            streamId,
+            [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"example.test"), (b":path", path)],
+            end_stream=True,
+        )
+        self.flush()
+        return streamId
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_h2IdleConnectionClosed(transport: str, pki: PKI) -> None:
+    wire = Wire(transport, pki)
+    H2Client(wire)
+    assert wire.channel._h2 is not None
+    wire.tick(LIMITS.idleTimeout - 1)
+    assert wire.serverGone is None
+    wire.tick(2)
+    wire.assertClosedCleanly()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_h2DrainLetsStreamFinish(transport: str, pki: PKI) -> None:
+    """
+    A drain: GOAWAY, the open stream is answered whole, then the
+    connection closes cleanly (TLS close alert included).
+    """
+    from easymesh.h2wire import GoAwayFilter
+
+    wire = Wire(transport, pki)
+    client = H2Client(wire)
+    streamId = client.get(b"/hold")
+    [held] = wire.app.held
+    wire.site.sweeper.closeIdle()
+    wire.pump()
+    assert wire.serverGone is None
+    held.respond(200, b"ok")
+    wire.pump()
+    wire.assertClosedCleanly()
+    _, goAways = GoAwayFilter().feed(wire.client.data)
+    # The first refuses nothing; the last names the stream taken.
+    assert [g.lastStreamId for g in goAways] == [2**31 - 1, streamId]
+    assert b"ok" in wire.client.data
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_h2FloodClosesConnection(transport: str, pki: PKI) -> None:
+    wire = Wire(transport, pki)
+    client = H2Client(wire)
+    for i in range(5):
+        if wire.serverGone is not None:
+            break
+        client.h2.ping(b"%08d" % i)
+        client.flush()
+    wire.assertClosedCleanly()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_h2StopClosesBusyConnection(transport: str, pki: PKI) -> None:
+    """
+    A stop closes an HTTP/2 connection with a stream still open at once,
+    and the connection count goes back to zero.
+    """
+    wire = Wire(transport, pki)
+    client = H2Client(wire)
+    client.get(b"/hold")
+    closed = wire.site.sweeper.closeAll()
+    wire.pump()
+    assert wire.serverGone is not None
+    assert closed.called
+    assert wire.site.sweeper.open == 0
