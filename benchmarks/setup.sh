@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what benchmarks/run.py uses: wrk, nginx, h2load and nghttpx (Debian
-# packages) and
-# aiohttp (the reference proxy), into the current Python environment.
+# packages) and aiohttp (the reference proxy), into the current Python
+# environment.
 set -euo pipefail
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq
