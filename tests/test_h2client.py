@@ -488,3 +488,27 @@ def test_autoProbeFailureTriedAgain() -> None:
     assert made.chosen is None
     made.request(request())
     assert len(endpoint.probes) == 2
+
+
+def test_autoWaitingCountsAsPending() -> None:
+    """
+    Requests waiting for the first connection of a C{protocol: auto}
+    endpoint count against the circuit breakers' pending limit.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from easymesh.cluster.breakers import Breakers
+    from easymesh.config.mesh import CircuitBreakers
+    from easymesh.errors import Overflow
+    from easymesh.upstream.http2 import AutoUpstream
+
+    breakers = Breakers(CircuitBreakers(maxPendingRequests=2), "c", None)
+    made = upstreamFor(
+        UpstreamURL("https", "127.0.0.1", 8443), PoolSettings(protocol="auto"), MemoryReactorClock(), breakers
+    )
+    assert isinstance(made, AutoUpstream)
+    made._endpoint = ProbeEndpoint(b"h2")
+    first, second = results(made.request(request())), results(made.request(request()))
+    [third] = results(made.request(request()))
+    assert third.check(Overflow)
+    assert first == [] and second == []

@@ -235,7 +235,13 @@ class AutoUpstream:
     def request(self, request: Request, timeout: Optional[float] = None) -> Deferred[Response]:
         if self.chosen is not None:
             return self.chosen.request(request, timeout)
+        breakers = self._breakers
+        if breakers is not None and not breakers.tryPending():
+            # Waiting for the first connection counts as pending.
+            return fail(Overflow(MAX_PENDING_REQUESTS))
         d: Deferred[Any] = Deferred(self._waiting.remove)
+        if breakers is not None:
+            d.addBoth(_pendingDone, breakers)
         self._waiting.append(d)
         if len(self._waiting) == 1:
             probe = _ALPNProbe()
