@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -51,7 +50,17 @@ from zope.interface import implementer
 from easymesh.config.model import EdgeLimits
 from easymesh.errors import ERROR_HEADER, edgeCause
 from easymesh.h1server import BadMessage, checkTarget, closeWithoutWaiting, validAuthority
-from easymesh.h2wire import CONNECTION_SPECIFIC, PREFACE, GoAwayFilter, fieldsOf, sendWithinWindow
+from easymesh.h2wire import (
+    CONNECTION_SPECIFIC,
+    PREFACE,
+    DataHead,
+    DeclaredLengths,
+    FrameFilter,
+    connection,
+    declaredLength,
+    fieldsOf,
+    sendWithinWindow,
+)
 from easymesh.headers import TOKEN, BadField, canonicalName, trailerFields
 from easymesh.interfaces import IResponder
 from easymesh.message import Request
@@ -215,7 +224,7 @@ class H2Edge(Protocol):
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self._conn = H2Connection(config=config)
+        self._conn = connection(config)
         self._streams: Dict[int, _Stream] = {}
         self._closing = False
         self._shutDown = False
@@ -228,7 +237,8 @@ class H2Edge(Protocol):
         self._pings: List[float] = []
         self._settings: List[float] = []
         self._emptyData: List[float] = []
-        self._goAways = GoAwayFilter(skip=len(PREFACE))
+        self._frames = FrameFilter(skip=len(PREFACE))
+        self._lengths = DeclaredLengths()
 
     # The connection.
 
@@ -257,25 +267,31 @@ class H2Edge(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._shutDown:
             return
-        data, goAways = self._goAways.feed(data)
-        try:
-            events = self._conn.receive_data(data) if data else []
-        except H2Error as e:
-            # h2 has queued a GOAWAY naming the error: send it and close.
-            _log.info(
-                "HTTP/2 connection from {peer} closed: {error}",
-                peer=_describe(self.peer),
-                error=str(e) or type(e).__name__,
-            )
-            self._flush()
-            self._shut()
-            return
-        for event in events:
-            handler = _HANDLERS.get(type(event))
-            if handler is not None:
-                handler(self, event)
-            if self._shutDown:
+        segments, goAways = self._frames.feed(data)
+        for segment in segments:
+            if type(segment) is DataHead:
+                why = self._lengths.check(segment)
+                if why is not None:
+                    self._malformedData(segment.streamId, why)
+                continue
+            try:
+                events = self._conn.receive_data(segment)
+            except H2Error as e:
+                # h2 has queued a GOAWAY naming the error: send it and close.
+                _log.info(
+                    "HTTP/2 connection from {peer} closed: {error}",
+                    peer=_describe(self.peer),
+                    error=str(e) or type(e).__name__,
+                )
+                self._flush()
+                self._shut()
                 return
+            for event in events:
+                handler = _HANDLERS.get(type(event))
+                if handler is not None:
+                    handler(self, event)
+                if self._shutDown:
+                    return
         if goAways:
             self._clientGoingAway()
         self._flush()
@@ -416,6 +432,7 @@ class H2Edge(Protocol):
             self._refuse(stream, e)
             return
         self._streams[streamId] = stream
+        self._lengths.declare(streamId, declaredLength(event.headers))
         self._setTimer(None)
         stream.exchange = self.site.handle(request, stream, target)
         stream.exchange.start()
@@ -524,9 +541,6 @@ class H2Edge(Protocol):
             return
         stream.received += len(data)
         limits = self.limits
-        if stream.expected is not None and stream.received > stream.expected:
-            self._malformed(stream, "more DATA than content-length")
-            return
         if limits.maxBody is not None and stream.received > limits.maxBody:
             self._overLimit(stream, _Refused(413, "request body too large"))
             return
@@ -548,6 +562,9 @@ class H2Edge(Protocol):
                 _checkField(name, value)
                 lines.append(name + b": " + value)
             stream.trailers = trailerFields(lines) if lines else None
+            why = self._lengths.ended(stream.id)
+            if why is not None:
+                raise Malformed(why)
         except (Malformed, BadField) as e:
             self._malformed(stream, str(e))
 
@@ -555,12 +572,10 @@ class H2Edge(Protocol):
         stream = self._streams.get(event.stream_id)
         if stream is None or stream.body is None:
             return
-        if stream.expected is not None and stream.received != stream.expected:
-            self._malformed(stream, "less DATA than content-length")
-            return
         stream.body.finish(stream.trailers)
 
     def _streamReset(self, event: StreamReset) -> None:
+        self._lengths.forget(event.stream_id)
         stream = self._streams.pop(event.stream_id, None)
         if stream is None:
             return
@@ -634,6 +649,22 @@ class H2Edge(Protocol):
         _log.debug("Malformed HTTP/2 request: {why}", why=why)
         self._reset(stream, ErrorCodes.PROTOCOL_ERROR)
 
+    def _malformedData(self, streamId: int, why: str) -> None:
+        """
+        A DATA frame, not yet passed to h2, disagrees with its stream's
+        content-length: reset that stream before h2 sees the frame (it
+        then only gives the connection window back).
+        """
+        stream = self._streams.get(streamId)
+        if stream is not None:
+            self._malformed(stream, why)
+            return
+        _log.debug("Malformed HTTP/2 request: {why}", why=why)
+        try:
+            self._conn.reset_stream(streamId, ErrorCodes.PROTOCOL_ERROR)
+        except H2Error:
+            pass
+
     def _overLimit(self, stream: _Stream, refused: _Refused) -> None:
         if stream.started:
             self._reset(stream, ErrorCodes.CANCEL)
@@ -647,6 +678,7 @@ class H2Edge(Protocol):
         Answer a stream the edge will not forward, from the cause table,
         and stop its request body.
         """
+        self._lengths.forget(stream.id)
         cause = edgeCause(refused.status)
         body = refused.reason.encode("ascii", "replace") + b"\n"
         conn = self._conn
@@ -668,6 +700,7 @@ class H2Edge(Protocol):
 
     def _reset(self, stream: _Stream, code: int) -> None:
         self._streams.pop(stream.id, None)
+        self._lengths.forget(stream.id)
         if not stream.closed:
             try:
                 self._conn.reset_stream(stream.id, code)

@@ -512,3 +512,31 @@ def test_autoWaitingCountsAsPending() -> None:
     [third] = results(made.request(request()))
     assert third.check(Overflow)
     assert first == [] and second == []
+
+
+@pytest.mark.parametrize("body", [b"abc", b"abcdefgh"], ids=["fewer", "more"])
+def test_responseContentLengthDisagrees(body: bytes) -> None:
+    """
+    A response whose DATA disagrees with its C{content-length} is
+    malformed: its stream alone is reset and its body fails, while another stream on the same connection completes.
+    """
+    client = connection()
+    peer = Peer(client)
+    bad = results(client.request(request()))
+    good = results(client.request(request()))
+    peer.pump()
+    first, second = (e.stream_id for e in peer.of(RequestReceived))
+    peer.h2.send_headers(first, [(b":status", b"200"), (b"content-length", b"5")])
+    peer.h2.send_data(first, body, end_stream=True)
+    peer.pump()
+    [response] = bad
+    sink = Sink()
+    response.deliverBody(sink)
+    assert sink.failed is not None and "content-length" in sink.failed.getErrorMessage()
+    assert len(b"".join(sink.data)) <= 5
+    peer.answer(second, b"fine")
+    [answer] = good
+    sink = Sink()
+    answer.deliverBody(sink)
+    assert b"".join(sink.data) == b"fine" and sink.ended is None
+    assert not client.closed

@@ -8,7 +8,7 @@ L{Clock} behind the channel's sweeper.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Type
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
 import pytest
 from h2.config import H2Configuration
@@ -25,8 +25,6 @@ from h2.events import (
     WindowUpdated,
 )
 from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame
-from twisted.internet.error import ConnectionDone
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from easymesh.config.model import EdgeLimits
@@ -349,25 +347,86 @@ def test_badPseudoHeaders(pseudo: List[Tuple[bytes, bytes]]) -> None:
     assert client.requests == []
 
 
-@pytest.mark.parametrize("sent", [b"abc", b"abcdefgh"])
-def test_contentLengthDisagrees(sent: bytes) -> None:
+#: DATA frames (data, padding) that disagree with a content-length of 5.
+LENGTH_MISMATCHES: Dict[str, List[Tuple[bytes, Optional[int]]]] = {
+    "fewer": [(b"abc", None)],
+    "more": [(b"abcdefgh", None)],
+    "more over two frames": [(b"abc", None), (b"defgh", None)],
+    "more, padded": [(b"abcdef", 3)],
+}
+
+
+@pytest.mark.parametrize("sends", list(LENGTH_MISMATCHES.values()), ids=list(LENGTH_MISMATCHES))
+def test_contentLengthDisagrees(sends: List[Tuple[bytes, Optional[int]]]) -> None:
     """
     DATA that disagrees with C{content-length} (more, or fewer by the end
-    of the stream) is a protocol error, which the h2 library makes one of
-    the connection: GOAWAY C{PROTOCOL_ERROR}.  The request body fails and
-    its extra bytes are never delivered, so nothing ambiguous is forwarded.
+    of the stream) makes the request malformed: its stream is reset with
+    C{PROTOCOL_ERROR} (RFC 9113 section 8.1.1), its body fails, no byte
+    beyond the declared length is delivered, and the connection goes on.
     """
     client = Client()
     streamId = client.request(b"/u", b"POST", end=False, headers=[(b"content-length", b"5")])
     [request] = client.requests
-    client.h2.send_data(streamId, sent, end_stream=True)
+    for i, (data, padding) in enumerate(sends):
+        client.h2.send_data(streamId, data, end_stream=i == len(sends) - 1, pad_length=padding)
     client.pump()
-    goAway = client.goAway()
-    assert goAway is not None and goAway.error_code == ErrorCodes.PROTOCOL_ERROR
-    client.server.channel.connectionLost(Failure(ConnectionDone()))
+    assert client.resetCode(streamId) == ErrorCodes.PROTOCOL_ERROR
     assert request.lost is not None
     assert request.received is None
     assert len(request.body) <= 5
+    good = client.request()
+    respond(client.requests[1])
+    client.pump()
+    assert client.response(good)[3]
+    assert client.goAway() is None
+
+
+def test_contentLengthDisagreesInOneRead() -> None:
+    """
+    The check holds when the HEADERS and the DATA arrive in one read.
+    """
+    client = Client()
+    streamId = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(
+        streamId,
+        [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", AUTHORITY), (b":path", b"/u"), (b"content-length", b"2")],
+    )
+    client.h2.send_data(streamId, b"abc", end_stream=True)
+    client.pump()
+    assert client.resetCode(streamId) == ErrorCodes.PROTOCOL_ERROR
+    assert client.goAway() is None
+    [request] = client.requests
+    assert request.received is None and len(request.body) <= 2
+
+
+def test_contentLengthShortBeforeTrailers() -> None:
+    """
+    Trailers that end a stream short of its C{content-length} make it
+    malformed too.
+    """
+    client = Client()
+    streamId = client.request(b"/u", b"POST", end=False, headers=[(b"content-length", b"5"), (b"te", b"trailers")])
+    [request] = client.requests
+    client.h2.send_data(streamId, b"abc")
+    client.h2.send_headers(streamId, [(b"x-sum", b"1")], end_stream=True)
+    client.pump()
+    assert client.resetCode(streamId) == ErrorCodes.PROTOCOL_ERROR
+    assert request.received is None
+    assert client.goAway() is None
+
+
+def test_contentLengthAgrees() -> None:
+    """
+    A body that matches its C{content-length}, in padded frames, arrives.
+    """
+    client = Client()
+    streamId = client.request(b"/u", b"POST", end=False, headers=[(b"content-length", b"5")])
+    [request] = client.requests
+    client.h2.send_data(streamId, b"ab", pad_length=7)
+    client.h2.send_data(streamId, b"cde", end_stream=True)
+    client.pump()
+    assert client.resetCode(streamId) is None
+    assert request.body == b"abcde" and request.received is not None
 
 
 def test_invalidContentLength() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -40,7 +39,17 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from easymesh.errors import UpstreamProtocolError, UpstreamReset
-from easymesh.h2wire import CONNECTION_SPECIFIC, GoAwayFilter, fieldsOf, sendWithinWindow
+from easymesh.h2wire import (
+    CONNECTION_SPECIFIC,
+    DataHead,
+    DeclaredLengths,
+    FrameFilter,
+    connection,
+    declaredLength,
+    field,
+    fieldsOf,
+    sendWithinWindow,
+)
 from easymesh.headers import BadField, trailerFields
 from easymesh.message import Request, Response
 
@@ -79,6 +88,7 @@ class _ClientStream:
     def __init__(self, connection: "H2ClientConnection", streamId: int) -> None:
         self.connection = connection
         self.id = streamId
+        self.method = b"GET"
         self.deferred: Deferred[Response] = Deferred(self._cancel)
         self.response: Optional["_H2Response"] = None
         self.closed = False
@@ -199,7 +209,7 @@ class H2ClientConnection(Protocol):
             normalize_outbound_headers=False,
             validate_inbound_headers=True,
         )
-        self._conn = H2Connection(config=config)
+        self._conn = connection(config)
         self._streams: Dict[int, _ClientStream] = {}
         self.closed = False
         #: Whether the peer said GOAWAY: no new streams go on it.
@@ -207,7 +217,8 @@ class H2ClientConnection(Protocol):
         self.ready: Deferred[H2ClientConnection] = Deferred()
         self._keepaliveCall: Any = None
         self._pinged = False
-        self._goAways = GoAwayFilter()
+        self._frames = FrameFilter()
+        self._lengths = DeclaredLengths()
 
     # Capacity.
 
@@ -260,22 +271,28 @@ class H2ClientConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._pinged = False
         self._armKeepalive()
-        data, goAways = self._goAways.feed(data)
-        try:
-            events = self._conn.receive_data(data) if data else []
-        except H2Error as e:
-            _log.warn(
-                "HTTP/2 connection to {authority} closed: {error}",
-                authority=self.authority.decode("ascii", "replace"),
-                error=str(e) or type(e).__name__,
-            )
-            self._flush()
-            self._abort(Failure(UpstreamProtocolError(f"HTTP/2: {e}")))
-            return
-        for event in events:
-            handler = _HANDLERS.get(type(event))
-            if handler is not None:
-                handler(self, event)
+        segments, goAways = self._frames.feed(data)
+        for segment in segments:
+            if type(segment) is DataHead:
+                why = self._lengths.check(segment)
+                if why is not None:
+                    self._malformed(segment.streamId, why)
+                continue
+            try:
+                events = self._conn.receive_data(segment)
+            except H2Error as e:
+                _log.warn(
+                    "HTTP/2 connection to {authority} closed: {error}",
+                    authority=self.authority.decode("ascii", "replace"),
+                    error=str(e) or type(e).__name__,
+                )
+                self._flush()
+                self._abort(Failure(UpstreamProtocolError(f"HTTP/2: {e}")))
+                return
+            for event in events:
+                handler = _HANDLERS.get(type(event))
+                if handler is not None:
+                    handler(self, event)
         for goAway in goAways:
             self._goAway(goAway.lastStreamId)
         self._flush()
@@ -357,12 +374,13 @@ class H2ClientConnection(Protocol):
         conn = self._conn
         streamId = conn.get_next_available_stream_id()
         stream = _ClientStream(self, streamId)
+        stream.method = request.method
         self._streams[streamId] = stream
         fields = [
             (b":method", request.method),
             (b":scheme", self.scheme),
             (b":authority", request.authority or self.authority),
-            (b":path", request.target),
+            field(b":path", request.target),
         ]
         fields += fieldsOf(request.headers, _NOT_SENT)
         if request.headers.getRawHeaders(b"te") == [b"trailers"]:
@@ -423,6 +441,7 @@ class H2ClientConnection(Protocol):
             elif name[:1] != b":":
                 headers.addRawHeader(name, value)
         stream.response = response = _H2Response(stream, code, headers)
+        self._lengths.declare(stream.id, declaredLength(event.headers, stream.method))
         d, stream.deferred = stream.deferred, Deferred()
         d.callback(response)
 
@@ -450,6 +469,10 @@ class H2ClientConnection(Protocol):
             stream.response.trailers = trailerFields(lines) if lines else None
         except BadField:
             self._reset(stream, ErrorCodes.PROTOCOL_ERROR, Failure(UpstreamProtocolError("bad trailers")))
+            return
+        why = self._lengths.ended(stream.id)
+        if why is not None:
+            self._malformed(stream.id, why)
 
     def _streamEnded(self, event: StreamEnded) -> None:
         stream = self._streams.pop(event.stream_id, None)
@@ -466,6 +489,7 @@ class H2ClientConnection(Protocol):
         self._capacityFreed()
 
     def _streamReset(self, event: StreamReset) -> None:
+        self._lengths.forget(event.stream_id)
         stream = self._streams.pop(event.stream_id, None)
         if stream is None:
             return
@@ -512,7 +536,24 @@ class H2ClientConnection(Protocol):
             self._conn.acknowledge_received_data(size, streamId)
             self._flush()
 
+    def _malformed(self, streamId: int, why: str) -> None:
+        """
+        The response on C{streamId} is malformed (RFC 9113 section 8.1.1),
+        found before h2 sees the frame that makes it so: reset that stream
+        alone.
+        """
+        stream = self._streams.get(streamId)
+        if stream is not None:
+            self._reset(stream, ErrorCodes.PROTOCOL_ERROR, Failure(UpstreamProtocolError(f"HTTP/2: {why}")))
+            return
+        self._lengths.forget(streamId)
+        try:
+            self._conn.reset_stream(streamId, ErrorCodes.PROTOCOL_ERROR)
+        except H2Error:
+            pass
+
     def _reset(self, stream: _ClientStream, code: int, reason: Optional[Failure] = None) -> None:
+        self._lengths.forget(stream.id)
         if stream.closed:
             return
         stream.closed = True
