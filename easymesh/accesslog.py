@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 
 from twisted.logger import Logger
 
+from easymesh.grpc import statusName
 from easymesh.headers import validRequestId
 
 _log = Logger(namespace="easymesh.access")
@@ -43,6 +44,7 @@ class AccessLog:
         requestId: Optional[bytes],
         cause: Optional[str],
         started: Optional[float] = None,
+        grpcStatus: Optional[int] = None,
     ) -> None:
         """
         Log one request.
@@ -51,6 +53,8 @@ class AccessLog:
             cluster, upstream host and attempts), or L{None} if it was
             refused before one was made.
         @param started: When the request arrived (POSIX seconds).
+        @param grpcStatus: A gRPC call's C{grpc-status}, logged by name;
+            L{None} for a request that is not a gRPC call or got none.
         @param requestId: The request's C{x-request-id}; logged as L{None}
             unless valid (one refused before its headers were prepared may
             still carry the client's).
@@ -74,6 +78,7 @@ class AccessLog:
             "error": cause,
             "protocol": _protocol(getattr(proxied, "version", None)),
             "upstream_protocol": getattr(proxied, "upstreamProtocol", None),
+            "grpc_status": statusName(grpcStatus) if grpcStatus is not None else None,
         }
         if self.style == "json":
             _log.info("{line}", line=json.dumps(entry, separators=(",", ":")), **entry)
@@ -82,7 +87,7 @@ class AccessLog:
                 "{listener} {method} {path} {protocol} {status} in={bytes_in}B out={bytes_out}B "
                 "{duration_ms}ms route={route} cluster={cluster} upstream={upstream} "
                 "attempts={attempts} error={error} "
-                "request_id={request_id}",
+                "request_id={request_id}" + (" grpc_status={grpc_status}" if grpcStatus is not None else ""),
                 **entry,
             )
 

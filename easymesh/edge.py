@@ -9,8 +9,9 @@ to its listener's L{Exchange} with an L{easymesh.interfaces.IResponder}
 that frames the response, and tells the exchange when the response is
 done or the client is gone.  The exchange does the rest: the forwarder,
 the one rescue of a failure, relaying the response body with
-back-pressure, the stream idle timeout, and one report to the in-flight
-count, telemetry, the access log and the error log.
+back-pressure, the stream idle timeout, a gRPC call's deadline, and one
+report to the in-flight count, telemetry, the access log and the error
+log.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ from easymesh.errors import (
     ERROR_HEADER,
     INTERNAL_ERROR,
     UPSTREAM_RESET_MID_BODY,
+    DeadlineExceeded,
+    GrpcStatus,
     StreamIdleTimeout,
     replyFor,
 )
+from easymesh.grpc import GRPC_TIMEOUT, errorTrailers, grpcReply, isGrpc, parseTimeout, statusOf
 from easymesh.headers import REQUEST_ID
 from easymesh.interfaces import IBodySink
 from easymesh.message import LocalReply, Request, Response
@@ -41,7 +45,7 @@ _log = Logger()
 
 #: Causes the error log reports even when the status sent is not a 5xx:
 #: the response was cut off.
-_CUT_OFF = (UPSTREAM_RESET_MID_BODY, INTERNAL_ERROR, StreamIdleTimeout.cause)
+_CUT_OFF = (UPSTREAM_RESET_MID_BODY, INTERNAL_ERROR, StreamIdleTimeout.cause, DeadlineExceeded.cause)
 
 
 @implementer(IBodySink)
@@ -57,12 +61,22 @@ class Exchange:
     client that does not read pauses the upstream, so it too stops the
     bytes and is timed out.
 
+    A gRPC call (L{easymesh.grpc.isGrpc}) is answered in gRPC's terms
+    when the sidecar answers it itself (L{easymesh.grpc.grpcReply}), and
+    its C{grpc-timeout} bounds it whole: once that passes, its upstream
+    stream is reset and the client answered C{DEADLINE_EXCEEDED}, as a
+    Trailers-Only reply or, if its response has begun, in trailers (over
+    HTTP/2; an HTTP/1.1 client is dropped).
+
     @ivar listener: The listener's shared parts: C{name}, C{forwarder},
         C{clock}, C{inflight}, C{streams}, C{telemetry}, C{accessLog} and
         C{errorLog} (see L{easymesh.listener.ProxyResource}).
     @ivar movedAt: When a body byte last moved (or the exchange began, or
         its response head was sent).
-    @ivar idle: The reply for its stream idle timeout, once it timed out.
+    @ivar expired: The reply for its stream idle timeout or its deadline,
+        once either passed.
+    @ivar grpc: Whether the request is a gRPC call.
+    @ivar grpcStatus: The C{grpc-status} its response carried, once known.
     """
 
     def __init__(self, listener: Any, request: Request, responder: Any, target: bytes) -> None:
@@ -79,8 +93,11 @@ class Exchange:
         self.cause: Optional[str] = None
         #: What this sidecar says of an error it made, for the error log.
         self.detail: Optional[str] = None
-        self.idle: Optional[LocalReply] = None
+        self.expired: Optional[LocalReply] = None
         self.ended = False
+        self.grpc = isGrpc(request.headers)
+        self.grpcStatus: Optional[int] = None
+        self._deadlineCall: Any = None
         body = request.body
         if isinstance(body, RequestBodyStream) and not body.complete:
             body.onData = self.moved
@@ -91,6 +108,8 @@ class Exchange:
         Forward the request; whatever happens is answered.
         """
         self.listener.inflight.enter()
+        if self.grpc:
+            self._startDeadline()
         try:
             d = self.listener.forwarder.forward(self.request)
         except BaseException:
@@ -113,10 +132,12 @@ class Exchange:
         if self.ended or responder.closed:
             reply.discard()
             return
-        if self.idle is not None and reply is not self.idle:
+        if self.expired is not None and reply is not self.expired:
             # Timed out while waiting for it: the answer is the timeout's.
             reply.discard()
-            reply = self.idle
+            reply = self.expired
+        if self.grpc:
+            reply = self._grpcHead(reply)
         headers = reply.headers
         if self.listener.inflight.draining or responder.bodyIncomplete():
             headers.setRawHeaders(b"connection", [b"close"])
@@ -134,7 +155,8 @@ class Exchange:
             self.moved()
             self.listener.streams.add(self)
         self.status = reply.code
-        responder.sendHead(reply.code, reply.phrase, headers)
+        whole = isinstance(reply, LocalReply) and not reply.body and reply.trailers is None
+        responder.sendHead(reply.code, reply.phrase, headers, whole)
         reply.deliverBody(self)
 
     def bodyStarted(self, producer: IPushProducer) -> None:
@@ -149,12 +171,15 @@ class Exchange:
     def bodyEnded(self, trailers: Optional[Headers]) -> None:
         if self.ended or self.responder.closed:
             return
+        if self.grpc and self.grpcStatus is None:
+            self.grpcStatus = statusOf(trailers)
         self.producer = None
         self.responder.setProducer(None)
         self.responder.finish(trailers)
 
     def bodyFailed(self, reason: Failure) -> None:
-        if self.ended or self.responder.closed:
+        if self.ended or self.responder.closed or self.expired is not None:
+            # (Timed out: the exchange stopped the body itself.)
             return
         self.producer = None
         self.responder.setProducer(None)
@@ -200,7 +225,7 @@ class Exchange:
         before its cluster (and so its timeout) is known.
         """
         timeout = self.request.streamIdleTimeout
-        if timeout is None or self.idle is not None or self.ended:
+        if timeout is None or self.expired is not None or self.ended:
             return None
         if self.producer is None and not self.responder.bodyIncomplete():
             return None
@@ -213,9 +238,15 @@ class Exchange:
         response has begun.
         """
         seconds = self.request.streamIdleTimeout or 0
-        self.idle = idle = StreamIdleTimeout(
-            f"no body bytes moved either way for {seconds:g}s"
-        ).reply()
+        self._expire(StreamIdleTimeout(f"no body bytes moved either way for {seconds:g}s").reply())
+
+    def _expire(self, reply: LocalReply) -> None:
+        """
+        A timeout passed: stop the upstream (closing its connection, or
+        resetting its stream), and answer with C{reply}, or end or drop
+        the response if it has begun.
+        """
+        self.expired = reply
         producer, self.producer = self.producer, None
         if producer is not None:
             producer.stopProducing()
@@ -227,10 +258,55 @@ class Exchange:
             pending.cancel()
         if self.ended or self.responder.closed:
             return
-        if self.responder.started:
-            self._abort(idle.cause, idle.detail)
+        if not self.responder.started:
+            self.respond(reply)
+        elif self.grpc and self.request.version == b"2":
+            self._grpcEnd(reply, GrpcStatus.DEADLINE_EXCEEDED)
         else:
-            self.respond(idle)
+            self._abort(reply.cause, reply.detail)
+
+    # gRPC.
+
+    def _startDeadline(self) -> None:
+        """
+        Time a gRPC call by its C{grpc-timeout}, if it has a valid one.
+        """
+        values = self.request.headers.getRawHeaders(GRPC_TIMEOUT)
+        seconds = parseTimeout(values[0]) if values else None
+        if seconds is None:
+            return
+        self.request.deadline = self.started + seconds
+        self._deadlineCall = self.listener.clock.callLater(seconds, self._deadlinePassed)
+
+    def _deadlinePassed(self) -> None:
+        self._deadlineCall = None
+        self._expire(DeadlineExceeded("the call's deadline passed").reply())
+
+    def _grpcHead(self, reply: Response) -> Response:
+        """
+        C{reply} as a gRPC client reads it, noting its status if its head
+        carries one; and the deadline, which the route may have brought
+        forward, timed anew.
+        """
+        if isinstance(reply, LocalReply) and (reply.cause is not None or reply.code >= 400):
+            reply = grpcReply(reply)
+        self.grpcStatus = statusOf(reply.headers)
+        call, deadline = self._deadlineCall, self.request.deadline
+        if call is not None and deadline is not None and call.getTime() > deadline:
+            call.reset(max(0.0, deadline - self.listener.clock.seconds()))
+        return reply
+
+    def _grpcEnd(self, reply: LocalReply, status: GrpcStatus) -> None:
+        """
+        End a gRPC response that has begun with C{status} in its trailers,
+        for C{reply}'s cause.
+        """
+        self.cause = reply.cause
+        self.detail = reply.detail
+        self.grpcStatus = int(status)
+        self.responder.setProducer(None)
+        message = reply.body.decode("utf-8", "replace").strip()
+        self.responder.finish(errorTrailers(status, message, reply.cause))
 
     def _abort(self, cause: Optional[str], detail: str) -> None:
         """
@@ -254,6 +330,9 @@ class Exchange:
         listener = self.listener
         listener.inflight.leave()
         listener.streams.remove(self)
+        call, self._deadlineCall = self._deadlineCall, None
+        if call is not None and call.active():
+            call.cancel()
         if reason is not None:
             pending, self.pending = self.pending, None
             producer, self.producer = self.producer, None
@@ -281,7 +360,15 @@ class Exchange:
         telemetry = listener.telemetry
         if telemetry is not None:
             telemetry.requestDone(
-                listener.name, request, status, duration, cause, request.method, self.target
+                listener.name,
+                request,
+                status,
+                duration,
+                cause,
+                request.method,
+                self.target,
+                self.grpcStatus,
+                self.grpc,
             )
         if listener.accessLog is not None:
             ids = request.headers.getRawHeaders(REQUEST_ID)
@@ -299,6 +386,7 @@ class Exchange:
                 ids[0] if ids else None,
                 cause,
                 self.started,
+                self.grpcStatus,
             )
 
 

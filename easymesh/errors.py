@@ -274,6 +274,17 @@ CAUSE_TABLE: Tuple[Cause, ...] = (
         "or a route's `timeout` passed",
     ),
     Cause(
+        "deadline_exceeded",
+        504,
+        GrpcStatus.DEADLINE_EXCEEDED,
+        message="deadline exceeded",
+        words="the gRPC call's deadline passed",
+        when="a gRPC call's `grpc-timeout` (or its route's `timeout`, if shorter) passed before "
+        "its response ended; the upstream stream is reset, and a response under way ends with "
+        "`grpc-status` `DEADLINE_EXCEEDED`",
+        answer=REPLY_OR_ABORT,
+    ),
+    Cause(
         "stream_idle_timeout",
         504,
         GrpcStatus.DEADLINE_EXCEEDED,
@@ -533,6 +544,14 @@ def isTLSFailure(reason: Failure) -> bool:
 
 class UpstreamTimeout(ProxyError):
     cause = "upstream_timeout"
+
+
+class DeadlineExceeded(ProxyError):
+    """
+    A gRPC call's deadline passed before its response ended.
+    """
+
+    cause = "deadline_exceeded"
 
 
 class StreamIdleTimeout(ProxyError):

@@ -973,7 +973,7 @@ class HTTP1Channel(Protocol):
     def setProducer(self, producer: Any) -> None:
         self._producer = producer
 
-    def sendHead(self, code: int, reason: bytes, headers: Headers) -> None:
+    def sendHead(self, code: int, reason: bytes, headers: Headers, whole: bool = False) -> None:
         self.started = True
         if self._state == _CLOSED:
             return

@@ -141,6 +141,8 @@ class _Stream:
         self.unacked = 0
         self.readPaused = False
         self.noBody = False
+        #: Whether the response ended with its head (see IResponder.sendHead).
+        self.headEnded = False
         self.pending: List[bytes] = []
         self.pendingSize = 0
         self.ending: Optional[Tuple[Optional[Headers]]] = None
@@ -149,8 +151,8 @@ class _Stream:
 
     # IResponder.
 
-    def sendHead(self, code: int, reason: bytes, headers: Headers) -> None:
-        self.edge._sendHead(self, code, headers)
+    def sendHead(self, code: int, reason: bytes, headers: Headers, whole: bool = False) -> None:
+        self.edge._sendHead(self, code, headers, whole)
 
     def sendData(self, data: bytes) -> None:
         self.edge._sendData(self, data)
@@ -731,13 +733,14 @@ class H2Edge(Protocol):
 
     # Sending.
 
-    def _sendHead(self, stream: _Stream, code: int, headers: Headers) -> None:
+    def _sendHead(self, stream: _Stream, code: int, headers: Headers, whole: bool = False) -> None:
         stream.started = True
         if stream.closed or self._shutDown:
             return
         stream.noBody = stream.method == b"HEAD" or code in (204, 304)
         fields = [(b":status", b"%d" % code)] + fieldsOf(headers)
-        self._conn.send_headers(stream.id, fields)
+        self._conn.send_headers(stream.id, fields, end_stream=whole)
+        stream.headEnded = whole
         self._flush()
 
     def _sendData(self, stream: _Stream, data: bytes) -> None:
@@ -773,7 +776,9 @@ class H2Edge(Protocol):
     def _endStream(self, stream: _Stream) -> None:
         (trailers,) = stream.ending  # type: ignore[misc]
         conn = self._conn
-        if trailers is not None and not stream.noBody:
+        if stream.headEnded:
+            pass
+        elif trailers is not None and not stream.noBody:
             conn.send_headers(stream.id, fieldsOf(trailers), end_stream=True)
         else:
             conn.send_data(stream.id, b"", end_stream=True)

@@ -134,9 +134,12 @@ class IResponder(Interface):
     started = Attribute("Whether the response head has been sent.")
     closed = Attribute("Whether the client's connection (or stream) is gone.")
 
-    def sendHead(code, phrase, headers):
+    def sendHead(code, phrase, headers, whole=False):
         """
-        Send the response head.
+        Send the response head.  C{whole}: nothing follows it, neither
+        body nor trailers, so that the edge may end the response with it
+        (HTTP/2: one HEADERS frame ending the stream, which is how a gRPC
+        client reads a Trailers-Only reply).  L{finish} is still called.
         """
 
     def sendData(data):

@@ -48,6 +48,9 @@ class Request:
         cluster is chosen; L{None} before.
     @ivar upstreamProtocol: What its last try was sent with (C{HTTP/1.1}
         or C{HTTP/2}); L{None} if it was not sent.
+    @ivar deadline: When a gRPC call's deadline passes (its clock's
+        seconds), from its C{grpc-timeout} and its route's timeout;
+        L{None} for none.
     """
 
     __slots__ = (
@@ -67,6 +70,7 @@ class Request:
         "trace",
         "streamIdleTimeout",
         "upstreamProtocol",
+        "deadline",
     )
 
     def __init__(
@@ -97,6 +101,7 @@ class Request:
         self.trace: Optional[Any] = None
         self.streamIdleTimeout: Optional[float] = None
         self.upstreamProtocol: Optional[str] = None
+        self.deadline: Optional[float] = None
 
     @property
     def authority(self) -> Optional[bytes]:

@@ -511,7 +511,7 @@ RULES: Dict[str, Tuple[Callable[[], MeshConfig], Tuple[Any, ...], str]] = {
         lambda: withRoute(retryPolicy=RetryPolicy(retryOn=("refused-stream",))),
         R + ("retry_policy", "retry_on"),
         "must be a status code or one of connect-failure, reset, gateway-error, 5xx, "
-        "retriable-4xx, timeout, not 'refused-stream'",
+        "retriable-4xx, timeout, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, not 'refused-stream'",
     ),
     "retry status": (
         lambda: withRoute(retryPolicy=RetryPolicy(retryStatuses=(600,))),

@@ -535,7 +535,7 @@ def test_h2DrainLetsStreamFinish(transport: str, pki: PKI) -> None:
     A drain: GOAWAY, the open stream is answered whole, then the
     connection closes cleanly (TLS close alert included).
     """
-    from easymesh.h2wire import GoAwayFilter
+    from easymesh.h2wire import FrameFilter
 
     wire = Wire(transport, pki)
     client = H2Client(wire)
@@ -547,7 +547,7 @@ def test_h2DrainLetsStreamFinish(transport: str, pki: PKI) -> None:
     held.respond(200, b"ok")
     wire.pump()
     wire.assertClosedCleanly()
-    _, goAways = GoAwayFilter().feed(wire.client.data)
+    _, goAways = FrameFilter().feed(wire.client.data)
     # The first refuses nothing; the last names the stream taken.
     assert [g.lastStreamId for g in goAways] == [2**31 - 1, streamId]
     assert b"ok" in wire.client.data

@@ -757,7 +757,7 @@ routes:
         )
         assert error.startswith(
             "mesh.yaml:5: routes.outbound.0.retry_policy.retry_on.1: must be a status code or one of "
-            "connect-failure, reset, gateway-error, 5xx, retriable-4xx, timeout, not 'refused-stream'"
+            "connect-failure, reset, gateway-error, 5xx, retriable-4xx, timeout, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, not 'refused-stream'"
         )
 
     def test_retryOnStatusOutOfRange(self) -> None:

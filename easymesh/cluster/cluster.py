@@ -24,6 +24,7 @@ from easymesh.cluster.outlier import OutlierDetector
 from easymesh.config.mesh import ClusterConfig, HealthCheck
 from easymesh.config.model import PoolSettings
 from easymesh.errors import NoHealthyUpstream, Overflow, classify
+from easymesh.grpc import GRPC_TIMEOUT, StatusWatch, formatTimeout, httpEquivalent, isGrpc, statusOf
 from easymesh.interfaces import IBodySink
 from easymesh.message import ProxyRequest, Response
 from easymesh.routing.retry import RetryBudgetState
@@ -202,6 +203,9 @@ class Cluster:
         self.active += 1
         endpoint.started()
         started = self._reactor.seconds()
+        if request.deadline is not None:
+            # What is left of a gRPC call's deadline goes with each try.
+            request.headers.setRawHeaders(GRPC_TIMEOUT, [formatTimeout(request.deadline - started)])
         # A bug in an upstream must not leave the request counted forever.
         try:
             d = endpoint.upstream.request(request, timeout)
@@ -224,8 +228,28 @@ class Cluster:
                 self.telemetry.upstreamAnswered(self.name, now - started)
             if self.outlier is not None:
                 code = result.code
+                if code == 200 and isGrpc(result.headers):
+                    status = statusOf(result.headers)
+                    if status is None:
+                        # Its status comes with its trailers.
+                        return StatusWatch(result, lambda status, failed: self._grpcEnded(endpoint, status, failed))
+                    code = httpEquivalent(status)
                 self.outlier.record(endpoint, code, code in GATEWAY_ERRORS)
         return result
+
+    def _grpcEnded(self, endpoint: Endpoint, status: Optional[int], failed: bool) -> None:
+        """
+        A gRPC response from C{endpoint} has ended: count its status (as
+        Envoy does, by the HTTP status that stands for it), or the failure
+        of its body as a gateway failure.
+        """
+        if self.outlier is None:
+            return
+        if failed:
+            self.outlier.record(endpoint, None, True)
+        elif status is not None:
+            code = httpEquivalent(status)
+            self.outlier.record(endpoint, code, code in GATEWAY_ERRORS)
 
     def _probe(self, endpoint: Endpoint, check: HealthCheck) -> Deferred[int]:
         headers = Headers()

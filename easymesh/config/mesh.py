@@ -191,6 +191,12 @@ RETRY_CONDITIONS = (
     "5xx",
     "retriable-4xx",
     "timeout",
+    # gRPC statuses of a Trailers-Only response, as Envoy names them.
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
 )
 
 

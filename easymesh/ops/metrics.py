@@ -46,6 +46,15 @@ METRIC_DOCS: List[Tuple[str, str, Tuple[str, ...], str]] = [
         "Requests finished, by response status class (2xx, ...; none: no response was sent).",
     ),
     (
+        "easymesh_grpc_requests_total",
+        "counter",
+        ("listener", "route", "cluster", "grpc_status"),
+        "gRPC calls finished, by grpc-status name (OK, UNAVAILABLE, ...; other: a value "
+        "grpc does not define; -: none was sent). Their easymesh_requests_total code_class is "
+        "that of the HTTP status that stands for the grpc-status (UNAVAILABLE: 5xx), as Envoy "
+        "counts them.",
+    ),
+    (
         "easymesh_request_duration_seconds",
         "histogram",
         ("listener", "route", "cluster"),
@@ -332,6 +341,13 @@ class Metrics:
         """
         self._add("easymesh_requests_total", (listener, route, cluster, codeClass(status)))
         self._observe("easymesh_request_duration_seconds", (listener, route, cluster), duration)
+
+    def grpcFinished(self, listener: str, route: str, cluster: str, status: str) -> None:
+        """
+        A gRPC call is done with C{status}, a name from
+        L{easymesh.grpc.statusName}.
+        """
+        self._add("easymesh_grpc_requests_total", (listener, route, cluster, status))
 
     def upstreamRequest(self, cluster: str, duration: float) -> None:
         """

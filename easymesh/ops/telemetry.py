@@ -13,7 +13,8 @@ from typing import Any, Optional
 from twisted.internet.defer import succeed
 from twisted.logger import Logger
 
-from easymesh.errors import StreamIdleTimeout, TooManyRequests, UpstreamTimeout
+from easymesh.errors import DeadlineExceeded, StreamIdleTimeout, TooManyRequests, UpstreamTimeout
+from easymesh.grpc import httpEquivalent, statusName
 from easymesh.ops.live import LiveStats
 
 _log = Logger()
@@ -22,7 +23,7 @@ _log = Logger()
 NONE = "none"
 
 #: The causes counted as timeouts of a cluster's requests.
-_TIMEOUTS = (UpstreamTimeout.cause, StreamIdleTimeout.cause)
+_TIMEOUTS = (UpstreamTimeout.cause, StreamIdleTimeout.cause, DeadlineExceeded.cause)
 
 
 class Telemetry:
@@ -54,6 +55,8 @@ class Telemetry:
         cause: Optional[str],
         method: bytes,
         path: bytes,
+        grpcStatus: Optional[int] = None,
+        grpc: bool = False,
     ) -> None:
         """
         A request on C{listener} is finished.
@@ -61,13 +64,22 @@ class Telemetry:
         @param proxied: Its L{easymesh.message.ProxyRequest}, or L{None} if
             it was refused before one was made.
         @param status: The status sent, or 0 if none was.
+        @param grpc: Whether it was a gRPC call; C{grpcStatus} is then its
+            C{grpc-status}, if one was sent.  A call whose HTTP status is
+            200 counts as the HTTP status that stands for its gRPC status
+            (L{easymesh.grpc.httpEquivalent}): UNAVAILABLE is a 503 to
+            error rates and traces.
         """
         route = getattr(proxied, "route", None)
         cluster = getattr(proxied, "cluster", None)
+        if grpcStatus is not None and status == 200:
+            status = httpEquivalent(grpcStatus)
         metrics = self.metrics
         if metrics is not None:
             clusterLabel = cluster or NONE
             metrics.requestFinished(listener, route or NONE, clusterLabel, status, duration)
+            if grpc:
+                metrics.grpcFinished(listener, route or NONE, clusterLabel, statusName(grpcStatus))
             if cause == TooManyRequests.cause:
                 metrics.requestRateLimited(listener, route or NONE)
             elif cause in _TIMEOUTS and cluster is not None:

@@ -18,12 +18,14 @@ from zope.interface import implementer
 
 from easymesh.config.mesh import Backoff, RetryBudget, RetryPolicy
 from easymesh.errors import (
+    GrpcStatus,
     ProxyError,
     UpstreamConnectFailure,
     UpstreamProtocolError,
     UpstreamReset,
     UpstreamTimeout,
 )
+from easymesh.grpc import isGrpc, statusOf
 from easymesh.message import Response
 from easymesh.requestbody import BufferedBody
 from easymesh.tokenbucket import TokenBucket
@@ -40,6 +42,16 @@ _FAILURE_CONDITIONS = (
     (UpstreamProtocolError, frozenset(("reset", "5xx", "gateway-error"))),
 )
 
+#: The retry_on conditions that retry a gRPC response whose head carries
+#: its status (Trailers-Only: nothing of it has been relayed yet).
+_GRPC_CONDITIONS = {
+    GrpcStatus.CANCELLED: "cancelled",
+    GrpcStatus.DEADLINE_EXCEEDED: "deadline-exceeded",
+    GrpcStatus.INTERNAL: "internal",
+    GrpcStatus.RESOURCE_EXHAUSTED: "resource-exhausted",
+    GrpcStatus.UNAVAILABLE: "unavailable",
+}
+
 
 def shouldRetry(policy: RetryPolicy, outcome: Union[Response, ProxyError]) -> bool:
     """
@@ -53,6 +65,9 @@ def shouldRetry(policy: RetryPolicy, outcome: Union[Response, ProxyError]) -> bo
                 return not matching.isdisjoint(conditions)
         return False
     code = outcome.code
+    if code == 200 and isGrpc(outcome.headers):
+        status = statusOf(outcome.headers)
+        return status is not None and _GRPC_CONDITIONS.get(status) in conditions
     if code in policy.retryStatuses:
         return True
     if code >= 500 and "5xx" in conditions:

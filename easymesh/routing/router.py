@@ -96,6 +96,7 @@ class Router:
         cluster = self.clusters[self._clusterName(route)]
         request.cluster = cluster.name
         request.streamIdleTimeout = cluster.config.streamIdleTimeout
+        self._shortenDeadline(request, route)
         if route.prefixRewrite is not None or route.hostRewrite is not None:
             _rewrite(request, route, path)
         hashKey = self._hashKey(request, cluster) if cluster.config.hashOn is not None else None
@@ -108,6 +109,14 @@ class Router:
         if route.timeout is not None:
             d.addTimeout(route.timeout, self._clock, onTimeoutCancel=_routeTimeout)
         return d
+
+    def _shortenDeadline(self, request: ProxyRequest, route: Route) -> None:
+        """
+        A gRPC call's deadline is the sooner of its own and its route's
+        timeout.
+        """
+        if request.deadline is not None and route.timeout is not None:
+            request.deadline = min(request.deadline, self._clock.seconds() + route.timeout)
 
     def _clusterName(self, route: Route) -> str:
         if route.cluster is not None:
