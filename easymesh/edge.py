@@ -30,8 +30,8 @@ from easymesh.errors import (
     ERROR_HEADER,
     INTERNAL_ERROR,
     UPSTREAM_RESET_MID_BODY,
+    CAUSES,
     DeadlineExceeded,
-    GrpcStatus,
     StreamIdleTimeout,
     replyFor,
 )
@@ -155,8 +155,7 @@ class Exchange:
             self.moved()
             self.listener.streams.add(self)
         self.status = reply.code
-        whole = isinstance(reply, LocalReply) and not reply.body and reply.trailers is None
-        responder.sendHead(reply.code, reply.phrase, headers, whole)
+        responder.sendHead(reply.code, reply.phrase, headers, reply.endsWithHead())
         reply.deliverBody(self)
 
     def bodyStarted(self, producer: IPushProducer) -> None:
@@ -185,7 +184,10 @@ class Exchange:
         self.responder.setProducer(None)
         value = reason.value
         detail = getattr(value, "detail", "") or str(value) or reason.type.__name__
-        self._abort(UPSTREAM_RESET_MID_BODY, detail)
+        if self._endsWithTrailers():
+            self._grpcEnd(UPSTREAM_RESET_MID_BODY, detail)
+        else:
+            self._abort(UPSTREAM_RESET_MID_BODY, detail)
 
     # Failures and timeouts.
 
@@ -260,8 +262,8 @@ class Exchange:
             return
         if not self.responder.started:
             self.respond(reply)
-        elif self.grpc and self.request.version == b"2":
-            self._grpcEnd(reply, GrpcStatus.DEADLINE_EXCEEDED)
+        elif self._endsWithTrailers():
+            self._grpcEnd(reply.cause or DeadlineExceeded.cause, reply.detail)
         else:
             self._abort(reply.cause, reply.detail)
 
@@ -296,17 +298,26 @@ class Exchange:
             call.reset(max(0.0, deadline - self.listener.clock.seconds()))
         return reply
 
-    def _grpcEnd(self, reply: LocalReply, status: GrpcStatus) -> None:
+    def _endsWithTrailers(self) -> bool:
         """
-        End a gRPC response that has begun with C{status} in its trailers,
-        for C{reply}'s cause.
+        Whether a response cut short is ended with a gRPC status in its
+        trailers rather than dropped: a gRPC call over HTTP/2, whose client
+        then reads the status (an HTTP/1.1 client is dropped, so that a
+        short body never passes for a whole one).
         """
-        self.cause = reply.cause
-        self.detail = reply.detail
-        self.grpcStatus = int(status)
+        return self.grpc and self.request.version == b"2"
+
+    def _grpcEnd(self, cause: str, detail: str) -> None:
+        """
+        End a gRPC response that has begun with the status of C{cause} in
+        its trailers.
+        """
+        row = CAUSES[cause]
+        self.cause = cause
+        self.detail = detail
+        self.grpcStatus = int(row.grpc)
         self.responder.setProducer(None)
-        message = reply.body.decode("utf-8", "replace").strip()
-        self.responder.finish(errorTrailers(status, message, reply.cause))
+        self.responder.finish(errorTrailers(row.grpc, row.message, cause))
 
     def _abort(self, cause: Optional[str], detail: str) -> None:
         """

@@ -229,7 +229,8 @@ CAUSE_TABLE: Tuple[Cause, ...] = (
         message="upstream closed the connection in the middle of its response",
         words="the upstream closed the connection in the middle of its answer",
         when="the upstream closed in the middle of its response body, which had begun to "
-        "reach the client",
+        "reach the client; a gRPC call over HTTP/2 is ended with `grpc-status` `UNAVAILABLE` "
+        "instead",
         answer=ABORT,
     ),
     Cause(

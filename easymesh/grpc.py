@@ -235,3 +235,6 @@ class StatusWatch(Response):
     def discard(self) -> None:
         self._onEnd = None
         self._response.discard()
+
+    def endsWithHead(self) -> bool:
+        return self._response.endsWithHead()

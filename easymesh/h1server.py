@@ -985,7 +985,9 @@ class HTTP1Channel(Protocol):
         self._noBody = noBody = self._method == b"HEAD" or code in _NO_BODY_CODES
         self._chunked = False
         if not noBody and not headers.hasHeader(b"content-length"):
-            if version == b"HTTP/1.1":
+            if whole:
+                parts.append(b"Content-Length: 0\r\n")
+            elif version == b"HTTP/1.1":
                 self._chunked = True
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:

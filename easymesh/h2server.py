@@ -86,9 +86,10 @@ _UPPER = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 #: reset attack (CVE-2023-44487).
 MAX_EARLY_RESETS = 200
 RESET_WINDOW = 10.0
-#: PINGs a client may send without a request or DATA in between within
-#: L{PING_WINDOW} seconds (grpc's servers allow two keepalive pings per
-#: ping interval; more is a flood).
+#: PINGs a client may send within L{PING_WINDOW} seconds without a
+#: request, HEADERS or DATA in between, either way (grpc's servers allow
+#: two keepalive pings per ping interval, and forgive them whenever they
+#: send HEADERS or DATA: a client measuring bandwidth pings as it reads).
 MAX_IDLE_PINGS = 3
 PING_WINDOW = 5.0
 #: SETTINGS frames, and DATA frames that carry nothing and do not end
@@ -741,6 +742,7 @@ class H2Edge(Protocol):
         fields = [(b":status", b"%d" % code)] + fieldsOf(headers)
         self._conn.send_headers(stream.id, fields, end_stream=whole)
         stream.headEnded = whole
+        self._pings.clear()
         self._flush()
 
     def _sendData(self, stream: _Stream, data: bytes) -> None:
@@ -764,7 +766,10 @@ class H2Edge(Protocol):
             return
         pending = stream.pending
         if not self._transportPaused:
-            stream.pendingSize -= sendWithinWindow(self._conn, stream.id, pending)
+            sent = sendWithinWindow(self._conn, stream.id, pending)
+            if sent:
+                stream.pendingSize -= sent
+                self._pings.clear()
         if stream.producerPaused and stream.pendingSize <= LOW_WATER and not self._transportPaused:
             stream.producerPaused = False
             if stream.producer is not None:

@@ -170,6 +170,14 @@ class Response:
         release what holds it, closing its connection if need be.
         """
 
+    def endsWithHead(self) -> bool:
+        """
+        Whether it is known, with the head, that neither body nor trailers
+        follow: an edge may then end the response with its head (see
+        L{easymesh.interfaces.IResponder.sendHead}).
+        """
+        return False
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.code} {self.cause}>"
 
@@ -222,6 +230,9 @@ class LocalReply(Response):
         if self.body:
             sink.bodyData(self.body)
         sink.bodyEnded(self.trailers)
+
+    def endsWithHead(self) -> bool:
+        return not self.body and self.trailers is None
 
 
 def discardResponse(response: Response) -> None:

@@ -647,6 +647,25 @@ def test_keepalivePingsAreFine() -> None:
     assert client.goAway() is None
 
 
+def test_pingsWhileReadingAreFine() -> None:
+    """
+    A client that pings each time it reads DATA (grpc's clients measure
+    bandwidth so) is not flooding, however fast: DATA sent in between
+    forgives its pings, as grpc's servers do.
+    """
+    client = Client()
+    streamId = client.request()
+    client.requests[0].channel.sendHead(200, b"", Headers())
+    client.pump()
+    for i in range(20):
+        client.requests[0].channel.sendData(b"message %d" % i)
+        client.pump()
+        client.h2.ping(b"%08d" % i)
+        client.pump()
+    assert client.goAway() is None
+    assert client.resetCode(streamId) is None
+
+
 def test_settingsFlood() -> None:
     client = Client()
     for i in range(30):

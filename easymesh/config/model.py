@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple
 
 import attrs
 
-from easymesh.config.addresses import UpstreamURL, tcpPortOf
+from easymesh.config.addresses import HTTP2_SCHEMES, UpstreamURL, tcpPortOf
 
 if TYPE_CHECKING:
     from easymesh.config.mesh import MeshConfig
@@ -396,7 +396,9 @@ class SidecarConfig:
                 poolIdle=pool.idle,
                 streamIdleTimeout=self.stream_idle_timeout,
                 tls=UpstreamTLS(files, identities) if files is not None else None,
-                protocol=self.peer_protocol if listener.name == OUTBOUND else "http1",
+                protocol=_flagProtocol(
+                    listener.target, self.peer_protocol if listener.name == OUTBOUND else "http1"
+                ),
             )
         for name, cluster in self.meshFile.get("clusters", {}).items():
             if files is not None and cluster.tls is None:
@@ -413,3 +415,11 @@ class SidecarConfig:
         routes.update(self.meshFile.get("routes", {}))
         rest = {k: v for k, v in self.meshFile.items() if k not in ("clusters", "routes")}
         return MeshConfig(clusters=clusters, routes=routes, **rest)
+
+
+def _flagProtocol(url: UpstreamURL, protocol: str) -> str:
+    """
+    The protocol of a cluster made from a flag's URL: an C{h2c://} or
+    C{grpc://} URL speaks HTTP/2 whatever the protocol flag's default.
+    """
+    return "http2" if url.scheme in HTTP2_SCHEMES and protocol == "http1" else protocol

@@ -143,7 +143,7 @@ class _H2Response(Response):
     An HTTP/2 upstream's response: its body is delivered as DATA arrives.
     """
 
-    __slots__ = ("_stream", "sink", "buffered", "trailers", "ended", "failed", "paused", "unacked")
+    __slots__ = ("_stream", "sink", "buffered", "trailers", "ended", "failed", "paused", "unacked", "headEnded")
 
     def __init__(self, stream: _ClientStream, code: int, headers: Headers) -> None:
         super().__init__(code, headers)
@@ -155,6 +155,11 @@ class _H2Response(Response):
         self.failed: Optional[Failure] = None
         self.paused = True  # until somebody reads
         self.unacked = 0
+        #: Whether its HEADERS frame ended the stream (Trailers-Only).
+        self.headEnded = False
+
+    def endsWithHead(self) -> bool:
+        return self.headEnded
 
     def deliverBody(self, sink: Any) -> None:
         self.sink = sink
@@ -441,6 +446,7 @@ class H2ClientConnection(Protocol):
             elif name[:1] != b":":
                 headers.addRawHeader(name, value)
         stream.response = response = _H2Response(stream, code, headers)
+        response.headEnded = event.stream_ended is not None
         self._lengths.declare(stream.id, declaredLength(event.headers, stream.method))
         d, stream.deferred = stream.deferred, Deferred()
         d.callback(response)

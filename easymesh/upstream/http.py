@@ -284,6 +284,11 @@ class _H1UpstreamResponse(Response):
     def discard(self) -> None:
         discardBody(self._h1)
 
+    def endsWithHead(self) -> bool:
+        # A Content-Length of 0 (which carries no trailers): what a
+        # Trailers-Only gRPC reply becomes on an HTTP/1.1 hop.
+        return self._h1.length == 0
+
 
 def _pendingDone(result: Any, breakers: Any) -> Any:
     breakers.pendingDone()
