@@ -26,6 +26,11 @@ against what it changes.
 
 ``--large`` adds 1 GiB downloads and uploads through two hops of easymesh
 and of nginx, with MB/s, peak RSS and a sha256 check of every byte.
+
+``--idle-streams`` adds the memory of 1,000 open HTTP/2 streams: 10 h2c
+connections of 100 requests to the outbound listener of a pair whose app
+never answers, with an HTTP/2 and with an HTTP/1.1 hop (RSS before and
+once it has settled).
 """
 
 from __future__ import annotations
@@ -101,6 +106,18 @@ class Proc:
                 fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
                 total += int(fields[11]) + int(fields[12])
         return total / CLK_TCK
+
+    def rss(self) -> int:
+        """
+        The resident memory of the process (and its children) now.
+        """
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in open(f"/proc/{pid}/status"):
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        return total
 
     def peakRSS(self) -> int:
         peak = 0
@@ -515,6 +532,75 @@ def large(args: argparse.Namespace, directory: str) -> List[Dict]:
     return rows
 
 
+def openStreams(port: int, connections: int, streams: int) -> List[socket.socket]:
+    """
+    Open C{connections} prior-knowledge h2c connections to C{port}, each
+    with C{streams} requests sent and left waiting.
+    """
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+
+    sockets = []
+    for _ in range(connections):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn = H2Connection(H2Configuration(client_side=True))
+        conn.initiate_connection()
+        for i in range(streams):
+            conn.send_headers(
+                conn.get_next_available_stream_id(),
+                [(":method", "GET"), (":scheme", "http"), (":authority", "idle.test"), (":path", f"/idle/{i}")],
+                end_stream=True,
+            )
+        sock.sendall(conn.data_to_send())
+        sockets.append(sock)
+    return sockets
+
+
+def settledRSS(proc: Proc, limit: float = 20.0) -> int:
+    """
+    The process's RSS once it has stopped growing for a second (at most
+    C{limit} seconds).
+    """
+    deadline = time.monotonic() + limit
+    last = proc.rss()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = proc.rss()
+        if now <= last:
+            return now
+        last = now
+    return last
+
+
+def idleStreams(args: argparse.Namespace) -> List[Dict]:
+    """
+    What 1,000 open HTTP/2 streams cost: 10 h2c connections of 100
+    requests each to the outbound listener of a pair whose app accepts
+    connections (in the kernel's backlog) and never answers, with an
+    HTTP/2 and with an HTTP/1.1 hop.
+    """
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4096)
+    rows = []
+    try:
+        for hop in ("http2", "http1"):
+            proc, port = startEasymesh(silent.getsockname()[1], 2, args.easymesh_python, None, ("--peer-protocol", hop))
+            try:
+                before = settledRSS(proc)
+                sockets = openStreams(port, 10, 100)
+                after = settledRSS(proc)
+                for sock in sockets:
+                    sock.close()
+            finally:
+                proc.stop()
+            rows.append({"hop": hop, "idle_mb": before / 2**20, "streams_mb": after / 2**20})
+            print(f"idle streams {rows[-1]}", file=sys.stderr)
+    finally:
+        silent.close()
+    return rows
+
+
 def versions(backendName: str, args: argparse.Namespace) -> str:
     def version(argv: List[str]) -> str:
         with contextlib.suppress(Exception):
@@ -536,7 +622,9 @@ def versions(backendName: str, args: argparse.Namespace) -> str:
     )
 
 
-def render(table: List[Dict], largeRows: List[Dict], args: argparse.Namespace, backendName: str) -> str:
+def render(
+    table: List[Dict], largeRows: List[Dict], args: argparse.Namespace, backendName: str, idleRows: Sequence[Dict] = ()
+) -> str:
     lines = [
         "## Environment", "", versions(backendName, args), "",
         f"## Small requests (wrk -c50 for {args.duration:g}s, medians of {args.rounds} interleaved rounds)", "",
@@ -566,6 +654,16 @@ def render(table: List[Dict], largeRows: List[Dict], args: argparse.Namespace, b
                 f"| {r['row']} | {r['download_MBps']:.0f} | {r['upload_MBps']:.0f} | "
                 f"{'yes' if r['intact'] else 'NO'} | {r['rss_mb']:.1f} |"
             )
+    if idleRows:
+        lines += [
+            "", "## 1,000 open HTTP/2 streams (10 h2c connections of 100, two hops, the app never answers)", "",
+            "| hop | RSS idle MB | RSS with the streams open MB | added MB |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in idleRows:
+            lines.append(
+                f"| {r['hop']} | {r['idle_mb']:.1f} | {r['streams_mb']:.1f} | {r['streams_mb'] - r['idle_mb']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -584,6 +682,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
     parser.add_argument("--large", action="store_true")
     parser.add_argument("--large-size", type=int, default=2**30)
+    parser.add_argument(
+        "--idle-streams", action="store_true", help="also measure the memory of 1,000 open HTTP/2 streams"
+    )
     parser.add_argument("--write", action="store_true", help="write benchmarks/RESULTS.md")
     parser.add_argument("--json", help="also write raw results to this file")
     args = parser.parse_args()
@@ -592,11 +693,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="easymesh-bench-") as directory:
         table, backendName = small(args, directory)
         largeRows = large(args, directory) if args.large else []
-    text = render(table, largeRows, args, backendName)
+    idleRows = idleStreams(args) if args.idle_streams else []
+    text = render(table, largeRows, args, backendName, idleRows)
     print(text)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"small": table, "large": largeRows}, f, indent=2)
+            json.dump({"small": table, "large": largeRows, "idle_streams": idleRows}, f, indent=2)
     if args.write:
         with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
             f.write("# Benchmark results\n\nMade by `python benchmarks/run.py --large --write`.\n\n" + text)
