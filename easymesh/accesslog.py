@@ -51,7 +51,7 @@ class AccessLog:
             cluster, upstream host and attempts), or L{None} if it was
             refused before one was made.
         @param started: When the request arrived (POSIX seconds).
-        @param requestId: The request's C{x-request-id}; logged as L{None}
+        @param requestId: The request's C{x-request-id}; logged as absent
             unless valid (one refused before its headers were prepared may
             still carry the client's).
         """
@@ -78,13 +78,22 @@ class AccessLog:
         if self.style == "json":
             _log.info("{line}", line=json.dumps(entry, separators=(",", ":")), **entry)
         else:
-            _log.info(
-                "{listener} {method} {path} {protocol} {status} in={bytes_in}B out={bytes_out}B "
-                "{duration_ms}ms route={route} cluster={cluster} upstream={upstream} "
-                "attempts={attempts} error={error} "
-                "request_id={request_id}",
-                **entry,
-            )
+            _log.info("{line}", line=textLine(entry), **entry)
+
+
+#: The text access log line; an absent field shows as C{-}.
+TEXT_FORMAT = (
+    "{listener} {method} {path} {protocol} {status} in={bytes_in}B out={bytes_out}B "
+    "{duration_ms}ms route={route} cluster={cluster} upstream={upstream} "
+    "attempts={attempts} error={error} request_id={request_id}"
+)
+
+
+def textLine(entry: Dict[str, Any]) -> str:
+    """
+    One access log entry as a line of text, C{-} for every absent field.
+    """
+    return TEXT_FORMAT.format(**{k: "-" if v is None else v for k, v in entry.items()})
 
 
 def _protocol(version: Optional[bytes]) -> Optional[str]:
