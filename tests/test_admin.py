@@ -631,6 +631,42 @@ class MethodTests(AdminTestCase):
 
 
 class DashboardTests(AdminTestCase):
+    def test_readOnceAtStart(self) -> None:
+        """
+        The dashboard's files are read when the admin listener is made:
+        once the package's files are gone (reinstalled or upgraded in
+        place), a running sidecar still serves the page it started with.
+        """
+        reads: List[str] = []
+        original = pkgutil.get_data
+
+        def getData(package: str, resource: str) -> Optional[bytes]:
+            reads.append(resource)
+            return original(package, resource)
+
+        self.patch(pkgutil, "get_data", getData)
+        resource = AdminResource(self.sidecar, self.config, self.telemetry, self.clock, lambda: None)
+        self.assertEqual(sorted(reads), ["static/dashboard.html", "static/dashboard.js"])
+
+        def gone(package: str, resource: str) -> Optional[bytes]:
+            raise FileNotFoundError(resource)
+
+        self.patch(pkgutil, "get_data", gone)
+        self.resource = resource
+        self.site = adminSite(resource, self.clock)
+        for path, name in ((b"/", "dashboard.html"), (b"/dashboard.js", "dashboard.js")):
+            response = self.get(path)
+            self.assertEqual((response.code, response.body), (200, original("easymesh.ops", f"static/{name}")))
+
+    def test_missingFileStopsTheStart(self) -> None:
+        """
+        A package without its dashboard files is found out at start, not
+        at the first page view.
+        """
+        self.patch(pkgutil, "get_data", lambda package, resource: None)
+        with self.assertRaises(OSError):
+            AdminResource(self.sidecar, self.config, self.telemetry, self.clock, lambda: None)
+
     def test_files(self) -> None:
         for name in ("dashboard.html", "dashboard.js"):
             data = pkgutil.get_data("easymesh.ops", f"static/{name}")

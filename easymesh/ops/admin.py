@@ -197,6 +197,7 @@ class AdminResource(Resource):
         self.telemetry = telemetry
         self.clock = clock
         self.quit = quit
+        self._assets = dashboardAssets()
         self._gets: Dict[bytes, Callable[[Any], Tuple[int, bytes, bytes]]] = {
             b"/": self._dashboard,
             b"/dashboard.js": self._script,
@@ -246,10 +247,10 @@ class AdminResource(Resource):
     # GET
 
     def _dashboard(self, request: Any) -> Tuple[int, bytes, bytes]:
-        return 200, b"text/html; charset=utf-8", _static("dashboard.html")
+        return 200, b"text/html; charset=utf-8", self._assets["dashboard.html"]
 
     def _script(self, request: Any) -> Tuple[int, bytes, bytes]:
-        return 200, b"text/javascript; charset=utf-8", _static("dashboard.js")
+        return 200, b"text/javascript; charset=utf-8", self._assets["dashboard.js"]
 
     def _ready(self, request: Any) -> Tuple[int, bytes, bytes]:
         if self.sidecar.draining:
@@ -314,15 +315,25 @@ class AdminResource(Resource):
         return 200, b"text/plain; charset=utf-8", b"draining, then exiting\n"
 
 
-_STATIC: Dict[str, bytes] = {}
+#: The dashboard's files, in C{easymesh/ops/static}.
+DASHBOARD_FILES = ("dashboard.html", "dashboard.js")
 
 
-def _static(name: str) -> bytes:
-    data = _STATIC.get(name)
-    if data is None:
-        data = pkgutil.get_data("easymesh.ops", f"static/{name}") or b""
-        _STATIC[name] = data
-    return data
+def dashboardAssets() -> Dict[str, bytes]:
+    """
+    The dashboard's files, read from the package, once, when the admin
+    listener is made: a package reinstalled or upgraded in place under a
+    running sidecar does not break its dashboard.
+
+    @raise OSError: A file cannot be read (the package is incomplete).
+    """
+    assets = {}
+    for name in DASHBOARD_FILES:
+        data = pkgutil.get_data("easymesh.ops", f"static/{name}")
+        if not data:
+            raise OSError(f"the dashboard file easymesh/ops/static/{name} is missing or empty")
+        assets[name] = data
+    return assets
 
 
 #: The admin listener's limits: every admin request is a bodyless GET or
