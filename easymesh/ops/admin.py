@@ -24,6 +24,7 @@ from twisted.web import server
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
+from easymesh import __version__
 from easymesh.config.model import EdgeLimits
 from easymesh.errors import causesJSON
 from easymesh.listener import ProxySite
@@ -118,7 +119,14 @@ def clustersDump(runtime: Any, now: float) -> Dict[str, Any]:
                     "times_ejected": e.ejections,
                     "available": e.available,
                     "active_requests": e.active,
-                    "latency_ewma_ms": round(e.ewma(now) * 1000, 3),
+                    # None until it has answered: no estimate, not 0 ms.
+                    "latency_ewma_ms": round(e.ewma(now) * 1000, 3) if e.answered else None,
+                    "failures_in_row": e.failures,
+                    "last_failure": (
+                        {"time": e.lastFailure[0], "cause": e.lastFailure[1]}
+                        if e.lastFailure is not None
+                        else None
+                    ),
                 }
                 for e in cluster.endpoints
             ],
@@ -184,6 +192,8 @@ class AdminResource(Resource):
         with.
     @param telemetry: The L{easymesh.ops.telemetry.Telemetry}.
     @param quit: Stops the process (after its drain).
+
+    @ivar started: When it was made, as the sidecar started (POSIX seconds).
     """
 
     isLeaf = True
@@ -197,6 +207,7 @@ class AdminResource(Resource):
         self.telemetry = telemetry
         self.clock = clock
         self.quit = quit
+        self.started = clock.seconds()
         self._assets = dashboardAssets()
         self._gets: Dict[bytes, Callable[[Any], Tuple[int, bytes, bytes]]] = {
             b"/": self._dashboard,
@@ -276,6 +287,9 @@ class AdminResource(Resource):
         snapshot["state"] = (
             "draining" if self.sidecar.draining else "ready" if self.sidecar.ready else "starting"
         )
+        snapshot["node"] = self.config.nodeId
+        snapshot["version"] = __version__
+        snapshot["started"] = self.started
         return self._json(snapshot)
 
     def _configDump(self, request: Any) -> Tuple[int, bytes, bytes]:
