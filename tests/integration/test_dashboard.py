@@ -569,7 +569,7 @@ routes:
     assert all(values and min(values) >= SLOW * 1000 for values in above), latency.attrs
     left, top, width, height, plotTop, plotBottom = _box(latency)
     assert top + height <= WINDOW[1], latency.attrs
-    label = (left, top, left + width, top + plotTop - 3)
+    label = (left, top, left + width, top + plotTop - 4)
     marked = image.count(BLUE, label, 120) + image.count(ORANGE, label, 120)
     assert marked >= 10, (marked, latency.attrs)
     middle = (left, top + plotTop + 4, left + width, top + plotBottom - 4)
