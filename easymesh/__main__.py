@@ -1,11 +1,5 @@
 """
-C{python -m easymesh}: tools beside the sidecar.
-
-  check-config FILE   Check a config file completely; exit 0 if valid.
-  certs DIR ...       Make a development CA and workload certificates.
-  causes [--update README.md]
-                      Print the error causes as the README's Markdown
-                      table, or rewrite the table in the README.
+C{python -m easymesh}: tools beside the sidecar (L{USAGE}).
 """
 
 from __future__ import annotations
@@ -13,14 +7,39 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
+USAGE = """\
+usage: python -m easymesh COMMAND [ARGS]
+       python -m easymesh --help | --version
+
+Tools beside the sidecar (the sidecar itself runs as: twistd -n easymesh).
+
+commands:
+  check-config FILE   Check a config file completely; exit 0 if valid.
+  certs DIR ...       Make a development CA and workload certificates
+                      (python -m easymesh certs --help for its options).
+  causes [--update README.md]
+                      Print the error causes as the README's Markdown
+                      table, or rewrite the table in the README.
+
+options:
+  -h, --help          Show this help and exit.
+  --version           Show easymesh's version and exit.
+"""
+
+CHECK_CONFIG_USAGE = "usage: python -m easymesh check-config FILE"
+CAUSES_USAGE = "usage: python -m easymesh causes [--update README.md]"
+
 
 def checkConfig(argv: List[str]) -> int:
     """
     Validate a config file as the sidecar would on start or reload,
     certificate files included.
     """
+    if argv in (["-h"], ["--help"]):
+        print(CHECK_CONFIG_USAGE)
+        return 0
     if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: python -m easymesh check-config FILE", file=sys.stderr)
+        print(CHECK_CONFIG_USAGE, file=sys.stderr)
         return 2
     from easymesh.config.model import ConfigError
     from easymesh.tap import checkRunnable, loadConfig
@@ -48,8 +67,11 @@ def causes(argv: List[str]) -> int:
     if not argv:
         sys.stdout.write(causesMarkdown())
         return 0
+    if argv in (["-h"], ["--help"]):
+        print(CAUSES_USAGE)
+        return 0
     if len(argv) != 2 or argv[0] != "--update":
-        print("usage: python -m easymesh causes [--update README.md]", file=sys.stderr)
+        print(CAUSES_USAGE, file=sys.stderr)
         return 2
     path = argv[1]
     with open(path, encoding="utf-8") as f:
@@ -67,7 +89,21 @@ def causes(argv: List[str]) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """
+    Run the command C{argv} (default: the process's arguments) names.
+
+    @return: The exit status: 0 done, 1 refused (an invalid config), 2 a
+        usage error.
+    """
     args = sys.argv[1:] if argv is None else argv
+    if args in (["-h"], ["--help"]):
+        sys.stdout.write(USAGE)
+        return 0
+    if args == ["--version"]:
+        from easymesh import installedVersion
+
+        print(f"easymesh {installedVersion()}")
+        return 0
     if args and args[0] == "check-config":
         return checkConfig(args[1:])
     if args and args[0] == "causes":
@@ -76,7 +112,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from easymesh.tls.certs import main as certs
 
         return certs(args[1:])
-    print(__doc__.strip(), file=sys.stderr)
+    sys.stderr.write(USAGE)
     return 2
 
 

@@ -55,7 +55,7 @@ class AccessLog:
         @param started: When the request arrived (POSIX seconds).
         @param grpcStatus: A gRPC call's C{grpc-status}, logged by name;
             L{None} for a request that is not a gRPC call or got none.
-        @param requestId: The request's C{x-request-id}; logged as L{None}
+        @param requestId: The request's C{x-request-id}; logged as absent
             unless valid (one refused before its headers were prepared may
             still carry the client's).
         """
@@ -83,13 +83,26 @@ class AccessLog:
         if self.style == "json":
             _log.info("{line}", line=json.dumps(entry, separators=(",", ":")), **entry)
         else:
-            _log.info(
-                "{listener} {method} {path} {protocol} {status} in={bytes_in}B out={bytes_out}B "
-                "{duration_ms}ms route={route} cluster={cluster} upstream={upstream} "
-                "attempts={attempts} error={error} "
-                "request_id={request_id}" + (" grpc_status={grpc_status}" if grpcStatus is not None else ""),
-                **entry,
-            )
+            _log.info("{line}", line=textLine(entry), **entry)
+
+
+#: The text access log line; an absent field shows as C{-}.  A gRPC
+#: call's line ends with C{grpc_status=NAME}.
+TEXT_FORMAT = (
+    "{listener} {method} {path} {protocol} {status} in={bytes_in}B out={bytes_out}B "
+    "{duration_ms}ms route={route} cluster={cluster} upstream={upstream} "
+    "attempts={attempts} error={error} request_id={request_id}"
+)
+
+
+def textLine(entry: Dict[str, Any]) -> str:
+    """
+    One access log entry as a line of text, C{-} for every absent field.
+    """
+    line = TEXT_FORMAT.format(**{k: "-" if v is None else v for k, v in entry.items()})
+    if entry.get("grpc_status") is not None:
+        line += f" grpc_status={entry['grpc_status']}"
+    return line
 
 
 def _protocol(version: Optional[bytes]) -> Optional[str]:

@@ -5,6 +5,7 @@ C{twistd easymesh}: command-line options and the service tree.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Dict, Mapping, Optional
 
 from twisted.python import usage
@@ -51,6 +52,13 @@ class Options(usage.Options):
         self.flags: Dict[str, Any] = {}
         self.config: Optional[SidecarConfig] = None
         self.chains: Dict[str, Any] = {}
+
+    def opt_version(self) -> None:
+        """Show easymesh's version and exit."""
+        from easymesh import installedVersion
+
+        print(f"easymesh {installedVersion()}")
+        sys.exit(0)
 
     def opt_filter(self, spec: str) -> None:
         """Add a filter plugin, NAME[:ARGS], to both listeners (repeatable)."""

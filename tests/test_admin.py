@@ -9,25 +9,28 @@ import json
 import pkgutil
 import random
 import re
+import socket
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import attrs
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
+from easymesh import __version__
 from easymesh.cluster.cluster import Cluster
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.mesh import LEAST_REQUEST, ClusterConfig
 from easymesh.config.model import SidecarConfig
 from easymesh.errors import CAUSE_TABLE
 from easymesh.message import ProxyRequest
+from easymesh.message import Response as Answer
 from easymesh.ops.admin import AdminResource, adminSite
 from easymesh.ops.live import LiveStats
 from easymesh.ops.metrics import Metrics
@@ -287,8 +290,11 @@ class StatsTests(AdminTestCase):
         data = response.json()
         self.assertEqual(
             sorted(data),
-            ["clusters", "clusters_state", "errors", "listeners", "state", "time", "total"],
-        )
+            [
+                "clusters", "clusters_state", "errors", "listeners", "node", "started", "state",
+                "time", "total", "version",
+            ],
+        )  # fmt: skip
         self.assertEqual(data["state"], "ready")
         self.assertEqual(data["time"], 1001)
         self.assertEqual(data["total"], 2)
@@ -312,7 +318,29 @@ class StatsTests(AdminTestCase):
     def test_liveOff(self) -> None:
         self.telemetry.live = None
         data = self.get(b"/stats/live").json()
-        self.assertEqual(sorted(data), ["clusters_state", "state"])
+        self.assertEqual(sorted(data), ["clusters_state", "node", "started", "state", "version"])
+
+    def test_liveNamesTheSidecar(self) -> None:
+        """
+        /stats/live names the sidecar (its node id), its version and when it
+        started, for the dashboard's header.
+        """
+        self.clock.advance(75)
+        data = self.get(b"/stats/live").json()
+        self.assertEqual(
+            (data["node"], data["version"], data["started"], data["time"]),
+            ("web-1", __version__, 1000, 1075),
+        )
+
+    def test_liveDefaultNode(self) -> None:
+        """
+        Without a C{--node-id} the node is named as in C{Via}: by the host
+        name.
+        """
+        self.resource.config = SidecarConfig()
+        node = self.get(b"/stats/live").json()["node"]
+        self.assertEqual(node, socket.gethostname().split(".")[0] or "easymesh")
+        self.assertTrue(node)
 
 
 class ConfigDumpTests(AdminTestCase):
@@ -399,7 +427,9 @@ class ClustersTests(AdminTestCase):
         "available",
         "ejected",
         "ejected_for",
+        "failures_in_row",
         "healthy",
+        "last_failure",
         "latency_ewma_ms",
         "times_ejected",
         "url",
@@ -457,6 +487,8 @@ class ClustersTests(AdminTestCase):
                 "active_requests": first.active,
                 # 50 ms, decayed over 10 s by e^-1.
                 "latency_ewma_ms": 18.394,
+                "failures_in_row": 0,
+                "last_failure": None,
             },
         )
         self.assertEqual(
@@ -470,7 +502,41 @@ class ClustersTests(AdminTestCase):
                 "available": False,
             },
         )
+        # It never answered: no latency estimate, rather than 0 ms.
+        self.assertIsNone(b["latency_ewma_ms"])
         self.assertEqual(a["active_requests"] + b["active_requests"], 1)
+
+    def test_failing(self) -> None:
+        """
+        An endpoint that refuses every connection shows how many requests
+        in a row got no answer and why, and no latency estimate; an answer
+        ends the run.  A client that went away is not the endpoint's fault.
+        """
+        peer = self.runtime.clusters["peer"]
+        [endpoint] = peer.endpoints
+        upstream = endpoint.upstream
+        for _ in range(3):
+            peer.request(ProxyRequest(b"GET", b"/", Headers())).addErrback(lambda f: None)
+            self.clock.advance(1)
+            upstream.requests.pop().errback(ConnectionRefusedError("refused"))
+        peer.request(ProxyRequest(b"GET", b"/", Headers())).addErrback(lambda f: None)
+        upstream.requests.pop().errback(defer.CancelledError())
+        [dumped] = self.get(b"/clusters").json()["peer"]["endpoints"]
+        self.assertEqual(
+            {k: dumped[k] for k in ("available", "failures_in_row", "last_failure", "latency_ewma_ms")},
+            {
+                "available": True,
+                "failures_in_row": 3,
+                "last_failure": {"time": 1003.0, "cause": "upstream_connect_failure"},
+                "latency_ewma_ms": None,
+            },
+        )
+        peer.request(ProxyRequest(b"GET", b"/", Headers()))
+        self.clock.advance(0.02)
+        upstream.requests.pop().callback(Answer(200, Headers()))
+        [dumped] = self.get(b"/clusters").json()["peer"]["endpoints"]
+        self.assertEqual((dumped["failures_in_row"], dumped["latency_ewma_ms"]), (0, 20.0))
+        self.assertEqual(dumped["last_failure"]["cause"], "upstream_connect_failure")
 
     def test_ejectionOver(self) -> None:
         """
@@ -631,6 +697,42 @@ class MethodTests(AdminTestCase):
 
 
 class DashboardTests(AdminTestCase):
+    def test_readOnceAtStart(self) -> None:
+        """
+        The dashboard's files are read when the admin listener is made:
+        once the package's files are gone (reinstalled or upgraded in
+        place), a running sidecar still serves the page it started with.
+        """
+        reads: List[str] = []
+        original = pkgutil.get_data
+
+        def getData(package: str, resource: str) -> Optional[bytes]:
+            reads.append(resource)
+            return original(package, resource)
+
+        self.patch(pkgutil, "get_data", getData)
+        resource = AdminResource(self.sidecar, self.config, self.telemetry, self.clock, lambda: None)
+        self.assertEqual(sorted(reads), ["static/dashboard.html", "static/dashboard.js"])
+
+        def gone(package: str, resource: str) -> Optional[bytes]:
+            raise FileNotFoundError(resource)
+
+        self.patch(pkgutil, "get_data", gone)
+        self.resource = resource
+        self.site = adminSite(resource, self.clock)
+        for path, name in ((b"/", "dashboard.html"), (b"/dashboard.js", "dashboard.js")):
+            response = self.get(path)
+            self.assertEqual((response.code, response.body), (200, original("easymesh.ops", f"static/{name}")))
+
+    def test_missingFileStopsTheStart(self) -> None:
+        """
+        A package without its dashboard files is found out at start, not
+        at the first page view.
+        """
+        self.patch(pkgutil, "get_data", lambda package, resource: None)
+        with self.assertRaises(OSError):
+            AdminResource(self.sidecar, self.config, self.telemetry, self.clock, lambda: None)
+
     def test_files(self) -> None:
         for name in ("dashboard.html", "dashboard.js"):
             data = pkgutil.get_data("easymesh.ops", f"static/{name}")

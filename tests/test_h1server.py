@@ -9,6 +9,7 @@ L{StreamingRequest}.  Time is a L{Clock} behind a L{DeadlineSweeper}.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, List, Optional, Tuple
 
 import pytest
@@ -23,6 +24,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 
+from easymesh.errors import CAUSE_TABLE, PHRASES as TABLE_PHRASES
 from easymesh.h1server import BadMessage, DeadlineSweeper, EdgeLimits, HTTP1Channel
 from easymesh.headers import TOKEN
 from easymesh.listener import ProxySite
@@ -1706,6 +1708,23 @@ def test_reasonPhrases(code: int, phrase: bytes) -> None:
     conn.feed(get())
     out = _answerWith(conn, code, Headers({b"content-length": [b"0"]}), [])
     assert out.startswith(b"HTTP/1.1 %d %s\r\n" % (code, phrase))
+
+
+@pytest.mark.parametrize(
+    "code", sorted({s for c in CAUSE_TABLE for s in c.statuses} | {200, 403, 404, 405})
+)
+def test_everyOwnStatusHasItsPhrase(code: int) -> None:
+    """
+    Every status the sidecar answers with itself (each error cause's, and
+    the admin listener's) goes out with RFC 9110's reason phrase, never
+    C{Unknown}.
+    """
+    conn = Conn()
+    conn.feed(get())
+    out = _answerWith(conn, code, Headers({b"content-length": [b"0"]}), [])
+    expected = TABLE_PHRASES.get(code) or HTTPStatus(code).phrase.encode("ascii")
+    assert out.startswith(b"HTTP/1.1 %d %s\r\n" % (code, expected)), out
+    assert b"Unknown" not in out
 
 
 def test_requestTrailersKept() -> None:

@@ -109,7 +109,39 @@ def test_accessLogRefusesForgedRequestId(value: bytes) -> None:
     assert text["request_id"] is None and json["request_id"] is None
     line = formatEvent(text)
     assert "\t" not in line and "easymesh.access#info" not in line
-    assert line.endswith("request_id=None")
+    assert line.endswith("request_id=-")
+
+
+def test_accessLogTextShowsAbsentFieldsAsDash() -> None:
+    """
+    A request refused before it was routed has no route, cluster, upstream,
+    protocol, cause or request id: the text line shows each as C{-}, never
+    a Python C{None}; the JSON line has C{null}s, and both events keep the
+    fields as L{None}.
+    """
+    text, json = _logged(None)
+    line = formatEvent(text)
+    assert line == (
+        "outbound GET /p - 200 in=0B out=2B 1.0ms route=- cluster=- upstream=- "
+        "attempts=0 error=- request_id=-"
+    ), line
+    assert "None" not in line
+    for event in (text, json):
+        assert event["error"] is None and event["route"] is None
+    assert '"error":null' in formatEvent(json)
+
+
+def test_accessLogTextShowsCause() -> None:
+    events: List[Dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        AccessLog("text").record(
+            "inbound", b"GET", b"/p", 508, 0, 2, 0.001, None, None, "loop_detected", 0.0
+        )
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [event] = [e for e in events if e.get("log_namespace") == "easymesh.access"]
+    assert " error=loop_detected request_id=-" in formatEvent(event)
 
 
 def test_accessLogKeepsValidRequestId() -> None:

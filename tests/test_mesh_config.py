@@ -977,10 +977,14 @@ class TestCheckConfig:
         assert main(["check-config", path]) == 1
         assert capsys.readouterr().err.startswith(f"{path}: cannot read the file")
 
-    @pytest.mark.parametrize("args", [[], ["a", "b"], ["--help"]])
+    @pytest.mark.parametrize("args", [[], ["a", "b"], ["--nope"]])
     def test_usage(self, args: list, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["check-config"] + args) == 2
         assert capsys.readouterr().err == "usage: python -m easymesh check-config FILE\n"
+
+    def test_help(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["check-config", "--help"]) == 0
+        assert capsys.readouterr() == ("usage: python -m easymesh check-config FILE\n", "")
 
     def test_unknownCommand(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["frobnicate"]) == 2

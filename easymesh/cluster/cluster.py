@@ -218,9 +218,16 @@ class Cluster:
         self.breakers.requestDone()
         now = self._reactor.seconds()
         if isinstance(result, Failure):
-            endpoint.finished(now, None)
             error = classify(result)
-            if self.outlier is not None and error is not None and error.code >= 502 and not isinstance(error, Overflow):
+            # The endpoint's fault: no answer from it, not a client gone or
+            # a request this sidecar held back.
+            blamed = (
+                error.cause
+                if error is not None and error.code >= 502 and not isinstance(error, Overflow)
+                else None
+            )
+            endpoint.finished(now, None, blamed)
+            if self.outlier is not None and blamed is not None:
                 self.outlier.record(endpoint, None, True)
         else:
             endpoint.finished(now, now - started)

@@ -7,7 +7,7 @@ detector and the health checker know about it.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from easymesh.config.addresses import UpstreamURL
 
@@ -33,6 +33,11 @@ class Endpoint:
     @ivar consecutive5xx: 5xx responses (and gateway failures) in a row.
     @ivar consecutiveGatewayFailures: 502/503/504 and connection failures in
         a row.
+    @ivar failures: Requests to it in a row that got no answer because of
+        it (refused, reset, timed out), counted with or without outlier
+        detection; an answer, whatever its status, ends the run.
+    @ivar lastFailure: When the last of those failed, and its cause, or
+        L{None}.
     """
 
     def __init__(self, url: UpstreamURL, upstream: Any = None, weight: int = 1) -> None:
@@ -46,6 +51,8 @@ class Endpoint:
         self.ejections = 0
         self.consecutive5xx = 0
         self.consecutiveGatewayFailures = 0
+        self.failures = 0
+        self.lastFailure: Optional[Tuple[float, str]] = None
         self._ewma = 0.0
         self._ewmaStamp: Optional[float] = None
 
@@ -67,14 +74,21 @@ class Endpoint:
         """
         self.active += 1
 
-    def finished(self, now: float, latency: Optional[float]) -> None:
+    def finished(self, now: float, latency: Optional[float], failure: Optional[str] = None) -> None:
         """
         A request to it ended after C{latency} seconds (L{None}: it failed
         before a response, which says nothing of latency).
+
+        @param failure: Without a response, the cause if the endpoint is to
+            blame (not, say, a client that went away).
         """
         self.active -= 1
         if latency is not None:
+            self.failures = 0
             self.observe(now, latency)
+        elif failure is not None:
+            self.failures += 1
+            self.lastFailure = (now, failure)
 
     def observe(self, now: float, latency: float) -> None:
         """
@@ -91,6 +105,14 @@ class Endpoint:
             w = math.exp(-elapsed / EWMA_DECAY)
             self._ewma = self._ewma * w + latency * (1.0 - w)
         self._ewmaStamp = now
+
+    @property
+    def answered(self) -> bool:
+        """
+        Whether it has answered a request (so its latency estimate stands
+        for something).
+        """
+        return self._ewmaStamp is not None
 
     def ewma(self, now: float) -> float:
         """

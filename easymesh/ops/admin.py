@@ -24,6 +24,7 @@ from twisted.web import server
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
+from easymesh import __version__
 from easymesh.config.model import EdgeLimits
 from easymesh.errors import causesJSON
 from easymesh.listener import ProxySite
@@ -118,7 +119,14 @@ def clustersDump(runtime: Any, now: float) -> Dict[str, Any]:
                     "times_ejected": e.ejections,
                     "available": e.available,
                     "active_requests": e.active,
-                    "latency_ewma_ms": round(e.ewma(now) * 1000, 3),
+                    # None until it has answered: no estimate, not 0 ms.
+                    "latency_ewma_ms": round(e.ewma(now) * 1000, 3) if e.answered else None,
+                    "failures_in_row": e.failures,
+                    "last_failure": (
+                        {"time": e.lastFailure[0], "cause": e.lastFailure[1]}
+                        if e.lastFailure is not None
+                        else None
+                    ),
                 }
                 for e in cluster.endpoints
             ],
@@ -184,6 +192,8 @@ class AdminResource(Resource):
         with.
     @param telemetry: The L{easymesh.ops.telemetry.Telemetry}.
     @param quit: Stops the process (after its drain).
+
+    @ivar started: When it was made, as the sidecar started (POSIX seconds).
     """
 
     isLeaf = True
@@ -197,6 +207,8 @@ class AdminResource(Resource):
         self.telemetry = telemetry
         self.clock = clock
         self.quit = quit
+        self.started = clock.seconds()
+        self._assets = dashboardAssets()
         self._gets: Dict[bytes, Callable[[Any], Tuple[int, bytes, bytes]]] = {
             b"/": self._dashboard,
             b"/dashboard.js": self._script,
@@ -246,10 +258,10 @@ class AdminResource(Resource):
     # GET
 
     def _dashboard(self, request: Any) -> Tuple[int, bytes, bytes]:
-        return 200, b"text/html; charset=utf-8", _static("dashboard.html")
+        return 200, b"text/html; charset=utf-8", self._assets["dashboard.html"]
 
     def _script(self, request: Any) -> Tuple[int, bytes, bytes]:
-        return 200, b"text/javascript; charset=utf-8", _static("dashboard.js")
+        return 200, b"text/javascript; charset=utf-8", self._assets["dashboard.js"]
 
     def _ready(self, request: Any) -> Tuple[int, bytes, bytes]:
         if self.sidecar.draining:
@@ -275,6 +287,9 @@ class AdminResource(Resource):
         snapshot["state"] = (
             "draining" if self.sidecar.draining else "ready" if self.sidecar.ready else "starting"
         )
+        snapshot["node"] = self.config.nodeId
+        snapshot["version"] = __version__
+        snapshot["started"] = self.started
         return self._json(snapshot)
 
     def _configDump(self, request: Any) -> Tuple[int, bytes, bytes]:
@@ -314,15 +329,25 @@ class AdminResource(Resource):
         return 200, b"text/plain; charset=utf-8", b"draining, then exiting\n"
 
 
-_STATIC: Dict[str, bytes] = {}
+#: The dashboard's files, in C{easymesh/ops/static}.
+DASHBOARD_FILES = ("dashboard.html", "dashboard.js")
 
 
-def _static(name: str) -> bytes:
-    data = _STATIC.get(name)
-    if data is None:
-        data = pkgutil.get_data("easymesh.ops", f"static/{name}") or b""
-        _STATIC[name] = data
-    return data
+def dashboardAssets() -> Dict[str, bytes]:
+    """
+    The dashboard's files, read from the package, once, when the admin
+    listener is made: a package reinstalled or upgraded in place under a
+    running sidecar does not break its dashboard.
+
+    @raise OSError: A file cannot be read (the package is incomplete).
+    """
+    assets = {}
+    for name in DASHBOARD_FILES:
+        data = pkgutil.get_data("easymesh.ops", f"static/{name}")
+        if not data:
+            raise OSError(f"the dashboard file easymesh/ops/static/{name} is missing or empty")
+        assets[name] = data
+    return assets
 
 
 #: The admin listener's limits: every admin request is a bodyless GET or

@@ -225,12 +225,13 @@ class Sidecar:
 def sidecarArgs(
     ports: Mapping[str, int],
     extra: Sequence[str] = (),
-    nodeId: str = "meshtest",
+    nodeId: Optional[str] = "meshtest",
 ) -> List[str]:
     """
     The C{easymesh} plugin arguments for a sidecar on C{ports}, all on
     loopback; C{--drain 1} unless C{extra} sets a drain; the admin listener
-    on C{ports["admin"]}, or off if no port is given for it.
+    on C{ports["admin"]}, or off if no port is given for it; no
+    C{--node-id} if C{nodeId} is L{None}.
     """
     args = [
         "--outbound",
@@ -239,9 +240,9 @@ def sidecarArgs(
         f"tcp:{ports['inbound']}:interface=127.0.0.1",
         "--demo",
         str(ports["demo"]),
-        "--node-id",
-        nodeId,
     ]
+    if nodeId is not None:
+        args += ["--node-id", nodeId]
     if "--admin" not in extra:
         args += ["--admin", str(ports["admin"]) if "admin" in ports else "none"]
     if "--drain" not in extra:

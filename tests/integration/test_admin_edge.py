@@ -1,15 +1,18 @@
 """
 The admin listener of a real sidecar: request bodies are refused from the
-head, a slow head is timed out, connections are capped, and a C{Host} that
-names another site (a DNS-rebinding page) reads nothing.
+head, a slow head is timed out, connections are capped, a C{Host} that
+names another site (a DNS-rebinding page) reads nothing, and the dashboard
+outlives its package's files.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import time
 
-from tests.integration.harness import request, waitUntil
+from tests.integration.harness import REPO, request, waitUntil
 
 
 def readAll(sock: socket.socket, deadline: float = 15.0) -> bytes:
@@ -56,11 +59,18 @@ def test_admin_edge(launch) -> None:
     finally:
         for sock in held:
             sock.close()
-    waitUntil(
-        lambda: request(port, "GET", "/healthz", timeout=5).status == 200,
-        10,
-        "admin not serving after the connections closed",
-    )
+    waitUntil(lambda: _serves(port), 10, "admin not serving after the connections closed")
+
+
+def _serves(port: int) -> bool:
+    """
+    Whether the admin listener answers C{/healthz}; a connection it closes
+    at once (it has not yet seen the others close) is a no.
+    """
+    try:
+        return request(port, "GET", "/healthz", timeout=5).status == 200
+    except ConnectionResetError:  # http.client's RemoteDisconnected too
+        return False
 
 
 def _refused(port: int) -> bool:
@@ -70,3 +80,29 @@ def _refused(port: int) -> bool:
             return readAll(sock, 5) == b""
         except (ConnectionResetError, AssertionError):
             return True
+
+
+def test_dashboard_outlives_its_files(launch, app, tmp_path) -> None:
+    """
+    The dashboard's files are read once, at start: when the package is
+    reinstalled or upgraded in place under a running sidecar (which removes
+    them for a while), the page it started with is still served.
+    """
+    site = tmp_path / "site"
+    shutil.copytree(
+        REPO / "easymesh", site / "easymesh", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    static = site / "easymesh" / "ops" / "static"
+    # Marked, to show that the sidecar runs from this copy.
+    page = (static / "dashboard.html").read_bytes() + b"<!-- the copy -->\n"
+    (static / "dashboard.html").write_bytes(page)
+    script = (static / "dashboard.js").read_bytes()
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    sidecar = launch(upstream=app.url, env={"PYTHONPATH": path})
+    port = sidecar.ports["admin"]
+    sidecar.waitReady([port])
+
+    shutil.rmtree(static)
+    for target, body in (("/", page), ("/dashboard.js", script)):
+        reply = request(port, "GET", target)
+        assert (reply.status, reply.body) == (200, body), reply

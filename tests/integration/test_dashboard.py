@@ -1,7 +1,9 @@
 """
 The admin listener's live dashboard (C{GET /}) in headless Chromium, beside
 a real sidecar carrying real traffic: the page's DOM is dumped twice some
-seconds apart, and a screenshot is taken.
+seconds apart, and a screenshot is taken.  When things go wrong (a dead
+upstream, one slow request among fast ones) the screenshot's pixels show
+what an operator would see.
 
 Skipped when no C{chromium} or C{chromium-browser} is on C{PATH}.  Every
 Chromium run is bounded; the screenshot is kept under the test's tmp
@@ -13,19 +15,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import threading
 import time
+import zlib
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tests.integration.harness import Session, request
+from easymesh import __version__
+from tests.integration.harness import (
+    Session,
+    closedPort,
+    request,
+    sidecarArgs,
+    twistdCommand,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -162,17 +174,89 @@ def pngSize(path: Path) -> tuple:
     return struct.unpack(">II", data[16:24])
 
 
+class Image:
+    """
+    The pixels of an 8-bit RGB or RGBA PNG (what Chromium's screenshots
+    are), as C{(r, g, b)} by C{pixel(x, y)}.
+    """
+
+    def __init__(self, path: Path) -> None:
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        offset, chunks, header = 8, [], b""
+        while offset < len(data):
+            (length,) = struct.unpack(">I", data[offset : offset + 4])
+            kind = data[offset + 4 : offset + 8]
+            body = data[offset + 8 : offset + 8 + length]
+            if kind == b"IHDR":
+                header = body
+            elif kind == b"IDAT":
+                chunks.append(body)
+            offset += 12 + length
+        width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
+        assert depth == 8 and colour in (2, 6) and interlace == 0, header
+        self.width, self.height = width, height
+        self.channels = channels = 4 if colour == 6 else 3
+        raw = zlib.decompress(b"".join(chunks))
+        stride = width * channels
+        rows: List[bytearray] = []
+        previous = bytearray(stride)
+        for y in range(height):
+            start = y * (stride + 1)
+            kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+            for i in range(stride):
+                left = line[i - channels] if i >= channels else 0
+                up = previous[i]
+                corner = previous[i - channels] if i >= channels else 0
+                if kind == 1:
+                    line[i] = (line[i] + left) & 0xFF
+                elif kind == 2:
+                    line[i] = (line[i] + up) & 0xFF
+                elif kind == 3:
+                    line[i] = (line[i] + (left + up) // 2) & 0xFF
+                elif kind == 4:
+                    p = left + up - corner
+                    pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                    guess = left if pa <= pb and pa <= pc else up if pb <= pc else corner
+                    line[i] = (line[i] + guess) & 0xFF
+            rows.append(line)
+            previous = line
+        self.rows = rows
+
+    def pixel(self, x: int, y: int) -> Tuple[int, int, int]:
+        i = x * self.channels
+        row = self.rows[y]
+        return row[i], row[i + 1], row[i + 2]
+
+    def count(self, colour: Tuple[int, int, int], box: Tuple[int, int, int, int], within: int = 40) -> int:
+        """
+        How many pixels in C{box} (left, top, right, bottom; right and
+        bottom excluded) are within C{within} of C{colour} (sum of the
+        channels' differences).
+        """
+        left, top, right, bottom = box
+        found = 0
+        for y in range(max(0, top), min(self.height, bottom)):
+            for x in range(max(0, left), min(self.width, right)):
+                if sum(abs(a - b) for a, b in zip(self.pixel(x, y), colour)) <= within:
+                    found += 1
+        return found
+
+
 # -- traffic -----------------------------------------------------------------
 
 
 class Traffic:
     """
-    GETs through the outbound listener on one keep-alive connection, a few
-    dozen a second, until L{stop} (bounded in time and count).
+    GETs of C{path} to a listener on one keep-alive connection, a few dozen
+    a second, until L{stop} (bounded in time and count); an answer other
+    than C{status} is counted as a failure.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, path: str = "/echo/dashboard", status: int = 200) -> None:
         self.port = port
+        self.path = path
+        self.status = status
         self.sent = 0
         self.failures: List[str] = []
         self.stopping = threading.Event()
@@ -186,8 +270,8 @@ class Traffic:
                 if self.sent >= TRAFFIC_REQUESTS:
                     return
                 try:
-                    reply = session.get("/echo/dashboard")
-                    if reply.status != 200:
+                    reply = session.get(self.path)
+                    if reply.status != self.status:
                         self.failures.append(repr(reply))
                 except Exception as e:  # counted; the dashboard shows what happened
                     self.failures.append(repr(e))
@@ -203,8 +287,8 @@ class Traffic:
 def traffic() -> Iterator[Callable[[int], Traffic]]:
     loops: List[Traffic] = []
 
-    def start(port: int) -> Traffic:
-        loop = Traffic(port)
+    def start(port: int, path: str = "/echo/dashboard", status: int = 200) -> Traffic:
+        loop = Traffic(port, path, status)
         loops.append(loop)
         return loop
 
@@ -327,10 +411,178 @@ def test_dashboard_shows_live_traffic(launch, app, traffic, tmp_path):
     # The screenshot, kept for people to look at.
     assert pngSize(screenshot) == WINDOW, pngSize(screenshot)
     assert screenshot.stat().st_size > 20_000
+    _keep(screenshot)
+
+
+def _keep(screenshot: Path) -> None:
+    """
+    Copy a screenshot, for people to look at, to C{EASYMESH_ARTIFACTS} if
+    it names a directory.
+    """
     print(f"dashboard screenshot: {screenshot}")
     artifacts = os.environ.get("EASYMESH_ARTIFACTS")
     if artifacts:
         target = Path(artifacts)
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(screenshot, target / "dashboard.png")
-        print(f"dashboard screenshot copied to {(target / 'dashboard.png').resolve()}")
+        shutil.copyfile(screenshot, target / screenshot.name)
+        print(f"dashboard screenshot copied to {(target / screenshot.name).resolve()}")
+
+
+# -- when things go wrong ------------------------------------------------------
+
+#: The page's colours (dashboard.js).
+BLUE = (0x09, 0x69, 0xDA)
+RED = (0xCF, 0x22, 0x2E)
+ORANGE = (0xBC, 0x4C, 0x00)
+#: Seconds the one slow request takes, among requests of a few ms.
+SLOW = 1.2
+#: Seconds of each burst of fast requests.
+BURST = 2.0
+
+
+def _burst(port: int, seconds: float) -> int:
+    """
+    Fast GETs through a listener, one after another, for C{seconds} (at
+    most 2000); how many.
+    """
+    deadline = time.monotonic() + seconds
+    sent = 0
+    with Session(port, timeout=5) as session:
+        while time.monotonic() < deadline and sent < 2000:
+            reply = session.get("/echo/fast")
+            assert reply.status == 200, reply
+            sent += 1
+            time.sleep(0.01)
+    return sent
+
+
+def _quietUntil(moment: float) -> None:
+    """
+    Send nothing until the wall clock (the sidecar's) reaches C{moment}: a
+    gap in the traffic, so that the slow request's second has no
+    neighbour on the charts.
+    """
+    delay = moment - time.time()
+    assert delay < 3, delay
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _box(canvas: Node) -> Tuple[int, int, int, int, int, int]:
+    """
+    A chart's place in the page (left, top, width, height) and its plot's
+    top and bottom rows, as the page drew it.
+    """
+    left, top, width, height, plotTop, plotBottom = (
+        int(round(float(v))) for v in canvas.attrs["data-box"].split(",")
+    )
+    return left, top, width, height, plotTop, plotBottom
+
+
+def test_dashboard_tells_the_truth_when_things_go_wrong(launch, app, traffic, tmp_path):
+    """
+    A dead endpoint is shown failing, with no latency estimate; a cluster
+    whose every request fails shows its request line beside the error
+    line; one slow request among fast ones is drawn, marked with its
+    value, on a scale that still shows the fast ones; the header names
+    the sidecar (by its host name, with no C{--node-id}), its version,
+    uptime and start.
+    """
+    closed = closedPort()
+    config = tmp_path / "mesh.yaml"
+    config.write_text(
+        f"""\
+clusters:
+  dead:
+    endpoints: ["http://127.0.0.1:{closed}"]
+    connect_timeout: 1s
+routes:
+  inbound:
+    - match: {{prefix: /dead/}}
+      cluster: dead
+    - match: {{prefix: /}}
+      cluster: local
+""",
+        encoding="utf-8",
+    )
+    ports = launch.ports()
+    argv = twistdCommand() + ["-n", "--pidfile=", "easymesh"] + sidecarArgs(
+        ports, ["--upstream", app.url, "--config", str(config)], nodeId=None
+    )
+    sidecar = launch(upstream=app.url, argv=argv, ports=ports)
+    adminPort = sidecar.ports["admin"]
+    sidecar.waitReady([adminPort])
+    url = f"http://127.0.0.1:{adminPort}/"
+
+    # Every request to the dead cluster fails, from now to the end.
+    dead = traffic(sidecar.inbound, "/dead/x", 503)
+    # Fast requests, a gap, one slow request alone, a gap, fast requests.
+    fast = _burst(sidecar.outbound, BURST)
+    _quietUntil(int(time.time()) + 1.05)
+    slow = request(sidecar.outbound, "GET", f"/slow?d={SLOW}", timeout=10)
+    assert slow.status == 200, slow
+    _quietUntil(int(time.time()) + 2.05)
+    fast += _burst(sidecar.outbound, BURST)
+
+    profile = tmp_path / "chromium-profile"
+    dom = parseDOM(chromium(profile, "--dump-dom", url))
+    screenshot = tmp_path / "dashboard-trouble.png"
+    chromium(profile, f"--screenshot={screenshot}", url)
+    dead.stop()
+    print(f"{fast} fast requests; dead cluster: {dead.sent} requests, failures {dead.failures[:3]}")
+    assert dead.sent > 0 and not dead.failures, dead.failures[:3]
+
+    # The header: which sidecar, which version, up how long, since when.
+    assert dom.byId("node").text() == (socket.gethostname().split(".")[0] or "easymesh")
+    build = dom.byId("build").text()
+    assert build.startswith(f"easymesh {__version__} · up "), build
+    assert re.search(r" · up (\d+ min )?\d+ s, started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", build), build
+
+    # The dead endpoint fails, and has no latency to show; the live ones
+    # serve.
+    rows = {(row[0], row[1]): row for row in _rows(dom.byId("endpoints"))}
+    failing = rows[("dead", f"127.0.0.1:{closed}")]
+    assert failing[2].startswith("failing: the last "), failing
+    assert failing[2].endswith(" requests got no answer (could not connect to the upstream)"), failing
+    assert failing[4] == "– (no answer yet)", failing
+    [cell] = [
+        td
+        for tr in dom.byId("endpoints").all(lambda n: n.attrs.get("data-endpoint") == f"dead 127.0.0.1:{closed}")
+        for td in tr.all(lambda n: n.tag == "td")
+        if td.text().startswith("failing")
+    ]
+    assert cell.attrs["class"] == "bad"
+    for key in (("local", f"127.0.0.1:{app.port}"), ("peer", f"127.0.0.1:{sidecar.inbound}")):
+        assert rows[key][2] == "serving", rows[key]
+        assert rows[key][4].endswith(" ms") and float(rows[key][4].split()[0]) > 0, rows[key]
+
+    charts = {c.attrs["data-chart"]: c for c in dom.all(lambda n: n.tag == "canvas")}
+    image = Image(screenshot)
+    assert (image.width, image.height) == WINDOW
+
+    # The slow request is above the outbound latency scale, which fits the
+    # fast ones; it is marked with its value, and the fast ones' line is
+    # off the baseline.
+    latency = charts["listener:outbound:latency"]
+    assert float(latency.attrs["data-max"]) < SLOW * 1000 / 4, latency.attrs
+    above = [[float(v) for v in values.split()] for values in latency.attrs["data-above"].split(",")]
+    assert all(values and min(values) >= SLOW * 1000 for values in above), latency.attrs
+    left, top, width, height, plotTop, plotBottom = _box(latency)
+    assert top + height <= WINDOW[1], latency.attrs
+    label = (left, top, left + width, top + plotTop - 4)
+    marked = image.count(BLUE, label, 120) + image.count(ORANGE, label, 120)
+    assert marked >= 10, (marked, latency.attrs)
+    middle = (left, top + plotTop + 4, left + width, top + plotBottom - 4)
+    drawn = image.count(BLUE, middle) + image.count(ORANGE, middle)
+    assert drawn >= 10, (drawn, latency.attrs)
+
+    # Every request to the dead cluster is an error: its request line still
+    # shows beside the error line.
+    rate = charts["cluster:dead:rps"]
+    left, top, width, height, plotTop, plotBottom = _box(rate)
+    assert top + height <= WINDOW[1], rate.attrs
+    plot = (left, top + plotTop - 3, left + width, top + plotBottom + 3)
+    blue, red = image.count(BLUE, plot), image.count(RED, plot)
+    assert blue >= 20 and red >= 20, (blue, red, rate.attrs)
+
+    _keep(screenshot)

@@ -125,6 +125,7 @@ def test_rate_limit_on_inbound(launch, app):
     limited = [r for r in replies if r.status == 429]
     assert limited, statuses
     for r in limited:
+        assert r.reason == "Too Many Requests", r
         assert r.header("x-easymesh-error") == "rate_limited"
         retry = r.header("retry-after")
         assert retry is not None and retry.isdigit() and int(retry) >= 1, retry
@@ -139,6 +140,7 @@ def test_loop_is_508(launch):
     )
     reply = request(sidecar.outbound, "GET", "/loop", timeout=5)
     assert reply.status == 508, reply
+    assert reply.reason == "Loop Detected", reply
     assert reply.header("x-easymesh-error") == "loop_detected"
 
 
