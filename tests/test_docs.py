@@ -273,18 +273,33 @@ def test_readmeIsShort() -> None:
     assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 350
 
 
+def anchors(text: str) -> Set[str]:
+    """
+    The anchors GitHub makes of a page's headings.
+    """
+    found = set()
+    for heading in re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```$", "", text, flags=re.M | re.S), re.M):
+        found.add(re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-"))
+    return found
+
+
 def test_relativeLinksResolve() -> None:
     """
-    Every relative link of the Markdown pages names a file that exists.
+    Every relative link of the Markdown pages names a file that exists,
+    and a heading of it if it names one.
     """
-    missing: Dict[str, List[str]] = {}
+    broken: Dict[str, List[str]] = {}
     for page in markdownFiles():
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+        text = page.read_text(encoding="utf-8")
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", text):
             if "://" in target:
                 continue
-            if not (page.parent / target).exists():
-                missing.setdefault(str(page.relative_to(ROOT)), []).append(target)
-    assert missing == {}
+            linked = (page.parent / target) if target else page
+            if not linked.exists():
+                broken.setdefault(str(page.relative_to(ROOT)), []).append(target)
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked.read_text(encoding="utf-8")):
+                broken.setdefault(str(page.relative_to(ROOT)), []).append(f"{target}#{anchor}")
+    assert broken == {}
 
 
 def test_causesUpdate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
