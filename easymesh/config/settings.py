@@ -57,7 +57,8 @@ SETTINGS = (
     Setting(
         "demo",
         Endpoint(check=endpointNormaliser("127.0.0.1")),
-        "Where the built-in demo app listens when no --upstream is given.",
+        "Where the built-in demo app listens when no --upstream is given (a "
+        "bare port means loopback only).",
         _defaults.demo,
     ),
     Setting(
@@ -232,8 +233,8 @@ SETTINGS += (
         "admin",
         Endpoint(expected="a Twisted endpoint string, or none", check=_adminEndpoint),
         "Where the admin listener (dashboard, metrics, readiness) listens, or "
-        "none; keep it off public interfaces.  Each sidecar on a host needs "
-        "its own.",
+        "none (a bare port means loopback only); keep it off public "
+        "interfaces.  Each sidecar on a host needs its own.",
         _defaults.admin,
     ),
     Setting(
