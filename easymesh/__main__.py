@@ -17,7 +17,7 @@ commands:
   check-config FILE   Check a config file completely; exit 0 if valid.
   certs DIR ...       Make a development CA and workload certificates
                       (python -m easymesh certs --help for its options).
-  causes [--update README.md]
+  causes [--update docs/troubleshooting.md]
                       Print the error causes as the README's Markdown
                       table, or rewrite the table in the README.
 
@@ -27,7 +27,7 @@ options:
 """
 
 CHECK_CONFIG_USAGE = "usage: python -m easymesh check-config FILE"
-CAUSES_USAGE = "usage: python -m easymesh causes [--update README.md]"
+CAUSES_USAGE = "usage: python -m easymesh causes [--update docs/troubleshooting.md]"
 
 
 def checkConfig(argv: List[str]) -> int:

@@ -90,6 +90,15 @@ class AuthorizationPolicy:
     defaultAllow: bool = True
 
 
+#: The keys each part of the C{authorization} section accepts, by where it
+#: is in a file (a rule's C{match} takes a route's match keys).
+AUTHORIZATION_SECTIONS = {
+    "authorization": frozenset(DEFAULT_CLUSTERS),
+    "authorization.LISTENER": frozenset(("default", "rules")),
+    "authorization.LISTENER.rules[]": frozenset(("match", "identities", "ignore_case")),
+}
+
+
 def readAuthorization(node: Any) -> Dict[str, AuthorizationPolicy]:
     """
     Read the C{authorization} section of a config file.
@@ -101,14 +110,14 @@ def readAuthorization(node: Any) -> Dict[str, AuthorizationPolicy]:
     from easymesh.config.meshfile import readMatch
 
     policies = {}
-    for listener, policyNode in node.mapping(set(DEFAULT_CLUSTERS)).items():
-        entries = policyNode.mapping({"default", "rules"})
+    for listener, policyNode in node.mapping(AUTHORIZATION_SECTIONS["authorization"]).items():
+        entries = policyNode.mapping(AUTHORIZATION_SECTIONS["authorization.LISTENER"])
         defaultAllow = True
         if "default" in entries:
             defaultAllow = entries["default"].choice(("allow", "deny")) == "allow"
         rules = []
         for ruleNode in entries["rules"].sequence() if "rules" in entries else ():
-            fields = ruleNode.mapping({"match", "identities", "ignore_case"})
+            fields = ruleNode.mapping(AUTHORIZATION_SECTIONS["authorization.LISTENER.rules[]"])
             if "identities" not in fields:
                 raise ruleNode.error("needs identities")
             identities = []

@@ -8,7 +8,7 @@ body and an C{x-easymesh-error} header naming the cause.
 
 L{CAUSE_TABLE} is the one list of causes, with each one's status, gRPC
 status, body and words for people: the errors here, the HTTP/1.1 edge's
-refusals, the README's error table and the dashboard all take them from it.
+refusals, the error table of docs/troubleshooting.md and the dashboard all take them from it.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Cause:
     @ivar message: The reply's body (the HTTP/1.1 edge's refusals send the
         precise reason instead).
     @ivar words: What happened, in plain words (the dashboard's).
-    @ivar when: What happened, in Markdown (the README's error table).
+    @ivar when: What happened, in Markdown (the docs' error table).
     @ivar answer: How it reaches the client: L{REPLY}, L{REPLY_OR_ABORT},
         L{ABORT} or L{NOTHING}.
     @ivar alsoStatuses: Other statuses the HTTP/1.1 edge refuses with it.
@@ -117,7 +117,7 @@ CAUSE_TABLE: Tuple[Cause, ...] = (
         words="malformed request",
         when="a malformed request (refused while its head or body is read, the connection then "
         "closes), or a target or path the sidecar does not forward (see "
-        "[Routes and clusters](#routes-and-clusters))",
+        "[Routes and clusters](configuration.md#routes-and-clusters))",
         edge=True,
     ),
     Cause(
@@ -136,7 +136,7 @@ CAUSE_TABLE: Tuple[Cause, ...] = (
         message="the caller is not authorized for this request",
         words="the caller's identity is not allowed",
         when="an authorization rule refuses the caller's identity (see "
-        "[mTLS between sidecars](#mtls-between-sidecars))",
+        "[mTLS](mtls.md#authorization-rules))",
     ),
     Cause(
         "no_route",
@@ -145,7 +145,7 @@ CAUSE_TABLE: Tuple[Cause, ...] = (
         message="no route matches this request",
         words="no route of the listener matches the request",
         when="no route of the listener matches the request (see "
-        "[Routes and clusters](#routes-and-clusters))",
+        "[Routes and clusters](configuration.md#routes-and-clusters))",
     ),
     Cause(
         "request_timeout",
@@ -366,7 +366,7 @@ def phrase(status: int) -> bytes:
     return found
 
 
-#: The comments around the README's error table.
+#: The comments around the docs' error table (see L{easymesh.doctables}).
 MARKDOWN_BEGIN = "<!-- causes:begin -->"
 MARKDOWN_END = "<!-- causes:end -->"
 
@@ -384,7 +384,7 @@ def _statusCell(cause: Cause) -> str:
 
 def causesMarkdown() -> str:
     """
-    L{CAUSE_TABLE} as the README's Markdown table, without the comments
+    L{CAUSE_TABLE} as the docs' Markdown table, without the comments
     around it.
     """
     lines = ["| status | `x-easymesh-error` | when |", "|---|---|---|"]
@@ -395,16 +395,14 @@ def causesMarkdown() -> str:
 
 def withCausesMarkdown(text: str) -> str:
     """
-    C{text} (the README) with what lies between L{MARKDOWN_BEGIN} and
+    C{text} (a page of the docs) with what lies between L{MARKDOWN_BEGIN} and
     L{MARKDOWN_END} replaced by L{causesMarkdown}.
 
     @raise ValueError: C{text} lacks the comments.
     """
-    head, found, rest = text.partition(MARKDOWN_BEGIN + "\n")
-    _, ended, tail = rest.partition(MARKDOWN_END)
-    if not (found and ended):
-        raise ValueError(f"no {MARKDOWN_BEGIN} ... {MARKDOWN_END} in the text")
-    return head + MARKDOWN_BEGIN + "\n" + causesMarkdown() + MARKDOWN_END + tail
+    from easymesh.doctables import withTable
+
+    return withTable(text, "causes", causesMarkdown())
 
 
 def causesJSON() -> Dict[str, Dict[str, Any]]:

@@ -134,7 +134,7 @@ def checkRunnable(config: SidecarConfig) -> Dict[str, Any]:
         if not available():
             raise ConfigError(
                 "otlp-endpoint",
-                "needs the opentelemetry extra: pip install 'easymesh[opentelemetry]'",
+                "needs the opentelemetry extra: from the checkout, pip install '.[opentelemetry]'",
             )
     return chains
 

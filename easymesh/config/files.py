@@ -6,11 +6,30 @@ and key of anything refused.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, FrozenSet
 
-from easymesh.config.meshfile import MESH_KEYS, Node, construct, readMesh
+from easymesh.config.meshfile import MATCH_KEYS, MESH_KEYS, MESH_SECTIONS, Node, construct, readMesh
 from easymesh.config.model import ConfigError
 from easymesh.config.settings import BY_NAME
+
+#: The keys a config file accepts at its top level: every setting (each a
+#: flag too), the mesh keys and C{authorization}.
+TOP_LEVEL_KEYS = frozenset(BY_NAME) | MESH_KEYS | {"authorization"}
+
+
+def fileSections() -> Dict[str, FrozenSet[str]]:
+    """
+    Every part of a config file and the keys it accepts, by where it is
+    (C{""} for the top level; C{NAME} for a name the file chooses, C{[]}
+    for a list's items), as the reader checks them.
+    """
+    from easymesh.authz import AUTHORIZATION_SECTIONS
+
+    sections = {"": TOP_LEVEL_KEYS, **MESH_SECTIONS, **AUTHORIZATION_SECTIONS}
+    rule = "authorization.LISTENER.rules[]"
+    sections[f"{rule}.match"] = MATCH_KEYS
+    sections[f"{rule}.match.headers.NAME"] = MESH_SECTIONS["routes.LISTENER[].match.headers.NAME"]
+    return sections
 
 
 class ConfigValues(Dict[str, Any]):
@@ -95,9 +114,7 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
         setting = BY_NAME.get(key)
         if setting is None:
             raise ConfigError(
-                where,
-                f"unknown key {key!r} (known keys: "
-                f"{', '.join(sorted(set(BY_NAME) | MESH_KEYS | {'authorization'}))})",
+                where, f"unknown key {key!r} (known keys: {', '.join(sorted(TOP_LEVEL_KEYS))})"
             )
         if key in values:
             raise ConfigError(where, f"key {key!r} is given twice")

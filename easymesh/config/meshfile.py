@@ -7,7 +7,20 @@ objects, naming the file, line and key of anything refused.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    AbstractSet,
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.durations import parseDuration
@@ -61,6 +74,51 @@ MESH_KEYS = frozenset(
     )
 )
 
+#: The keys each part of the C{clusters} and C{routes} sections accepts.
+CLUSTER_KEYS = frozenset(
+    (
+        "endpoints",
+        "dns",
+        "lb_policy",
+        "hash_on",
+        "connect_timeout",
+        "timeout",
+        "pool_size",
+        "pool_idle",
+        "stream_idle_timeout",
+        "circuit_breakers",
+        "outlier_detection",
+        "health_check",
+        "tls",
+        "protocol",
+    )
+)
+ENDPOINT_KEYS = frozenset(("url", "weight"))
+DNS_KEYS = frozenset(("name", "port", "refresh", "scheme"))
+HASH_ON_KEYS = frozenset(("header", "cookie", "source_ip"))
+CLUSTER_TLS_KEYS = frozenset(("identities",))
+ROUTE_KEYS = frozenset(
+    (
+        "name",
+        "match",
+        "cluster",
+        "weighted_clusters",
+        "direct_response",
+        "prefix_rewrite",
+        "host_rewrite",
+        "timeout",
+        "retry_policy",
+        "rate_limit",
+    )
+)
+MATCH_KEYS = frozenset(("prefix", "path", "regex", "host", "headers", "methods"))
+HEADER_MATCH_KEYS = frozenset(("exact", "prefix", "regex", "present"))
+RETRY_POLICY_KEYS = frozenset(("retry_on", "num_retries", "per_try_timeout", "backoff", "budget"))
+BACKOFF_KEYS = frozenset(("base", "max"))
+RATE_LIMIT_KEYS = frozenset(("rate", "burst", "key", "max_keys"))
+RATE_LIMIT_KEY_KEYS = frozenset(("header", "source_ip", "identity"))
+DIRECT_RESPONSE_KEYS = frozenset(("status", "body"))
+
 
 def construct(node: Any, deep: bool = False) -> Any:
     """
@@ -107,7 +165,7 @@ class Node:
     def _child(self, node: Any, key: str) -> "Node":
         return Node(node, self.file, f"{self.path}.{key}" if self.path else key)
 
-    def mapping(self, allowed: Optional[Set[str]] = None) -> Dict[str, "Node"]:
+    def mapping(self, allowed: Optional[AbstractSet[str]] = None) -> Dict[str, "Node"]:
         """
         The entries of a mapping; keys outside C{allowed} are refused.
         """
@@ -279,7 +337,7 @@ def _readEndpoints(node: Node) -> Dict[str, Any]:
             urls.append(_url(item))
             weights.append(1)
         else:
-            fields = item.mapping({"url", "weight"})
+            fields = item.mapping(ENDPOINT_KEYS)
             if "url" not in fields:
                 raise item.error("needs url")
             urls.append(_url(fields["url"]))
@@ -288,7 +346,7 @@ def _readEndpoints(node: Node) -> Dict[str, Any]:
 
 
 def _readDns(node: Node) -> DnsDiscovery:
-    fields = node.mapping({"name", "port", "refresh", "scheme"})
+    fields = node.mapping(DNS_KEYS)
     for required in ("name", "port"):
         if required not in fields:
             raise node.error(f"needs {required}")
@@ -301,7 +359,7 @@ def _readDns(node: Node) -> DnsDiscovery:
 
 
 def _readHashOn(node: Node) -> HashOn:
-    fields = node.mapping({"header", "cookie", "source_ip"})
+    fields = node.mapping(HASH_ON_KEYS)
     kwargs: Dict[str, Any] = {}
     if "header" in fields:
         kwargs["header"] = _lower(fields["header"].text())
@@ -322,24 +380,7 @@ def _true(node: Node) -> bool:
 
 
 def _readCluster(name: str, node: Node) -> ClusterConfig:
-    entries = node.mapping(
-        {
-            "endpoints",
-            "dns",
-            "lb_policy",
-            "hash_on",
-            "connect_timeout",
-            "timeout",
-            "pool_size",
-            "pool_idle",
-            "stream_idle_timeout",
-            "circuit_breakers",
-            "outlier_detection",
-            "health_check",
-            "tls",
-            "protocol",
-        }
-    )
+    entries = node.mapping(CLUSTER_KEYS)
     kwargs: Dict[str, Any] = {"name": name}
     if "protocol" in entries:
         kwargs["protocol"] = entries["protocol"].value()
@@ -363,42 +404,18 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
         kwargs["poolSize"] = entries["pool_size"].value()
     if "circuit_breakers" in entries:
         kwargs["circuitBreakers"] = _readObject(
-            entries["circuit_breakers"],
-            CircuitBreakers,
-            {
-                "max_connections": ("maxConnections", Node.value),
-                "max_pending_requests": ("maxPendingRequests", Node.value),
-                "max_requests": ("maxRequests", Node.value),
-                "max_retries": ("maxRetries", Node.value),
-            },
+            entries["circuit_breakers"], CircuitBreakers, _CIRCUIT_BREAKER_FIELDS
         )
     if "outlier_detection" in entries:
         kwargs["outlierDetection"] = _readObject(
-            entries["outlier_detection"],
-            OutlierDetection,
-            {
-                "consecutive_5xx": ("consecutive5xx", Node.value),
-                "consecutive_gateway_failure": ("consecutiveGatewayFailure", Node.value),
-                "interval": ("interval", Node.duration),
-                "base_ejection_time": ("baseEjectionTime", Node.duration),
-                "max_ejection_percent": ("maxEjectionPercent", _real(checkPercent)),
-            },
+            entries["outlier_detection"], OutlierDetection, _OUTLIER_DETECTION_FIELDS
         )
     if "health_check" in entries:
         kwargs["healthCheck"] = _readObject(
-            entries["health_check"],
-            HealthCheck,
-            {
-                "path": ("path", Node.text),
-                "interval": ("interval", Node.duration),
-                "timeout": ("timeout", Node.duration),
-                "healthy_threshold": ("healthyThreshold", Node.value),
-                "unhealthy_threshold": ("unhealthyThreshold", Node.value),
-                "host": ("host", Node.text),
-            },
+            entries["health_check"], HealthCheck, _HEALTH_CHECK_FIELDS
         )
     if "tls" in entries:
-        fields = entries["tls"].mapping({"identities"})
+        fields = entries["tls"].mapping(CLUSTER_TLS_KEYS)
         if "identities" in fields:
             patterns = [item.text() for item in fields["identities"].sequence()]
             if not patterns:
@@ -409,12 +426,43 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
     return cluster
 
 
-def _readObject(node: Node, cls: Any, fields: Mapping[str, Tuple[str, Callable[[Node], Any]]]) -> Any:
+_Fields = Mapping[str, Tuple[str, Callable[[Node], Any]]]
+
+
+def _readObject(node: Node, cls: Any, fields: _Fields) -> Any:
     """
     Read a mapping whose keys each map to one attribute of C{cls}.
     """
     entries = node.mapping(set(fields))
     return cls(**{fields[k][0]: fields[k][1](v) for k, v in entries.items()})
+
+
+#: Mappings read by L{_readObject}: each key, its attribute and its reader.
+_CIRCUIT_BREAKER_FIELDS: _Fields = {
+    "max_connections": ("maxConnections", Node.value),
+    "max_pending_requests": ("maxPendingRequests", Node.value),
+    "max_requests": ("maxRequests", Node.value),
+    "max_retries": ("maxRetries", Node.value),
+}
+_OUTLIER_DETECTION_FIELDS: _Fields = {
+    "consecutive_5xx": ("consecutive5xx", Node.value),
+    "consecutive_gateway_failure": ("consecutiveGatewayFailure", Node.value),
+    "interval": ("interval", Node.duration),
+    "base_ejection_time": ("baseEjectionTime", Node.duration),
+    "max_ejection_percent": ("maxEjectionPercent", _real(checkPercent)),
+}
+_HEALTH_CHECK_FIELDS: _Fields = {
+    "path": ("path", Node.text),
+    "interval": ("interval", Node.duration),
+    "timeout": ("timeout", Node.duration),
+    "healthy_threshold": ("healthyThreshold", Node.value),
+    "unhealthy_threshold": ("unhealthyThreshold", Node.value),
+    "host": ("host", Node.text),
+}
+_BUDGET_FIELDS: _Fields = {
+    "percent": ("percent", _real(checkPercent)),
+    "min_retries_per_second": ("minRetriesPerSecond", _real(checkNotNegative)),
+}
 
 
 def _headerValue(node: Node) -> str:
@@ -435,7 +483,7 @@ def _readHeaderMatch(name: str, node: Node) -> HeaderMatch:
     if node.isScalar():
         return HeaderMatch(name, exact=_headerValue(node))
     kwargs: Dict[str, Any] = {}
-    for key, field in node.mapping({"exact", "prefix", "regex", "present"}).items():
+    for key, field in node.mapping(HEADER_MATCH_KEYS).items():
         if key == "present":
             kwargs[key] = field.flag()
         elif key == "regex":
@@ -446,7 +494,7 @@ def _readHeaderMatch(name: str, node: Node) -> HeaderMatch:
 
 
 def _readMatch(node: Node) -> RouteMatch:
-    entries = node.mapping({"prefix", "path", "regex", "host", "headers", "methods"})
+    entries = node.mapping(MATCH_KEYS)
     kwargs: Dict[str, Any] = {}
     for key in ("prefix", "path", "regex"):
         if key in entries:
@@ -471,7 +519,7 @@ readMatch = _readMatch
 
 
 def _readRetryPolicy(node: Node) -> RetryPolicy:
-    entries = node.mapping({"retry_on", "num_retries", "per_try_timeout", "backoff", "budget"})
+    entries = node.mapping(RETRY_POLICY_KEYS)
     kwargs: Dict[str, Any] = {}
     if "retry_on" in entries:
         items = [item.checked(item.value(), retryItem) for item in entries["retry_on"].sequence()]
@@ -482,25 +530,18 @@ def _readRetryPolicy(node: Node) -> RetryPolicy:
     if "per_try_timeout" in entries:
         kwargs["perTryTimeout"] = entries["per_try_timeout"].duration()
     if "backoff" in entries:
-        fields = entries["backoff"].mapping({"base", "max"})
+        fields = entries["backoff"].mapping(BACKOFF_KEYS)
         base = fields["base"].duration() if "base" in fields else Backoff().base
         # As Envoy: the cap is ten times the base unless given.
         cap = fields["max"].duration() if "max" in fields else 10 * base
         kwargs["backoff"] = Backoff(base, cap)
     if "budget" in entries:
-        kwargs["budget"] = _readObject(
-            entries["budget"],
-            RetryBudget,
-            {
-                "percent": ("percent", _real(checkPercent)),
-                "min_retries_per_second": ("minRetriesPerSecond", _real(checkNotNegative)),
-            },
-        )
+        kwargs["budget"] = _readObject(entries["budget"], RetryBudget, _BUDGET_FIELDS)
     return RetryPolicy(**kwargs)
 
 
 def _readRateLimit(node: Node) -> RouteRateLimit:
-    entries = node.mapping({"rate", "burst", "key", "max_keys"})
+    entries = node.mapping(RATE_LIMIT_KEYS)
     if "rate" not in entries:
         raise node.error("needs rate")
     rate = _real(checkRate)(entries["rate"])
@@ -511,7 +552,7 @@ def _readRateLimit(node: Node) -> RouteRateLimit:
         # Enough for one second at the rate.
         kwargs["burst"] = max(1, int(-(-rate // 1)))
     if "key" in entries:
-        fields = entries["key"].mapping({"header", "source_ip", "identity"})
+        fields = entries["key"].mapping(RATE_LIMIT_KEY_KEYS)
         key: Dict[str, Any] = {}
         if "header" in fields:
             key["header"] = _lower(fields["header"].text())
@@ -526,7 +567,7 @@ def _readRateLimit(node: Node) -> RouteRateLimit:
 
 
 def _readDirectResponse(node: Node) -> DirectResponse:
-    fields = node.mapping({"status", "body"})
+    fields = node.mapping(DIRECT_RESPONSE_KEYS)
     if "status" not in fields:
         raise node.error("needs status")
     body = ""
@@ -536,20 +577,7 @@ def _readDirectResponse(node: Node) -> DirectResponse:
 
 
 def _readRoute(listener: str, index: int, node: Node, clusters: Set[str]) -> Route:
-    entries = node.mapping(
-        {
-            "name",
-            "match",
-            "cluster",
-            "weighted_clusters",
-            "direct_response",
-            "prefix_rewrite",
-            "host_rewrite",
-            "timeout",
-            "retry_policy",
-            "rate_limit",
-        }
-    )
+    entries = node.mapping(ROUTE_KEYS)
     kwargs: Dict[str, Any] = {
         "name": entries["name"].text() if "name" in entries else f"{listener}-{index}"
     }
@@ -620,7 +648,7 @@ def readMesh(nodes: Mapping[str, Node]) -> Dict[str, Any]:
     if "routes" in nodes:
         known = set(clusters) | set(DEFAULT_CLUSTERS.values())
         routes: Dict[str, Tuple[Route, ...]] = {}
-        for listener, node in nodes["routes"].mapping(set(DEFAULT_CLUSTERS)).items():
+        for listener, node in nodes["routes"].mapping(MESH_SECTIONS["routes"]).items():
             routes[listener] = tuple(
                 _readRoute(listener, i, item, known) for i, item in enumerate(node.sequence())
             )
@@ -630,4 +658,29 @@ def readMesh(nodes: Mapping[str, Node]) -> Dict[str, Any]:
     return result
 
 
-__all__ = ["MESH_KEYS", "Node", "readMesh", "MeshConfig"]
+#: Every part of the C{clusters} and C{routes} sections, by where it is in a
+#: file (C{NAME} for a name the file chooses, C{[]} for a list's items),
+#: and the keys it accepts.
+MESH_SECTIONS: Mapping[str, FrozenSet[str]] = {
+    "clusters.NAME": CLUSTER_KEYS,
+    "clusters.NAME.endpoints[]": ENDPOINT_KEYS,
+    "clusters.NAME.dns": DNS_KEYS,
+    "clusters.NAME.hash_on": HASH_ON_KEYS,
+    "clusters.NAME.circuit_breakers": frozenset(_CIRCUIT_BREAKER_FIELDS),
+    "clusters.NAME.outlier_detection": frozenset(_OUTLIER_DETECTION_FIELDS),
+    "clusters.NAME.health_check": frozenset(_HEALTH_CHECK_FIELDS),
+    "clusters.NAME.tls": CLUSTER_TLS_KEYS,
+    "routes": frozenset(DEFAULT_CLUSTERS),
+    "routes.LISTENER[]": ROUTE_KEYS,
+    "routes.LISTENER[].match": MATCH_KEYS,
+    "routes.LISTENER[].match.headers.NAME": HEADER_MATCH_KEYS,
+    "routes.LISTENER[].retry_policy": RETRY_POLICY_KEYS,
+    "routes.LISTENER[].retry_policy.backoff": BACKOFF_KEYS,
+    "routes.LISTENER[].retry_policy.budget": frozenset(_BUDGET_FIELDS),
+    "routes.LISTENER[].rate_limit": RATE_LIMIT_KEYS,
+    "routes.LISTENER[].rate_limit.key": RATE_LIMIT_KEY_KEYS,
+    "routes.LISTENER[].direct_response": DIRECT_RESPONSE_KEYS,
+}
+
+
+__all__ = ["MESH_KEYS", "MESH_SECTIONS", "Node", "readMesh", "MeshConfig"]

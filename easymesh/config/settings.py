@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional
 
 from easymesh.config.addresses import checkFilterSpec, checkURL, endpointNormaliser
-from easymesh.config.kinds import Choice, Endpoint, ListOf, Number, Setting, Text
+from easymesh.config.kinds import Choice, Endpoint, Kind, ListOf, Number, Setting, Text
 from easymesh.config.mesh import PROTOCOLS
 from easymesh.config.model import UNDERSCORE_ACTIONS, ConfigError, SidecarConfig
 
@@ -57,7 +57,8 @@ SETTINGS = (
     Setting(
         "demo",
         Endpoint(check=endpointNormaliser("127.0.0.1")),
-        "Where the built-in demo app listens when no --upstream is given.",
+        "Where the built-in demo app listens when no --upstream is given (a "
+        "bare port means loopback only).",
         _defaults.demo,
     ),
     Setting(
@@ -232,8 +233,8 @@ SETTINGS += (
         "admin",
         Endpoint(expected="a Twisted endpoint string, or none", check=_adminEndpoint),
         "Where the admin listener (dashboard, metrics, readiness) listens, or "
-        "none; keep it off public interfaces.  Each sidecar on a host needs "
-        "its own.",
+        "none (a bare port means loopback only); keep it off public "
+        "interfaces.  Each sidecar on a host needs its own.",
         _defaults.admin,
     ),
     Setting(
@@ -302,6 +303,39 @@ SETTINGS += (
 )
 
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def _typeCell(kind: Kind) -> str:
+    if isinstance(kind, ListOf):
+        return f"a list, each {kind.item.expected}"
+    text = kind.expected
+    if isinstance(kind, Number) and kind.maximum is not None:
+        limit = kind.maximum
+        text += f", at most {int(limit):,}" if float(limit).is_integer() else f", at most {limit:g}"
+    return text
+
+
+def _defaultCell(setting: Setting) -> str:
+    if setting.default is None:
+        return "none"
+    if isinstance(setting.default, float) and setting.default.is_integer():
+        return f"`{int(setting.default)}`"
+    if isinstance(setting.default, str) and not isinstance(setting.kind, (Choice, Endpoint)):
+        return setting.default  # words, such as "the host name"
+    return f"`{setting.default}`"
+
+
+def settingsMarkdown() -> str:
+    """
+    L{SETTINGS} as a Markdown table, for the configuration reference: each
+    key, its flag, what it takes, its default and its meaning.
+    """
+    lines = ["| key | flag | type | default | meaning |", "|---|---|---|---|---|"]
+    for s in SETTINGS:
+        flag = f"`--{s.name}`" + (f", `-{s.short}`" if s.short else "")
+        meaning = s.help.replace("|", "\\|")
+        lines.append(f"| `{s.name}` | {flag} | {_typeCell(s.kind)} | {_defaultCell(s)} | {meaning} |")
+    return "\n".join(lines) + "\n"
 
 
 _NODE_ID_CHARS = frozenset(

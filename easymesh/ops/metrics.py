@@ -36,8 +36,8 @@ from easymesh import __version__
 
 _log = Logger()
 
-#: Each metric: name, type, label names, help.  Registration and the
-#: README's table (L{markdownTable}) are both made from it.
+#: Each metric: name, type, label names, help.  Registration and
+#: the table of docs/operations.md (L{markdownTable}) are both made from it.
 METRIC_DOCS: List[Tuple[str, str, Tuple[str, ...], str]] = [
     (
         "easymesh_requests_total",
@@ -170,7 +170,7 @@ CertificateSource = Callable[[], Iterable[Tuple[str, float]]]
 
 def markdownTable() -> str:
     """
-    The metrics as a Markdown table, for the README.
+    The metrics as a Markdown table, for docs/operations.md.
     """
     lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
     for name, kind, labels, text in METRIC_DOCS:

@@ -2,7 +2,7 @@
 """
 Optional OpenTelemetry export: one span per request and hop, sent over
 OTLP/HTTP to a collector, when C{--otlp-endpoint} is given and the
-C{opentelemetry} extra is installed (C{pip install 'easymesh[opentelemetry]'}).
+C{opentelemetry} extra is installed (from the checkout, C{pip install '.[opentelemetry]'}).
 Without it nothing of OpenTelemetry is imported.
 
 Each span has this hop's W3C trace ids (L{easymesh.tracing}): its span id
