@@ -43,7 +43,7 @@ def test_help(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
     out, err = capsys.readouterr()
     assert (out, err) == (USAGE, "")
     assert out.startswith("usage: python -m easymesh COMMAND")
-    for command in ("check-config FILE", "certs DIR", "causes [--update README.md]", "--version"):
+    for command in ("check-config FILE", "certs DIR", "causes [--update docs/troubleshooting.md]", "--version"):
         assert command in out
     assert "{" not in out
 
