@@ -13,10 +13,13 @@ from urllib.parse import urlsplit
 import attrs
 
 #: URL schemes with an upstream implementation; see L{easymesh.upstream}.
-UPSTREAM_SCHEMES = ("http", "https", "h2c", "grpc")
+UPSTREAM_SCHEMES = ("http", "https", "h2c", "grpc", "tcp", "tls")
 DEFAULT_PORTS = {"http": 80, "https": 443, "h2c": 80, "grpc": 80}
 #: Schemes that mean HTTP/2 with prior knowledge (plaintext h2c).
 HTTP2_SCHEMES = ("h2c", "grpc")
+#: Schemes of a raw TCP endpoint, plain or with TLS originated by the
+#: sidecar; only a C{tcp} listener's cluster has them.
+TCP_SCHEMES = ("tcp", "tls")
 
 
 def endpointNormaliser(bareInterface: Optional[str]) -> Callable[[str], str]:
@@ -152,6 +155,8 @@ class UpstreamURL:
             )
         if not parts.hostname:
             raise ValueError(f"invalid URL {text!r}: no host")
+        if port is None and parts.scheme not in DEFAULT_PORTS:
+            raise ValueError(f"invalid URL {text!r}: a {parts.scheme}:// URL needs a port")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError(
                 f"invalid URL {text!r}: give only scheme, host and port "
@@ -168,7 +173,7 @@ class UpstreamURL:
     @property
     def authority(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        if self.port == DEFAULT_PORTS[self.scheme]:
+        if self.port == DEFAULT_PORTS.get(self.scheme):
             return host
         return f"{host}:{self.port}"
 

@@ -140,7 +140,7 @@ def endpointFor(
     """
     The endpoint to connect to C{url} with: a plain TCP endpoint for an IP
     address (no name resolution on the connect path), a hostname endpoint
-    otherwise; wrapped in TLS for C{https}: mTLS from C{contexts} (a
+    otherwise; wrapped in TLS for C{https} and C{tls}: mTLS from C{contexts} (a
     L{easymesh.tls.registry.TLSContexts}) when the settings name the
     workload's certificate, else verified against the system's trust store.
     """
@@ -152,7 +152,7 @@ def endpointFor(
         endpoint = TCP6ClientEndpoint(reactor, url.host, url.port, timeout=connectTimeout)
     else:
         endpoint = HostnameEndpoint(reactor, url.host, url.port, timeout=connectTimeout)
-    if url.scheme == "https":
+    if url.scheme in ("https", "tls"):
         if settings.tls is not None and contexts is not None:
             creator = contexts.client(settings.tls, url.host, protocols)
         else:

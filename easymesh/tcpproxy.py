@@ -1,0 +1,345 @@
+# -*- test-case-name: tests.test_tcpproxy -*-
+"""
+A C{tcp} listener: each accepted connection is joined to a connection to
+one endpoint of its cluster, and bytes pass both ways unread.
+
+The endpoint is picked (by the cluster's balancer; C{ring_hash} hashes the
+client's address) as soon as the connection is accepted, or once its TLS
+handshake has admitted the caller on an mTLS listener: many protocols let
+the server speak first.  The cluster's circuit breakers count the
+connections, and a failed connect counts for outlier detection and closes
+the client's connection.
+
+Each side's transport is the producer of the other's reads, so that a
+side that does not read pauses the other (memory grows by no more than
+the transports' buffers), and a side that closes its sending half closes
+the other's (half-close), while the other direction goes on.  A pair with
+no byte moving either way for the idle timeout is closed; so is every
+pair, after C{--drain}, when the sidecar stops.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Set
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from easymesh.cluster.breakers import MAX_CONNECTIONS
+from easymesh.edge import admitCaller, peerAddress
+from easymesh.errors import NoHealthyUpstream
+
+_log = Logger()
+
+#: Why a pair ended, for the access log and metrics.
+CLOSED, IDLE_TIMEOUT, CONNECT_FAILURE, NO_HEALTHY_UPSTREAM, OVERFLOW, REFUSED, DRAINED = (
+    "closed",
+    "idle_timeout",
+    "upstream_connect_failure",
+    "no_healthy_upstream",
+    "upstream_overflow",
+    "caller_refused",
+    "drained",
+)
+
+#: The idle timeout of a C{tcp} listener unless it says otherwise: an
+#: hour, as Envoy's C{tcp_proxy} (database pools keep idle connections).
+TCP_IDLE_TIMEOUT = 3600.0
+
+
+class TCPListener(Factory):
+    """
+    A C{tcp} listener's factory, and what a drain sees of it (as of a
+    L{easymesh.listener.ProxySite}: C{sweeper.closeIdle()} and
+    C{sweeper.closeAll()}).
+
+    @param clusters: The running clusters by name (the runtime's, read at
+        each connection, so that a reload's endpoints are used).
+    @param allowed: Identity patterns an mTLS caller must match, or
+        L{None} on a plaintext listener.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        name: str,
+        clusters: Any,
+        cluster: str,
+        clock: Any,
+        inflight: Any,
+        idleTimeout: float = TCP_IDLE_TIMEOUT,
+        accessLog: Any = None,
+        telemetry: Any = None,
+        allowed: Any = None,
+    ) -> None:
+        self.name = name
+        self.clusters = clusters
+        self.cluster = cluster
+        self.clock = clock
+        self.inflight = inflight
+        self.idleTimeout = idleTimeout
+        self.accessLog = accessLog
+        self.telemetry = telemetry
+        self.allowed = allowed
+        self.pairs: Set["_Downstream"] = set()
+        self._whenEmpty: list = []
+        self.sweeper = self
+
+    def buildProtocol(self, addr: Any) -> "_Downstream":
+        return _Downstream(self, addr)
+
+    # What a drain sees.
+
+    def closeIdle(self) -> None:
+        """
+        Nothing: a pair is never idle in the sense of an HTTP connection
+        between requests; a drain closes pairs with L{closeAll}, once
+        C{--drain} has passed.
+        """
+
+    def closeAll(self) -> "Deferred[None]":
+        """
+        Close every pair.
+
+        @return: A L{Deferred} that fires once all are closed.
+        """
+        for pair in list(self.pairs):
+            pair.close(DRAINED)
+        if not self.pairs:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._whenEmpty.append(d)
+        return d
+
+    def _ended(self, pair: "_Downstream") -> None:
+        self.pairs.discard(pair)
+        if not self.pairs and self._whenEmpty:
+            waiting, self._whenEmpty = self._whenEmpty, []
+            for d in waiting:
+                d.callback(None)
+
+
+def _halfClose(transport: Any) -> None:
+    """
+    Close the sending half of C{transport}, or the whole connection if it
+    cannot close half (TLS: a close alert ends both directions).
+    """
+    loseWrite = getattr(transport, "loseWriteConnection", None)
+    if loseWrite is not None:
+        loseWrite()
+    else:
+        transport.loseConnection()
+
+
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
+class _Downstream(Protocol, TimeoutMixin):
+    """
+    The client's side of a pair.
+    """
+
+    def __init__(self, listener: TCPListener, addr: Any) -> None:
+        self.listener = listener
+        self.addr = addr
+        self.callLater = listener.clock.callLater
+        self.upstream: Optional["_Upstream"] = None
+        self.endpoint: Any = None
+        self.clusterObject: Any = None
+        self.connecting: Optional[Deferred[Any]] = None
+        self.bytesIn = self.bytesOut = 0
+        self.started = listener.clock.seconds()
+        self.ended: Optional[str] = None
+        self.closed = False
+        self.readClosed = False
+
+    def connectionMade(self) -> None:
+        listener = self.listener
+        listener.pairs.add(self)
+        listener.inflight.enter()
+        if listener.telemetry is not None:
+            listener.telemetry.connectionOpened(listener.name)
+        self.setTimeout(listener.idleTimeout)
+        # Nothing is read until the upstream is connected.
+        self.transport.pauseProducing()
+        if listener.allowed is None:
+            self._connect()
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done: connect if the caller is admitted,
+        else close its connection (there is no status to refuse it with).
+        """
+        if self.listener.allowed is None or self.closed:
+            return
+        if admitCaller(self.transport, self.listener.allowed, self.addr) is None:
+            self.ended = REFUSED
+            self.transport.abortConnection()
+            return
+        self._connect()
+
+    def _connect(self) -> None:
+        listener = self.listener
+        cluster = self.clusterObject = listener.clusters.get(listener.cluster)
+        try:
+            if cluster is None:
+                raise NoHealthyUpstream(f"no cluster {listener.cluster!r}")
+            self.endpoint = endpoint = cluster.pick(getattr(self.addr, "host", "").encode("latin-1"))
+        except NoHealthyUpstream:
+            self.close(NO_HEALTHY_UPSTREAM)
+            return
+        if not cluster.breakers.canConnect():
+            cluster.breakers.overflowed(MAX_CONNECTIONS)
+            self.close(OVERFLOW)
+            return
+        self.connecting = d = endpoint.upstream.connect(_UpstreamFactory(self))
+        d.addCallbacks(self._connected, self._connectFailed)
+
+    def _connected(self, upstream: "_Upstream") -> None:
+        self.connecting = None
+        if self.closed:
+            upstream.transport.loseConnection()
+            return
+        self.upstream = upstream
+        self.clusterObject.tcpConnected(self.endpoint)
+        self.transport.registerProducer(upstream.transport, True)
+        upstream.transport.registerProducer(self.transport, True)
+        self.transport.resumeProducing()
+
+    def _connectFailed(self, reason: Failure) -> None:
+        self.connecting = None
+        if self.closed:
+            return
+        self.clusterObject.tcpConnectFailed(self.endpoint, reason)
+        _log.info(
+            "{listener}: could not connect {client} to {endpoint}: {why}",
+            listener=self.listener.name,
+            client=peerAddress(self.addr),
+            endpoint=self.endpoint.key,
+            why=reason.getErrorMessage(),
+        )
+        self.close(CONNECT_FAILURE)
+
+    # Bytes from the client.
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        self.bytesIn += len(data)
+        if self.upstream is not None:
+            self.upstream.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        self.readClosed = True
+        if self.upstream is not None:
+            _halfClose(self.upstream.transport)
+        if self.upstream is None or self.upstream.readClosed:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def timeoutConnection(self) -> None:
+        self.close(IDLE_TIMEOUT)
+
+    def close(self, why: str) -> None:
+        """
+        End the pair: both connections close, after what they were sent.
+        """
+        if self.ended is None:
+            self.ended = why
+        if self.connecting is not None:
+            connecting, self.connecting = self.connecting, None
+            connecting.cancel()
+        if self.upstream is not None:
+            self.upstream.transport.loseConnection()
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.closed:
+            return
+        self.closed = True
+        self.setTimeout(None)
+        if self.connecting is not None:
+            connecting, self.connecting = self.connecting, None
+            connecting.cancel()
+        if self.upstream is not None:
+            self.upstream.transport.loseConnection()
+        self._report()
+
+    def _report(self) -> None:
+        listener = self.listener
+        listener.inflight.leave()
+        listener._ended(self)
+        duration = listener.clock.seconds() - self.started
+        ended = self.ended or CLOSED
+        endpoint = self.endpoint.key if self.endpoint is not None else None
+        telemetry = listener.telemetry
+        if telemetry is not None:
+            telemetry.connectionClosed(listener.name)
+            telemetry.tcpConnectionDone(listener.name, listener.cluster, ended, self.bytesIn, self.bytesOut)
+        if listener.accessLog is not None:
+            listener.accessLog.recordConnection(
+                listener.name,
+                peerAddress(self.addr),
+                listener.cluster,
+                endpoint,
+                self.bytesIn,
+                self.bytesOut,
+                duration,
+                ended,
+                self.started,
+            )
+        self.upstream = None
+
+
+@implementer(IHalfCloseableProtocol)
+class _Upstream(Protocol):
+    """
+    The upstream's side of a pair.
+    """
+
+    def __init__(self, downstream: _Downstream) -> None:
+        self.downstream = downstream
+        self.readClosed = False
+
+    def connectionMade(self) -> None:
+        breakers = self.downstream.clusterObject.breakers
+        breakers.connectionOpened()
+
+    def dataReceived(self, data: bytes) -> None:
+        downstream = self.downstream
+        downstream.resetTimeout()
+        downstream.bytesOut += len(data)
+        downstream.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        self.readClosed = True
+        downstream = self.downstream
+        _halfClose(downstream.transport)
+        if downstream.readClosed:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.downstream.clusterObject.breakers.connectionClosed()
+        downstream = self.downstream
+        if not downstream.closed:
+            # The upstream is gone: the client's connection closes after
+            # what it is owed.
+            downstream.transport.loseConnection()
+
+
+class _UpstreamFactory(Factory):
+    noisy = False
+
+    def __init__(self, downstream: _Downstream) -> None:
+        self.downstream = downstream
+
+    def buildProtocol(self, addr: Any) -> _Upstream:
+        return _Upstream(self.downstream)
