@@ -159,7 +159,7 @@ class Exchange:
         self.producer = None
         self.responder.setProducer(None)
         value = reason.value
-        detail = getattr(value, "detail", "") or str(value) or reason.type.__name__
+        detail = getattr(value, "detail", "") or str(value) or type(value).__name__
         self._abort(UPSTREAM_RESET_MID_BODY, detail)
 
     # Failures and timeouts.

@@ -53,7 +53,7 @@ from easymesh.errors import ERROR_HEADER, edgeCause
 from easymesh.h1server import BadMessage, checkTarget, closeWithoutWaiting, validAuthority
 from easymesh.h2wire import CONNECTION_SPECIFIC, PREFACE, GoAwayFilter, fieldsOf, sendWithinWindow
 from easymesh.headers import TOKEN, BadField, canonicalName, trailerFields
-from easymesh.interfaces import IResponder
+from easymesh.interfaces import IConnectionTransport, IResponder
 from easymesh.message import Request
 from easymesh.requestbody import EmptyBody, RequestBodyStream
 from easymesh.twistedprivate import rawHeaders
@@ -195,6 +195,7 @@ class H2Edge(Protocol):
         caller's identity are this connection's.
     """
 
+    transport: IConnectionTransport
     deadline: Optional[float] = None
 
     def __init__(self, channel: Any) -> None:
