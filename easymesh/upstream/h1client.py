@@ -14,10 +14,11 @@ so the pool's one retry of a stale connection applies.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, cast
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -42,6 +43,7 @@ from easymesh.errors import (
     isTLSFailure,
 )
 from easymesh.headers import BadField, forbiddenInHead, offendingName, parseFields, trailerFields
+from easymesh.interfaces import IConnectionTransport
 from easymesh.twistedprivate import ParseError, rawHeaders
 
 #: Largest response head (status line and headers) accepted.
@@ -211,6 +213,8 @@ class H1Connection(Protocol):
         C{"BUSY"} or C{"CLOSED"}.
     """
 
+    #: Set by C{makeConnection}; L{None} only before it.
+    transport: IConnectionTransport
     #: Told of this connection's opening and closing
     #: (C{connectionOpened()}, C{connectionClosed()}), if set.
     observer: Any = None
@@ -651,7 +655,8 @@ class _Discard(Protocol):
     """
 
     def connectionMade(self) -> None:
-        self.transport.stopProducing()
+        # A body's transport is a producer (see IResponse.deliverBody).
+        cast(IPushProducer, self.transport).stopProducing()
 
 
 def discardBody(response: H1Response) -> None:
@@ -668,7 +673,7 @@ def _reasons(exc: BaseException) -> List[Failure]:
 def _describe(exc: BaseException) -> str:
     reasons = _reasons(exc)
     if reasons:
-        return "; ".join(str(r.value) or r.type.__name__ for r in reasons)
+        return "; ".join(str(r.value) or type(r.value).__name__ for r in reasons)
     return str(exc)
 
 

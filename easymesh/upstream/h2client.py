@@ -42,6 +42,7 @@ from zope.interface import implementer
 from easymesh.errors import UpstreamProtocolError, UpstreamReset
 from easymesh.h2wire import CONNECTION_SPECIFIC, GoAwayFilter, fieldsOf, sendWithinWindow
 from easymesh.headers import BadField, trailerFields
+from easymesh.interfaces import IConnectionTransport
 from easymesh.message import Request, Response
 
 _log = Logger()
@@ -178,6 +179,7 @@ class H2ClientConnection(Protocol):
         closed.  L{None}: no keepalive.
     """
 
+    transport: IConnectionTransport
     #: Told of this connection's opening and closing, if set.
     observer: Any = None
     #: Called with this connection when it can take another stream.

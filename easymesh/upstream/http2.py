@@ -28,7 +28,7 @@ from easymesh.cluster.breakers import MAX_CONNECTIONS, MAX_PENDING_REQUESTS
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.model import PoolSettings
 from easymesh.errors import Overflow, UpstreamProtocolError
-from easymesh.interfaces import IUpstream
+from easymesh.interfaces import IConnectionTransport, IUpstream
 from easymesh.message import Request, Response
 from easymesh.upstream.h2client import H2ClientConnection, StreamRefused
 from easymesh.upstream.http import Attempt, BodyEndWatch, endpointFor
@@ -190,6 +190,8 @@ class _ALPNProbe(Protocol):
     """
     A connection made only to learn what the upstream picks by ALPN.
     """
+
+    transport: IConnectionTransport
 
     def __init__(self) -> None:
         self.negotiated: Deferred[Optional[bytes]] = Deferred()
