@@ -16,7 +16,7 @@ error is read.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Set, Tuple
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, succeed
@@ -357,7 +357,7 @@ class DeadlineSweeper:
     def __init__(self, clock: Any, interval: float = 1.0) -> None:
         self.clock = clock
         self.interval = interval
-        self._channels: set = set()
+        self._channels: Set[Any] = set()
         self._call: Any = None
         self._whenEmpty: List[Deferred[None]] = []
 
@@ -502,7 +502,7 @@ class HTTP1Channel(Protocol):
         self._parsing = False
         self._headStarted = False
         self._emptyLines = 0
-        self._pausedFor: set = set()
+        self._pausedFor: Set[str] = set()
         self._method = b""
         self._version = b"HTTP/1.1"
         self.persistent = True
