@@ -33,7 +33,7 @@ from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -282,7 +282,7 @@ class H2ClientConnection(Protocol):
             self._goAway(goAway.lastStreamId)
         self._flush()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.closed and self.observer is not None:
             self.observer.connectionClosed()
         self.closed = True

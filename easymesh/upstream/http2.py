@@ -20,7 +20,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -202,7 +202,7 @@ class _ALPNProbe(Protocol):
         if not self.negotiated.called:
             self.negotiated.callback(protocol)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.negotiated.called:
             self.negotiated.errback(reason)
 
