@@ -205,6 +205,13 @@ class H1Response:
             self._protocol.connectionLost(reason)
 
 
+def _receiving(response: Optional[H1Response]) -> H1Response:
+    """
+    The response whose body is being parsed: there is one while there is.
+    """
+    return cast(H1Response, response)
+
+
 class H1Connection(Protocol):
     """
     One HTTP/1.1 connection to an upstream, one request at a time.
@@ -448,11 +455,11 @@ class H1Connection(Protocol):
         remaining = self._remaining
         if len(data) < remaining:
             self._remaining = remaining - len(data)
-            self._response._bodyData(data)  # type: ignore[union-attr]
+            _receiving(self._response)._bodyData(data)
             return
         extra = data[remaining:]
         if remaining:
-            self._response._bodyData(data[:remaining])  # type: ignore[union-attr]
+            _receiving(self._response)._bodyData(data[:remaining])
         self._remaining = 0
         self._parse = None
         if extra:
@@ -461,7 +468,7 @@ class H1Connection(Protocol):
         self._responseEnded()
 
     def _parseUntilClose(self, data: bytes) -> None:
-        self._response._bodyData(data)  # type: ignore[union-attr]
+        _receiving(self._response)._bodyData(data)
 
     def _parseChunked(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
@@ -527,7 +534,7 @@ class H1Connection(Protocol):
 
     def _endBody(self, reason: Failure) -> None:
         self._bodyFinished = True
-        self._response._bodyEnded(reason)  # type: ignore[union-attr]
+        _receiving(self._response)._bodyEnded(reason)
 
     def _responseEnded(self) -> None:
         self._endBody(_RESPONSE_DONE)
