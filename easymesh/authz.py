@@ -216,9 +216,9 @@ class Authorizer:
         paths: List[str] = []
         for each in targets:
             for options in self._readings:
-                path = normalisePath(each, options)
-                if path not in paths:
-                    paths.append(path)
+                reading = normalisePath(each, options)
+                if reading not in paths:
+                    paths.append(reading)
         return paths
 
     def check(self, request: ProxyRequest) -> Optional[ProxyError]:

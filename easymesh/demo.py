@@ -25,5 +25,6 @@ class HelloWorld(Resource):
 def demoSite() -> server.Site:
     site = server.Site(HelloWorld())
     site.noisy = False
+    # A method, replaced on this one site: the demo app logs no requests.
     site.log = lambda request: None  # type: ignore[method-assign]
     return site

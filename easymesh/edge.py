@@ -183,7 +183,7 @@ class Exchange:
         self.producer = None
         self.responder.setProducer(None)
         value = reason.value
-        detail = getattr(value, "detail", "") or str(value) or reason.type.__name__
+        detail = getattr(value, "detail", "") or str(value) or type(value).__name__
         if self._endsWithTrailers():
             self._grpcEnd(UPSTREAM_RESET_MID_BODY, detail)
         else:

@@ -615,7 +615,7 @@ _CONNECT_ERRORS: Tuple[Type[BaseException], ...] = (
 )
 
 
-def _reasons(exc: BaseException) -> Sequence[Failure]:
+def _reasons(exc: Optional[BaseException]) -> Sequence[Failure]:
     return getattr(exc, "reasons", None) or ()
 
 

@@ -73,10 +73,11 @@ class Forwarder:
             # every other x-easymesh-* header, so this one cannot be forged.
             request.headers.setRawHeaders(PEER_IDENTITY, [request.peerIdentity.encode("utf-8")])
         if self.chain:
-            d = self.chain.requestReceived(request)
-            d.addCallback(self._filtered, request)
-            d.addCallback(self._responded, request)
-            return d.addErrback(self._failed, request)
+            replied: Deferred[Reply] = self.chain.requestReceived(request).addCallback(
+                self._filtered, request
+            )
+            replied.addCallback(self._responded, request)
+            return replied.addErrback(self._failed, request)
         d = self.routes.routers[self.listener].route(request)
         return d.addCallbacks(
             self._relayed, self._failed, callbackArgs=(request,), errbackArgs=(request,)

@@ -16,7 +16,7 @@ error is read.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Set, Tuple
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, succeed
@@ -27,7 +27,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     ITCPTransport,
 )
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -38,7 +38,7 @@ from easymesh.edge import admitCaller, peerAddress
 from easymesh.h2wire import PREFACE
 from easymesh.errors import ERROR_HEADER, edgeCause, phrase
 from easymesh.headers import TOKEN as _TOKEN, BadField, forbiddenInHead, parseFields, trailerFields
-from easymesh.interfaces import IResponder
+from easymesh.interfaces import IConnectionTransport, IResponder
 from easymesh.message import Request
 from easymesh.requestbody import EmptyBody, RequestBodyStream
 from easymesh.twistedprivate import rawHeaders
@@ -357,7 +357,7 @@ class DeadlineSweeper:
     def __init__(self, clock: Any, interval: float = 1.0) -> None:
         self.clock = clock
         self.interval = interval
-        self._channels: set = set()
+        self._channels: Set[Any] = set()
         self._call: Any = None
         self._whenEmpty: List[Deferred[None]] = []
 
@@ -453,7 +453,7 @@ def _tlsReason(reason: Failure) -> str:
         parts = [str(item[-1]) for item in args[0] if isinstance(item, tuple) and item]
         if parts:
             return "; ".join(parts)
-    return str(value) or reason.type.__name__
+    return str(value) or type(value).__name__
 
 
 #: Status codes whose responses never have a body (RFC 9110 section 6.4.1).
@@ -473,6 +473,7 @@ class HTTP1Channel(Protocol):
         site's C{allowedIdentities} accepted; else L{None}.
     """
 
+    transport: IConnectionTransport
     site: Any = None
     peerIdentity: Optional[str] = None
     #: Called once when the connection is closed, if set.
@@ -501,7 +502,7 @@ class HTTP1Channel(Protocol):
         self._parsing = False
         self._headStarted = False
         self._emptyLines = 0
-        self._pausedFor: set = set()
+        self._pausedFor: Set[str] = set()
         self._method = b""
         self._version = b"HTTP/1.1"
         self.persistent = True
@@ -562,7 +563,7 @@ class HTTP1Channel(Protocol):
         if data:
             edge.dataReceived(data)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._h2 is not None:
             self._h2.connectionLost(reason)
             return

@@ -40,7 +40,7 @@ from h2.exceptions import H2Error, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -62,7 +62,7 @@ from easymesh.h2wire import (
     sendWithinWindow,
 )
 from easymesh.headers import TOKEN, BadField, canonicalName, trailerFields
-from easymesh.interfaces import IResponder
+from easymesh.interfaces import IConnectionTransport, IResponder
 from easymesh.message import Request
 from easymesh.requestbody import EmptyBody, RequestBodyStream
 from easymesh.twistedprivate import rawHeaders
@@ -207,6 +207,7 @@ class H2Edge(Protocol):
         caller's identity are this connection's.
     """
 
+    transport: IConnectionTransport
     deadline: Optional[float] = None
 
     def __init__(self, channel: Any) -> None:
@@ -299,7 +300,7 @@ class H2Edge(Protocol):
             self._clientGoingAway()
         self._flush()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
         self.deadline = None
         if self.sweeper is not None:

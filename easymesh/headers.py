@@ -10,7 +10,7 @@ responses), drop or refuse header names with underscores, and detect loops.
 from __future__ import annotations
 
 from random import getrandbits
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, FrozenSet, Iterable, List, Optional
 
 from twisted.web.http_headers import Headers
 
@@ -237,7 +237,7 @@ def _ownWithUnderscores(name: bytes) -> bool:
 
 
 def _remove(
-    headers: Headers, dropped: frozenset, own: bool, underscores: bool = False
+    headers: Headers, dropped: FrozenSet[bytes], own: bool, underscores: bool = False
 ) -> None:
     """
     Remove the fields in C{dropped}, and those C{Connection} names (but

@@ -5,6 +5,7 @@ plugins) and upstreams (one implementation per URL scheme).
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 from zope.interface import Attribute, Interface
 
 
@@ -175,3 +176,11 @@ class IResponder(Interface):
         """
         Whether the client is still sending the request body.
         """
+
+
+class IConnectionTransport(ITCPTransport, IConsumer, IPushProducer):
+    """
+    What easymesh's protocols use of their transport, for type checking: a
+    TCP or TLS connection (which Twisted's transports of both kinds are)
+    that also consumes a producer's writes and can be paused and resumed.
+    """

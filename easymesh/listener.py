@@ -83,7 +83,8 @@ class ProxySite(server.Site):
     #: Over mTLS, the caller identity patterns accepted (see
     #: L{easymesh.tls.identity}); L{None} without TLS.
     allowedIdentities: Optional[Any] = None
-    protocol = HTTP1Channel
+    # Twisted types this as an HTTPChannel; the site builds easymesh's own.
+    protocol = HTTP1Channel  # type: ignore[assignment]
     #: Whether connections are reported to the resource's telemetry.
     countsConnections = True
 

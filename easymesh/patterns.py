@@ -25,9 +25,9 @@ except ImportError:  # pragma: no cover - depends on the interpreter
     _re2 = None
 
 try:
-    from re import _parser as _sre
+    from re import _parser as _sre  # type: ignore[attr-defined]  # typeshed: no re._parser
 except ImportError:  # pragma: no cover - Python before 3.11
-    import sre_parse as _sre  # type: ignore[import-not-found,no-redef]
+    import sre_parse as _sre
 
 
 class PatternError(ValueError):
@@ -70,14 +70,14 @@ def compilePattern(
         if isinstance(text, bytes):
             options.encoding = _re2.Options.Encoding.LATIN1
         try:
-            return _re2.compile(text, options)  # type: ignore[no-any-return]
+            return _re2.compile(text, options)
         except _re2.error as e:
             reason = e.args[0] if e.args else e
             if isinstance(reason, bytes):
                 reason = reason.decode("utf-8", "replace")
             raise PatternError(f"not a valid regular expression (RE2 syntax): {reason}") from None
     try:
-        parsed = _sre.parse(text)  # type: ignore[attr-defined]
+        parsed = _sre.parse(text)
         compiled = re.compile(text, re.IGNORECASE if ignoreCase else 0)
     except re.error as e:
         raise PatternError(f"not a valid regular expression: {e}") from None

@@ -130,7 +130,12 @@ class SidecarService(MultiService):
             for site in self.sites:
                 site.sweeper.closeIdle()
         d: Deferred[None] = Deferred()
-        self._listenersStopped.addBoth(lambda result: (d.callback(None), result)[1])
+
+        def stopped(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._listenersStopped.addBoth(stopped)
         return d
 
     def addBackend(self, service: Any) -> None:

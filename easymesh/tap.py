@@ -6,7 +6,7 @@ C{twistd easymesh}: command-line options and the service tree.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from twisted.python import usage
 
@@ -15,7 +15,7 @@ from easymesh.config.model import INBOUND, ConfigError, SidecarConfig
 from easymesh.config.settings import BY_NAME, SETTINGS, buildConfig
 
 
-def _optParameters() -> list:
+def _optParameters() -> List[List[Any]]:
     params = []
     for setting in SETTINGS:
         if setting.repeatable:

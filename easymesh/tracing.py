@@ -42,8 +42,7 @@ from typing import Callable, Optional, Tuple
 import attrs
 from twisted.web.http_headers import Headers
 
-from easymesh.headers import canonicalName
-from easymesh.twistedprivate import rawHeaders
+from easymesh.twistedprivate import encodeName, rawHeaders
 
 TRACEPARENT = b"traceparent"
 TRACESTATE = b"tracestate"
@@ -51,8 +50,8 @@ TRACESTATE = b"tracestate"
 #: The C{sampled} bit of C{trace-flags}.
 SAMPLED = 0x01
 
-_TRACEPARENT = canonicalName(TRACEPARENT)
-_TRACESTATE = canonicalName(TRACESTATE)
+_TRACEPARENT = encodeName(TRACEPARENT)
+_TRACESTATE = encodeName(TRACESTATE)
 
 _HEX = "[0-9a-f]"
 # Version 00 is exactly these 55 characters.

@@ -136,8 +136,8 @@ class DnsHosts:
         """
         d = maybeDeferred(resolveAll, self._resolver, self.config.name, self.config.port)
         d = _within(d, max(RESOLVE_TIMEOUT, self.config.refresh), self._clock, self.config.name)
-        d.addCallbacks(self._resolved, self._failed)
-        return d.addErrback(self._updateFailed)
+        done: Deferred[None] = d.addCallbacks(self._resolved, self._failed)
+        return done.addErrback(self._updateFailed)
 
     def _resolved(self, addresses: List[Tuple[str, int]]) -> None:
         if not self._running:

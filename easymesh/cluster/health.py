@@ -213,4 +213,4 @@ def _describe(failure: Failure) -> str:
     error = classify(failure)
     if error is not None and not isinstance(error, ClientClosed):
         return f"{error.cause}: {error.detail or error.message}"
-    return failure.getErrorMessage() or failure.type.__name__
+    return failure.getErrorMessage() or type(failure.value).__name__

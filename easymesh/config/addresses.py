@@ -7,7 +7,7 @@ forwards).
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 import attrs
@@ -91,7 +91,7 @@ def tcpPortOf(description: str) -> Optional[Tuple[str, int]]:
     return interface, port
 
 
-def _splitEndpoint(description: str) -> list:
+def _splitEndpoint(description: str) -> List[str]:
     """
     Split an endpoint string on its unescaped colons, removing the
     backslash escapes (as C{tcp6:8083:interface=\\:\\:1} needs).

@@ -49,8 +49,12 @@ class Kind:
     How one setting's value is read.
     """
 
-    #: Shown in error messages: "must be {expected}".
-    expected: str = "a value"
+    @property
+    def expected(self) -> str:
+        """
+        Shown in error messages: "must be {expected}".
+        """
+        return "a value"
 
     def fromText(self, text: str) -> Any:
         return self.fromValue(text)

@@ -625,8 +625,8 @@ def _readOptions(nodes: Mapping[str, Node]) -> Dict[str, Any]:
         if not within and key in nodes:
             result[attribute] = nodes[key].value()
     for problem in validateOptions(MeshConfig(**result))[:1]:
-        key, *rest = problem.path
-        raise nodes[str(key)].find(tuple(rest)).error(problem.reason)
+        first, *rest = problem.path
+        raise nodes[str(first)].find(tuple(rest)).error(problem.reason)
     return result
 
 

@@ -6,7 +6,7 @@ of the same name in the YAML config file.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from easymesh.config.addresses import checkFilterSpec, checkURL, endpointNormaliser
 from easymesh.config.kinds import Choice, Endpoint, Kind, ListOf, Number, Setting, Text
@@ -27,7 +27,7 @@ def checkIdentityPattern(text: str) -> str:
 DAY = 24 * 3600.0
 MiB = 1024 * 1024
 
-SETTINGS = (
+SETTINGS: Tuple[Setting, ...] = (
     Setting(
         "outbound",
         Endpoint(check=endpointNormaliser("127.0.0.1")),

@@ -86,7 +86,7 @@ class FilterChain:
                 return fail(e)
             if isinstance(result, Deferred):
                 return result.addCallback(
-                    lambda _, i=index: self._responseFrom(i + 1, request, response)
+                    lambda _, i: self._responseFrom(i + 1, request, response), index
                 )
         return succeed(response)
 

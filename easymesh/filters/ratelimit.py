@@ -8,7 +8,7 @@ Arguments: C{rate=N,burst=N,max_wait=SECONDS,max_queue=N}.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -43,7 +43,7 @@ class RateLimitFilter:
 
 def _refuse(failure: Failure) -> Optional[None]:
     failure.trap(RateLimited)
-    raise TooManyRequests(failure.value.wait)
+    raise TooManyRequests(cast(RateLimited, failure.value).wait)
 
 
 def build(args: str, context: IFilterContext) -> RateLimitFilter:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import pkgutil
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
@@ -411,7 +411,8 @@ class _AdminExchange:
     def start(self) -> None:
         request = _AdminRequest(self._request, self._responder)
         try:
-            body = self._resource.render(request)
+            # It has the parts of server.Request that render uses.
+            body = self._resource.render(cast(server.Request, request))
         except Exception:
             _log.failure("Admin request {path!r} failed", path=request.path)
             request.responseHeaders = Headers()

@@ -73,7 +73,7 @@ class Window:
         """
         current = int(now)
         bySecond = {b.second: b for b in self._buckets}
-        out = []
+        out: List[Dict[str, Any]] = []
         for second in range(current - HISTORY, current):
             bucket = bySecond.get(second)
             if bucket is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 import platform
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import (
@@ -228,7 +228,8 @@ class _Store:
                 continue
             table = self.values[name]
             if kind == "counter":
-                family: Metric = CounterMetricFamily(name, text, labels=labels)
+                family: Union[CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily]
+                family = CounterMetricFamily(name, text, labels=labels)
                 for key, value in table.items():
                     family.add_metric(key, value)
             elif kind == "gauge":

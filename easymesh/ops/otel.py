@@ -140,7 +140,7 @@ class OTLPTraces:
         span = self._tracer.start_span(
             f"{method} {listener}",
             context=context,
-            kind=self._kinds.get(listener),
+            kind=self._kinds[listener],
             attributes=attributes,
             start_time=int(started * 1e9),
         )

@@ -37,6 +37,15 @@ def _hostPredicate(pattern: str) -> Callable[[str], bool]:
     return lambda host: host == pattern
 
 
+def _onHeaders(
+    predicate: Callable[[Headers], bool]
+) -> Callable[[bytes, str, str, Headers], bool]:
+    """
+    A route check that looks only at the headers, with C{predicate}.
+    """
+    return lambda m, p, h, hd: predicate(hd)
+
+
 def _headerPredicate(match: HeaderMatch) -> Callable[[Headers], bool]:
     name = match.name.encode("ascii")
     if match.present is not None:
@@ -75,8 +84,7 @@ def compileMatch(match: RouteMatch) -> Predicate:
         host = _hostPredicate(match.host)
         checks.append(lambda m, p, h, hd: host(h))
     for header in match.headers:
-        predicate = _headerPredicate(header)
-        checks.append(lambda m, p, h, hd, predicate=predicate: predicate(hd))
+        checks.append(_onHeaders(_headerPredicate(header)))
     if not checks:
         return lambda m, p, h, hd: True
     if len(checks) == 1:

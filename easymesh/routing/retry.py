@@ -8,7 +8,7 @@ to the first try while a copy is kept so that it can be sent again.
 from __future__ import annotations
 
 import random as _random
-from typing import Any, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer
@@ -96,7 +96,7 @@ class RetryBudgetState:
 
     def __init__(self, clock: Any) -> None:
         self._clock = clock
-        self._minimums: dict = {}
+        self._minimums: Dict[float, TokenBucket] = {}
 
     def allow(self, budget: RetryBudget, active: int, retriesActive: int) -> bool:
         if retriesActive < budget.percent / 100.0 * active:

@@ -22,11 +22,12 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, List, Optional, Sequence, TextIO, Tuple, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from easymesh.tls.credentials import CredentialError, StrPath, loadCredentials
@@ -249,7 +250,10 @@ def issue(
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.cert.public_key()),
+            # A CA's key signs, so it is one of the issuer key types.
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                cast(CertificateIssuerPublicKeyTypes, ca.cert.public_key())
+            ),
             critical=False,
         )
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -196,7 +196,7 @@ def fileStamp(paths: Sequence[StrPath]) -> Stamp:
     What changes when a file is rewritten or replaced: its modification
     time, size and inode (L{None} for a file that cannot be read).
     """
-    stamps = []
+    stamps: List[Optional[Tuple[int, int, int]]] = []
     for path in paths:
         try:
             st = os.stat(path)

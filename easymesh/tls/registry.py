@@ -7,7 +7,7 @@ each watches its files for rotation while the sidecar runs.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 
@@ -110,7 +110,7 @@ class TLSContexts:
             soonest[path] = min(left, soonest.get(path, left))
         return sorted(soonest.items())
 
-    def _all(self) -> list:
+    def _all(self) -> List[Union[ServerTLS, ClientTLS]]:
         return list(self._servers.values()) + list(self._clients.values())
 
     def start(self) -> None:

@@ -14,10 +14,11 @@ so the pool's one retry of a stale connection applies.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, cast
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -42,6 +43,7 @@ from easymesh.errors import (
     isTLSFailure,
 )
 from easymesh.headers import BadField, forbiddenInHead, offendingName, parseFields, trailerFields
+from easymesh.interfaces import IConnectionTransport
 from easymesh.twistedprivate import ParseError, rawHeaders
 
 #: Largest response head (status line and headers) accepted.
@@ -203,6 +205,13 @@ class H1Response:
             self._protocol.connectionLost(reason)
 
 
+def _receiving(response: Optional[H1Response]) -> H1Response:
+    """
+    The response whose body is being parsed: there is one while there is.
+    """
+    return cast(H1Response, response)
+
+
 class H1Connection(Protocol):
     """
     One HTTP/1.1 connection to an upstream, one request at a time.
@@ -211,6 +220,8 @@ class H1Connection(Protocol):
         C{"BUSY"} or C{"CLOSED"}.
     """
 
+    #: Set by C{makeConnection}; L{None} only before it.
+    transport: IConnectionTransport
     #: Told of this connection's opening and closing
     #: (C{connectionOpened()}, C{connectionClosed()}), if set.
     observer: Any = None
@@ -444,11 +455,11 @@ class H1Connection(Protocol):
         remaining = self._remaining
         if len(data) < remaining:
             self._remaining = remaining - len(data)
-            self._response._bodyData(data)  # type: ignore[union-attr]
+            _receiving(self._response)._bodyData(data)
             return
         extra = data[remaining:]
         if remaining:
-            self._response._bodyData(data[:remaining])  # type: ignore[union-attr]
+            _receiving(self._response)._bodyData(data[:remaining])
         self._remaining = 0
         self._parse = None
         if extra:
@@ -457,7 +468,7 @@ class H1Connection(Protocol):
         self._responseEnded()
 
     def _parseUntilClose(self, data: bytes) -> None:
-        self._response._bodyData(data)  # type: ignore[union-attr]
+        _receiving(self._response)._bodyData(data)
 
     def _parseChunked(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
@@ -523,7 +534,7 @@ class H1Connection(Protocol):
 
     def _endBody(self, reason: Failure) -> None:
         self._bodyFinished = True
-        self._response._bodyEnded(reason)  # type: ignore[union-attr]
+        _receiving(self._response)._bodyEnded(reason)
 
     def _responseEnded(self) -> None:
         self._endBody(_RESPONSE_DONE)
@@ -651,7 +662,8 @@ class _Discard(Protocol):
     """
 
     def connectionMade(self) -> None:
-        self.transport.stopProducing()
+        # A body's transport is a producer (see IResponse.deliverBody).
+        cast(IPushProducer, self.transport).stopProducing()
 
 
 def discardBody(response: H1Response) -> None:
@@ -668,7 +680,7 @@ def _reasons(exc: BaseException) -> List[Failure]:
 def _describe(exc: BaseException) -> str:
     reasons = _reasons(exc)
     if reasons:
-        return "; ".join(str(r.value) or r.type.__name__ for r in reasons)
+        return "; ".join(str(r.value) or type(r.value).__name__ for r in reasons)
     return str(exc)
 
 

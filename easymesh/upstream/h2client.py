@@ -32,7 +32,7 @@ from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -51,6 +51,7 @@ from easymesh.h2wire import (
     sendWithinWindow,
 )
 from easymesh.headers import BadField, trailerFields
+from easymesh.interfaces import IConnectionTransport
 from easymesh.message import Request, Response
 
 _log = Logger()
@@ -193,6 +194,7 @@ class H2ClientConnection(Protocol):
         closed.  L{None}: no keepalive.
     """
 
+    transport: IConnectionTransport
     #: Told of this connection's opening and closing, if set.
     observer: Any = None
     #: Called with this connection when it can take another stream.
@@ -302,7 +304,7 @@ class H2ClientConnection(Protocol):
             self._goAway(goAway.lastStreamId)
         self._flush()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.closed and self.observer is not None:
             self.observer.connectionClosed()
         self.closed = True

@@ -201,7 +201,8 @@ class HTTPUpstream:
         self._timeout = settings.responseTimeout
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = settings.size
-        self.pool.cachedConnectionTimeout = settings.idle
+        # Twisted declares an int; it only hands the value to callLater.
+        self.pool.cachedConnectionTimeout = settings.idle  # type: ignore[assignment]
         self.pool.retryAutomatically = True
         setConnectionFactory(
             self.pool,

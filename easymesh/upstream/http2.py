@@ -20,7 +20,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -28,7 +28,7 @@ from easymesh.cluster.breakers import MAX_CONNECTIONS, MAX_PENDING_REQUESTS
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.model import PoolSettings
 from easymesh.errors import Overflow, UpstreamProtocolError
-from easymesh.interfaces import IUpstream
+from easymesh.interfaces import IConnectionTransport, IUpstream
 from easymesh.message import Request, Response
 from easymesh.upstream.h2client import H2ClientConnection, StreamRefused
 from easymesh.upstream.http import Attempt, BodyEndWatch, endpointFor
@@ -191,6 +191,8 @@ class _ALPNProbe(Protocol):
     A connection made only to learn what the upstream picks by ALPN.
     """
 
+    transport: IConnectionTransport
+
     def __init__(self) -> None:
         self.negotiated: Deferred[Optional[bytes]] = Deferred()
 
@@ -200,7 +202,7 @@ class _ALPNProbe(Protocol):
         if not self.negotiated.called:
             self.negotiated.callback(protocol)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.negotiated.called:
             self.negotiated.errback(reason)
 
