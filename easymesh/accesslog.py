@@ -85,6 +85,40 @@ class AccessLog:
         else:
             _log.info("{line}", line=textLine(entry), **entry)
 
+    def recordConnection(
+        self,
+        listener: str,
+        client: str,
+        cluster: str,
+        upstream: Optional[str],
+        bytesIn: int,
+        bytesOut: int,
+        duration: float,
+        ended: str,
+        started: float,
+    ) -> None:
+        """
+        Log one connection of a C{tcp} listener, once it is closed: bytes
+        from the client (C{bytes_in}) and to it, and how it ended (see
+        L{easymesh.tcpproxy}).
+        """
+        entry: Dict[str, Any] = {
+            "timestamp": _iso(started),
+            "listener": listener,
+            "protocol": "TCP",
+            "client": client,
+            "bytes_in": bytesIn,
+            "bytes_out": bytesOut,
+            "duration_ms": round(duration * 1000, 3),
+            "cluster": cluster,
+            "upstream": upstream,
+            "ended": ended,
+        }
+        if self.style == "json":
+            _log.info("{line}", line=json.dumps(entry, separators=(",", ":")), **entry)
+        else:
+            _log.info("{line}", line=_connectionLine(entry), **entry)
+
 
 #: The text access log line; an absent field shows as C{-}.  A gRPC
 #: call's line ends with C{grpc_status=NAME}.
@@ -103,6 +137,17 @@ def textLine(entry: Dict[str, Any]) -> str:
     if entry.get("grpc_status") is not None:
         line += f" grpc_status={entry['grpc_status']}"
     return line
+
+
+def _connectionLine(entry: Dict[str, Any]) -> str:
+    return CONNECTION_FORMAT.format(**{k: "-" if v is None else v for k, v in entry.items()})
+
+
+#: The text access log line of a C{tcp} listener's connection.
+CONNECTION_FORMAT = (
+    "{listener} TCP {client} in={bytes_in}B out={bytes_out}B {duration_ms}ms "
+    "cluster={cluster} upstream={upstream} ended={ended}"
+)
 
 
 def _protocol(version: Optional[bytes]) -> Optional[str]:

@@ -99,18 +99,21 @@ AUTHORIZATION_SECTIONS = {
 }
 
 
-def readAuthorization(node: Any) -> Dict[str, AuthorizationPolicy]:
+def readAuthorization(node: Any, listeners: Any = None) -> Dict[str, AuthorizationPolicy]:
     """
     Read the C{authorization} section of a config file.
 
     @param node: Its L{easymesh.config.meshfile.Node}.
+    @param listeners: The names of the HTTP listeners (the flags' two
+        unless the file adds some).
     @raise easymesh.config.model.ConfigError: It is refused; the message
         names the file, line and key.
     """
     from easymesh.config.meshfile import readMatch
 
     policies = {}
-    for listener, policyNode in node.mapping(AUTHORIZATION_SECTIONS["authorization"]).items():
+    names = frozenset(listeners) if listeners is not None else AUTHORIZATION_SECTIONS["authorization"]
+    for listener, policyNode in node.mapping(names).items():
         entries = policyNode.mapping(AUTHORIZATION_SECTIONS["authorization.LISTENER"])
         defaultAllow = True
         if "default" in entries:

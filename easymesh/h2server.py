@@ -273,7 +273,7 @@ class H2Edge(Protocol):
             return
         segments, goAways = self._frames.feed(data)
         for segment in segments:
-            if type(segment) is DataHead:
+            if isinstance(segment, DataHead):
                 why = self._lengths.check(segment)
                 if why is not None:
                     self._malformedData(segment.streamId, why)

@@ -16,8 +16,7 @@ from twisted.logger import Logger
 
 from easymesh.cluster.cluster import Cluster
 from easymesh.config.mesh import MeshConfig
-from easymesh.config.model import DEFAULT_CLUSTERS
-from easymesh.config.validate import checkMesh
+from easymesh.config.validate import InvalidConfig, Problem, checkMesh
 from easymesh.routing.router import Router
 from easymesh.upstream import upstreamFor
 
@@ -61,6 +60,8 @@ class MeshRuntime:
             changed.
         """
         checkMesh(mesh)
+        if self.mesh is not None and mesh.listeners != self.mesh.listeners:
+            raise InvalidConfig([Problem(("listeners",), "listeners are added, removed or changed only by a restart")])
         clusters: Dict[str, Cluster] = {}
         started: List[Cluster] = []
         try:
@@ -88,7 +89,7 @@ class MeshRuntime:
                     self._random,
                     previous=self.routers.get(listener),
                 )
-                for listener in DEFAULT_CLUSTERS
+                for listener in mesh.httpListenerNames()
             }
         except BaseException:
             for cluster in started:

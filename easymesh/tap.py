@@ -172,13 +172,20 @@ def buildChains(config: SidecarConfig, reactor: Any = None) -> Dict[str, Any]:
 
     if reactor is None:
         from twisted.internet import reactor
+    from easymesh.config.model import FilterSpec
+
     available = availableFilters()
-    return {
+    chains = {
         listener.name: buildChain(
             listener.filters, FilterContext(listener.name, reactor), available
         )
         for listener in config.listeners()
     }
+    for spec in config.mesh().listeners:
+        if spec.protocol == "http":
+            filters = tuple(FilterSpec.parse(f) for f in spec.filters)
+            chains[spec.name] = buildChain(filters, FilterContext(spec.name, reactor), available)
+    return chains
 
 
 def makeService(options: Options, reactor: Any = None) -> Any:
@@ -267,7 +274,81 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         service = listeningService(listener.endpoint, factory, reactor)
         service.setName(listener.name)
         sidecar.addListener(service, site)
+    for spec in config.mesh().listeners:
+        addFileListener(sidecar, spec, config, runtime, chains, contexts, accessLog, telemetry, errorLog, reactor)
     return sidecar
+
+
+def addFileListener(
+    sidecar: Any,
+    spec: Any,
+    config: SidecarConfig,
+    runtime: Any,
+    chains: Dict[str, Any],
+    contexts: Any,
+    accessLog: Any,
+    telemetry: Any,
+    errorLog: Any,
+    reactor: Any,
+) -> None:
+    """
+    Add a listener of the config file (an L{easymesh.config.mesh.ListenerSpec})
+    to C{sidecar}: an HTTP one like the flags' (routed by its name), or a
+    C{tcp} one (L{easymesh.tcpproxy.TCPListener}); behind mTLS if it says
+    C{tls: mtls}.
+
+    @raise ConfigError: It asks for mTLS and the sidecar has no workload
+        certificate.
+    """
+    import attrs
+
+    from easymesh.forwarder import Forwarder
+    from easymesh.headers import HeaderPolicy
+    from easymesh.listener import MutualTLSFactory, ProxyResource, ProxySite
+    from easymesh.ports import listeningService
+    from easymesh.tcpproxy import TCP_IDLE_TIMEOUT, TCPListener
+    from easymesh.tls.identity import parsePatterns
+
+    files = config.tlsFiles
+    if spec.tls == "mtls" and files is None:
+        raise ConfigError(
+            f"listeners.{spec.name}.tls", "mtls needs the workload certificate (--tls-cert, --tls-key, --tls-ca)"
+        )
+    allowed = parsePatterns(spec.allow or ("*",)) if spec.tls == "mtls" else None
+    factory: Any
+    if spec.protocol == "tcp":
+        site: Any = TCPListener(
+            spec.name,
+            runtime,
+            spec.cluster,
+            reactor,
+            sidecar.inflight,
+            spec.idleTimeout if spec.idleTimeout is not None else TCP_IDLE_TIMEOUT,
+            accessLog,
+            telemetry,
+            allowed,
+        )
+        factory = site
+    else:
+        forwarder = Forwarder(
+            HeaderPolicy(config.nodeId, spec.name, config.headers_with_underscores_action),
+            chains[spec.name],
+            runtime,
+            spec.name,
+        )
+        forwarder.sampleNewTraces = telemetry.traces is not None
+        resource = ProxyResource(spec.name, forwarder, reactor, sidecar.inflight, accessLog, telemetry, errorLog)
+        limits = config.edgeLimits
+        if spec.idleTimeout is not None:
+            limits = attrs.evolve(limits, idleTimeout=spec.idleTimeout)
+        site = factory = ProxySite(resource, limits, reactor=reactor)
+        site.allowedIdentities = allowed
+    if allowed is not None:
+        assert files is not None
+        factory = MutualTLSFactory(contexts.server(files), False, factory)
+    service = listeningService(spec.address, factory, reactor)
+    service.setName(spec.name)
+    sidecar.addListener(service, site)
 
 
 def buildTelemetry(config: SidecarConfig, reactor: Any) -> Any:

@@ -20,9 +20,10 @@ pair, after C{--drain}, when the sidecar stops.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Set
+from typing import Any, List, Optional, Set
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -33,6 +34,7 @@ from zope.interface import implementer
 from easymesh.cluster.breakers import MAX_CONNECTIONS
 from easymesh.edge import admitCaller, peerAddress
 from easymesh.errors import NoHealthyUpstream
+from easymesh.interfaces import IConnectionTransport
 
 _log = Logger()
 
@@ -58,8 +60,8 @@ class TCPListener(Factory):
     L{easymesh.listener.ProxySite}: C{sweeper.closeIdle()} and
     C{sweeper.closeAll()}).
 
-    @param clusters: The running clusters by name (the runtime's, read at
-        each connection, so that a reload's endpoints are used).
+    @param runtime: The L{easymesh.runtime.MeshRuntime}, whose C{clusters}
+        are looked up at each connection (a reload's endpoints are used).
     @param allowed: Identity patterns an mTLS caller must match, or
         L{None} on a plaintext listener.
     """
@@ -69,7 +71,7 @@ class TCPListener(Factory):
     def __init__(
         self,
         name: str,
-        clusters: Any,
+        runtime: Any,
         cluster: str,
         clock: Any,
         inflight: Any,
@@ -79,7 +81,7 @@ class TCPListener(Factory):
         allowed: Any = None,
     ) -> None:
         self.name = name
-        self.clusters = clusters
+        self.runtime = runtime
         self.cluster = cluster
         self.clock = clock
         self.inflight = inflight
@@ -88,7 +90,7 @@ class TCPListener(Factory):
         self.telemetry = telemetry
         self.allowed = allowed
         self.pairs: Set["_Downstream"] = set()
-        self._whenEmpty: list = []
+        self._whenEmpty: List[Deferred[None]] = []
         self.sweeper = self
 
     def buildProtocol(self, addr: Any) -> "_Downstream":
@@ -143,14 +145,17 @@ class _Downstream(Protocol, TimeoutMixin):
     The client's side of a pair.
     """
 
+    transport: IConnectionTransport
+
     def __init__(self, listener: TCPListener, addr: Any) -> None:
         self.listener = listener
         self.addr = addr
-        self.callLater = listener.clock.callLater
+        self.callLater = listener.clock.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock
         self.upstream: Optional["_Upstream"] = None
         self.endpoint: Any = None
         self.clusterObject: Any = None
         self.connecting: Optional[Deferred[Any]] = None
+        self.connectStarted = 0.0
         self.bytesIn = self.bytesOut = 0
         self.started = listener.clock.seconds()
         self.ended: Optional[str] = None
@@ -184,7 +189,7 @@ class _Downstream(Protocol, TimeoutMixin):
 
     def _connect(self) -> None:
         listener = self.listener
-        cluster = self.clusterObject = listener.clusters.get(listener.cluster)
+        cluster = self.clusterObject = listener.runtime.clusters.get(listener.cluster)
         try:
             if cluster is None:
                 raise NoHealthyUpstream(f"no cluster {listener.cluster!r}")
@@ -196,6 +201,7 @@ class _Downstream(Protocol, TimeoutMixin):
             cluster.breakers.overflowed(MAX_CONNECTIONS)
             self.close(OVERFLOW)
             return
+        self.connectStarted = cluster.tcpConnecting(endpoint)
         self.connecting = d = endpoint.upstream.connect(_UpstreamFactory(self))
         d.addCallbacks(self._connected, self._connectFailed)
 
@@ -205,16 +211,20 @@ class _Downstream(Protocol, TimeoutMixin):
             upstream.transport.loseConnection()
             return
         self.upstream = upstream
-        self.clusterObject.tcpConnected(self.endpoint)
+        self.clusterObject.tcpConnected(self.endpoint, self.connectStarted)
         self.transport.registerProducer(upstream.transport, True)
         upstream.transport.registerProducer(self.transport, True)
         self.transport.resumeProducing()
 
     def _connectFailed(self, reason: Failure) -> None:
         self.connecting = None
+        if reason.check(CancelledError, ConnectingCancelledError) is not None:
+            # Abandoned: the client went away first.
+            self.endpoint.finished(self.listener.clock.seconds(), None)
+            return
+        self.clusterObject.tcpConnectFailed(self.endpoint)
         if self.closed:
             return
-        self.clusterObject.tcpConnectFailed(self.endpoint, reason)
         _log.info(
             "{listener}: could not connect {client} to {endpoint}: {why}",
             listener=self.listener.name,
@@ -301,6 +311,8 @@ class _Upstream(Protocol):
     """
     The upstream's side of a pair.
     """
+
+    transport: IConnectionTransport
 
     def __init__(self, downstream: _Downstream) -> None:
         self.downstream = downstream

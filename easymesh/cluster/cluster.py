@@ -244,6 +244,35 @@ class Cluster:
                 self.outlier.record(endpoint, code, code in GATEWAY_ERRORS)
         return result
 
+    def tcpConnecting(self, endpoint: Endpoint) -> float:
+        """
+        A C{tcp} listener starts connecting a client to C{endpoint}.
+
+        @return: When, for L{tcpConnected} and L{tcpConnectFailed}.
+        """
+        endpoint.started()
+        return self._reactor.seconds()
+
+    def tcpConnected(self, endpoint: Endpoint, started: float) -> None:
+        """
+        The connection to C{endpoint} is made (its connect time is what
+        the latency estimate learns); it counts as a success for outlier
+        detection.
+        """
+        now = self._reactor.seconds()
+        endpoint.finished(now, now - started)
+        if self.outlier is not None:
+            self.outlier.record(endpoint, 200)
+
+    def tcpConnectFailed(self, endpoint: Endpoint) -> None:
+        """
+        Connecting to C{endpoint} failed: a gateway failure, for outlier
+        detection.
+        """
+        endpoint.finished(self._reactor.seconds(), None, "upstream_connect_failure")
+        if self.outlier is not None:
+            self.outlier.record(endpoint, None, True)
+
     def _grpcEnded(self, endpoint: Endpoint, status: Optional[int], failed: bool) -> None:
         """
         A gRPC response from C{endpoint} has ended: count its status (as

@@ -6,7 +6,7 @@ and key of anything refused.
 
 from __future__ import annotations
 
-from typing import Any, Dict, FrozenSet
+from typing import Any, Dict, FrozenSet, Optional
 
 from easymesh.config.meshfile import MATCH_KEYS, MESH_KEYS, MESH_SECTIONS, Node, construct, readMesh
 from easymesh.config.model import ConfigError
@@ -86,7 +86,7 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
         )
     values = ConfigValues()
     meshNodes: Dict[str, Node] = {}
-    authorization = None
+    authorization: Optional[Node] = None
     for keyNode, valueNode in root.value:
         where = f"{name}:{keyNode.start_mark.line + 1}"
         if not isinstance(keyNode, yaml.ScalarNode):
@@ -100,11 +100,10 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
             elif key.replace("-", "_") in MESH_KEYS:
                 key = key.replace("-", "_")
         if key == "authorization":
-            from easymesh.authz import readAuthorization
-
             if authorization is not None:
                 raise ConfigError(where, f"key {key!r} is given twice")
-            authorization = readAuthorization(Node(valueNode, name, key))
+            # Read once the listeners are known.
+            authorization = Node(valueNode, name, key)
             continue
         if key in MESH_KEYS:
             if key in meshNodes:
@@ -125,5 +124,9 @@ def parseConfigText(text: str, name: str) -> ConfigValues:
         values.lines[key] = keyNode.start_mark.line + 1
     values.mesh = readMesh(meshNodes)
     if authorization is not None:
-        values.mesh["authorization"] = authorization
+        from easymesh.authz import readAuthorization
+        from easymesh.config.mesh import MeshConfig
+
+        listeners = MeshConfig(listeners=values.mesh.get("listeners", ())).httpListenerNames()
+        values.mesh["authorization"] = readAuthorization(authorization, listeners)
     return values

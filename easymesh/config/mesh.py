@@ -293,6 +293,44 @@ class PathOptions:
     escapedSlashes: str = "reject"
 
 
+#: What a listener of the config file speaks: HTTP (both versions, routed
+#: as the flags' listeners are), or raw TCP to one cluster.
+HTTP_LISTENER, TCP_LISTENER = "http", "tcp"
+LISTENER_PROTOCOLS = (HTTP_LISTENER, TCP_LISTENER)
+
+#: The listeners the flags make, whatever the file says.
+FLAG_LISTENERS = ("outbound", "inbound")
+
+
+@attrs.frozen
+class ListenerSpec:
+    """
+    A listener the config file adds beside the flags' C{outbound} and
+    C{inbound}.
+
+    @ivar address: A Twisted server endpoint string.
+    @ivar cluster: A C{tcp} listener's cluster (its endpoints C{tcp://} or
+        C{tls://}); an C{http} listener's default route, if the file gives
+        it no routes.
+    @ivar tls: C{"mtls"}: callers present a certificate from the CA with
+        an identity C{allow} accepts (the workload's certificate and CA
+        are the flags'); L{None}: plaintext.
+    @ivar idleTimeout: Seconds a connection may carry nothing; L{None} for
+        the default (a C{tcp} listener's hour, an C{http} listener's
+        C{--idle-timeout}).
+    @ivar filters: An C{http} listener's filters, C{NAME[:ARGS]}.
+    """
+
+    name: str
+    address: str
+    protocol: str = HTTP_LISTENER
+    cluster: Optional[str] = None
+    tls: Optional[str] = None
+    allow: Tuple[str, ...] = ()
+    idleTimeout: Optional[float] = None
+    filters: Tuple[str, ...] = ()
+
+
 @attrs.frozen
 class MeshConfig:
     """
@@ -306,3 +344,17 @@ class MeshConfig:
     retryBufferLimit: int = 64 * 1024
     #: Per listener: an L{easymesh.authz.AuthorizationPolicy}.
     authorization: Mapping[str, Any] = attrs.field(factory=dict)
+    #: The file's listeners, beside the flags' (L{FLAG_LISTENERS}).
+    listeners: Tuple[ListenerSpec, ...] = ()
+
+    def listenerNames(self) -> Tuple[str, ...]:
+        """
+        Every listener's name, the flags' first.
+        """
+        return FLAG_LISTENERS + tuple(spec.name for spec in self.listeners)
+
+    def httpListenerNames(self) -> Tuple[str, ...]:
+        """
+        The names of the listeners that route HTTP requests.
+        """
+        return FLAG_LISTENERS + tuple(s.name for s in self.listeners if s.protocol == HTTP_LISTENER)

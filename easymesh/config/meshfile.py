@@ -33,6 +33,7 @@ from easymesh.config.mesh import (
     HashOn,
     HeaderMatch,
     HealthCheck,
+    ListenerSpec,
     MeshConfig,
     OutlierDetection,
     PathOptions,
@@ -57,6 +58,7 @@ from easymesh.config.validate import (
     validateCluster,
     validateMatch,
     validateOptions,
+    validateListener,
     validateRoute,
     validateRouteNames,
 )
@@ -66,6 +68,7 @@ MESH_KEYS = frozenset(
     (
         "clusters",
         "routes",
+        "listeners",
         "xff_num_trusted_hops",
         "normalize_path",
         "merge_slashes",
@@ -118,6 +121,7 @@ BACKOFF_KEYS = frozenset(("base", "max"))
 RATE_LIMIT_KEYS = frozenset(("rate", "burst", "key", "max_keys"))
 RATE_LIMIT_KEY_KEYS = frozenset(("header", "source_ip", "identity"))
 DIRECT_RESPONSE_KEYS = frozenset(("status", "body"))
+LISTENER_KEYS = frozenset(("name", "address", "protocol", "cluster", "tls", "allow", "idle_timeout", "filters"))
 
 
 def construct(node: Any, deep: bool = False) -> Any:
@@ -645,10 +649,14 @@ def readMesh(nodes: Mapping[str, Node]) -> Dict[str, Any]:
         for name, node in nodes["clusters"].mapping().items():
             clusters[name] = _readCluster(name, node)
         result["clusters"] = clusters
+    listeners: Tuple[ListenerSpec, ...] = ()
+    if "listeners" in nodes:
+        listeners = result["listeners"] = _readListeners(nodes["listeners"])
     if "routes" in nodes:
         known = set(clusters) | set(DEFAULT_CLUSTERS.values())
+        routed = MeshConfig(listeners=listeners).httpListenerNames()
         routes: Dict[str, Tuple[Route, ...]] = {}
-        for listener, node in nodes["routes"].mapping(MESH_SECTIONS["routes"]).items():
+        for listener, node in nodes["routes"].mapping(frozenset(routed)).items():
             routes[listener] = tuple(
                 _readRoute(listener, i, item, known) for i, item in enumerate(node.sequence())
             )
@@ -656,6 +664,37 @@ def readMesh(nodes: Mapping[str, Node]) -> Dict[str, Any]:
         result["routes"] = routes
     result.update(_readOptions(nodes))
     return result
+
+
+def _readListeners(node: Node) -> Tuple[ListenerSpec, ...]:
+    """
+    The C{listeners} list, each entry checked by the model's rules.
+    """
+    specs = []
+    for item in node.sequence():
+        entries = item.mapping(LISTENER_KEYS)
+        for required in ("name", "address"):
+            if required not in entries:
+                raise item.error(f"a listener needs {required!r}")
+        kwargs: Dict[str, Any] = {"name": entries["name"].text(), "address": entries["address"].text()}
+        for key in ("protocol", "cluster", "tls"):
+            if key in entries:
+                kwargs[key] = entries[key].text()
+        if "allow" in entries:
+            kwargs["allow"] = tuple(i.text() for i in entries["allow"].sequence())
+        if "filters" in entries:
+            kwargs["filters"] = tuple(i.text() for i in entries["filters"].sequence())
+        if "idle_timeout" in entries:
+            kwargs["idleTimeout"] = entries["idle_timeout"].duration()
+        spec = ListenerSpec(**kwargs)
+        for problem in validateListener(spec, ())[:1]:
+            raise item.find(problem.path[2:]).error(problem.reason)
+        specs.append(spec)
+    names = [s.name for s in specs]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise node.sequence()[i].error(f"listener {name!r} is given twice")
+    return tuple(specs)
 
 
 #: Every part of the C{clusters} and C{routes} sections, by where it is in a
@@ -671,6 +710,7 @@ MESH_SECTIONS: Mapping[str, FrozenSet[str]] = {
     "clusters.NAME.health_check": frozenset(_HEALTH_CHECK_FIELDS),
     "clusters.NAME.tls": CLUSTER_TLS_KEYS,
     "routes": frozenset(DEFAULT_CLUSTERS),
+    "listeners[]": LISTENER_KEYS,
     "routes.LISTENER[]": ROUTE_KEYS,
     "routes.LISTENER[].match": MATCH_KEYS,
     "routes.LISTENER[].match.headers.NAME": HEADER_MATCH_KEYS,

@@ -413,6 +413,9 @@ class SidecarConfig:
             for listener, cluster in DEFAULT_CLUSTERS.items()
         }
         routes.update(self.meshFile.get("routes", {}))
+        for spec in self.meshFile.get("listeners", ()):
+            if spec.protocol == "http" and spec.cluster is not None and spec.name not in routes:
+                routes[spec.name] = (Route(f"{spec.name}-default", cluster=spec.cluster),)
         rest = {k: v for k, v in self.meshFile.items() if k not in ("clusters", "routes")}
         return MeshConfig(clusters=clusters, routes=routes, **rest)
 

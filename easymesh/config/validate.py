@@ -19,10 +19,13 @@ from typing import Any, Callable, Collection, Iterable, List, Sequence, Tuple, U
 import attrs
 
 from easymesh.config.kinds import isFinite
-from easymesh.config.addresses import HTTP2_SCHEMES
+from easymesh.config.addresses import HTTP2_SCHEMES, TCP_SCHEMES, checkEndpoint
 from easymesh.config.mesh import (
     ESCAPED_SLASHES,
+    FLAG_LISTENERS,
     HTTP1,
+    LISTENER_PROTOCOLS,
+    TCP_LISTENER,
     LB_POLICIES,
     PROTOCOLS,
     RETRY_CONDITIONS,
@@ -31,6 +34,7 @@ from easymesh.config.mesh import (
     DirectResponse,
     HashOn,
     HeaderMatch,
+    ListenerSpec,
     MeshConfig,
     RateLimitKey,
     RetryPolicy,
@@ -329,6 +333,9 @@ def validateCluster(cluster: ClusterConfig, at: Path = ()) -> List[Problem]:
                         "contradicts",
                     )
                 )
+    kinds = {url.scheme in TCP_SCHEMES for url in cluster.endpoints}
+    if len(kinds) > 1:
+        p.append(Problem(at + ("endpoints",), "mixes tcp:// or tls:// endpoints with HTTP ones"))
     if cluster.hashOn is not None:
         p.extend(_hashOn(cluster.hashOn, at + ("hash_on",)))
         if cluster.lbPolicy != RING_HASH:
@@ -482,6 +489,53 @@ def _directResponse(response: DirectResponse, at: Path) -> List[Problem]:
     return p
 
 
+def isTCPCluster(cluster: ClusterConfig) -> bool:
+    """
+    Whether a cluster's endpoints are raw TCP (C{tcp://}, C{tls://}).
+    """
+    return any(url.scheme in TCP_SCHEMES for url in cluster.endpoints)
+
+
+def validateListener(spec: ListenerSpec, clusters: Any, at: Path = ("listeners", 0)) -> List[Problem]:
+    """
+    The problems of one listener of the config file.
+
+    @param clusters: The clusters by name, to check the one it names; an
+        empty collection skips that check (the file's clusters are checked
+        together later).
+    """
+    p = _Problems()
+    if p.check(at + ("name",), checkText, spec.name) and not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", spec.name):
+        p.append(Problem(at + ("name",), f"must be lower-case letters, digits, - and _, not {spec.name!r}"))
+    if spec.name in FLAG_LISTENERS:
+        p.append(
+            Problem(at + ("name",), f"{spec.name!r} is made by the flags (--{spec.name}); choose another name")
+        )
+    p.check(at + ("address",), checkEndpoint, spec.address)
+    p.check(at + ("protocol",), checkChoice, spec.protocol, LISTENER_PROTOCOLS)
+    if spec.tls is not None:
+        p.check(at + ("tls",), checkChoice, spec.tls, ("mtls",))
+    elif spec.allow:
+        p.append(Problem(at + ("allow",), "is for a tls: mtls listener"))
+    for i, pattern in enumerate(spec.allow):
+        p.check(at + ("allow", i), checkIdentityPattern, pattern)
+    if spec.idleTimeout is not None:
+        p.check(at + ("idle_timeout",), checkSeconds, spec.idleTimeout)
+    if spec.protocol == TCP_LISTENER:
+        if spec.cluster is None:
+            p.append(Problem(at, "a tcp listener needs a cluster"))
+        if spec.filters:
+            p.append(Problem(at + ("filters",), "filters are for http listeners"))
+    if spec.cluster is not None and clusters:
+        cluster = clusters.get(spec.cluster)
+        if cluster is None:
+            p.append(Problem(at + ("cluster",), f"no cluster named {spec.cluster!r}"))
+        elif isTCPCluster(cluster) != (spec.protocol == TCP_LISTENER):
+            kind = "tcp:// or tls://" if spec.protocol == TCP_LISTENER else "HTTP"
+            p.append(Problem(at + ("cluster",), f"a {spec.protocol} listener's cluster needs {kind} endpoints"))
+    return p
+
+
 def validateRoute(route: Route, clusters: Collection[str], at: Path = ()) -> List[Problem]:
     """
     The problems of one route.
@@ -556,16 +610,18 @@ def validateOptions(mesh: MeshConfig) -> List[Problem]:
     return p
 
 
-def validateAuthorization(policies: Any) -> List[Problem]:
+def validateAuthorization(policies: Any, listeners: Collection[str] = tuple(DEFAULT_CLUSTERS)) -> List[Problem]:
     """
     The problems of the C{authorization} section: listeners, identity
     patterns and matches.
+
+    @param listeners: The names of the HTTP listeners.
     """
     p = _Problems()
     for listener, policy in policies.items():
         at: Path = ("authorization", listener)
-        if listener not in DEFAULT_CLUSTERS:
-            p.append(Problem(at, _unknownListener(listener)))
+        if listener not in listeners:
+            p.append(Problem(at, _unknownListener(listener, listeners)))
         for i, rule in enumerate(getattr(policy, "rules", ())):
             for j, pattern in enumerate(rule.identities):
                 p.check(at + ("rules", i, "identities", j), checkIdentityPattern, pattern)
@@ -573,8 +629,8 @@ def validateAuthorization(policies: Any) -> List[Problem]:
     return p
 
 
-def _unknownListener(name: str) -> str:
-    return f"no listener named {name!r} (listeners: {', '.join(sorted(DEFAULT_CLUSTERS))})"
+def _unknownListener(name: str, names: Collection[str] = tuple(DEFAULT_CLUSTERS)) -> str:
+    return f"no listener named {name!r} (listeners: {', '.join(sorted(names))})"
 
 
 def validateMesh(mesh: MeshConfig) -> List[Problem]:
@@ -586,14 +642,29 @@ def validateMesh(mesh: MeshConfig) -> List[Problem]:
         if cluster.name != name:
             p.append(Problem(("clusters", name), f"is named {cluster.name!r}, not by its key"))
         p.extend(validateCluster(cluster, ("clusters", name)))
+    httpListeners = mesh.httpListenerNames()
+    names = [spec.name for spec in mesh.listeners]
+    for i, spec in enumerate(mesh.listeners):
+        p.extend(validateListener(spec, mesh.clusters, ("listeners", i)))
+        if spec.name in names[:i]:
+            p.append(Problem(("listeners", i, "name"), f"listener {spec.name!r} is given twice"))
+        if spec.protocol != TCP_LISTENER and spec.cluster is None and not mesh.routes.get(spec.name):
+            p.append(Problem(("listeners", i), "an http listener needs routes (under routes:) or a cluster"))
+    tcpClusters = {name for name, c in mesh.clusters.items() if isTCPCluster(c)}
     for listener, routes in mesh.routes.items():
-        if listener not in DEFAULT_CLUSTERS:
-            p.append(Problem(("routes", listener), _unknownListener(listener)))
+        if listener not in httpListeners:
+            p.append(Problem(("routes", listener), _unknownListener(listener, httpListeners)))
         for i, route in enumerate(routes):
             p.extend(validateRoute(route, mesh.clusters, ("routes", listener, i)))
+            used = [n for n, _ in route.weightedClusters] + ([route.cluster] if route.cluster else [])
+            for name in used:
+                if name in tcpClusters:
+                    p.append(
+                        Problem(("routes", listener, i), f"cluster {name!r} has tcp:// or tls:// endpoints, not HTTP ones")
+                    )
         p.extend(validateRouteNames(routes, ("routes", listener)))
     p.extend(validateOptions(mesh))
-    p.extend(validateAuthorization(mesh.authorization))
+    p.extend(validateAuthorization(mesh.authorization, httpListeners))
     return p
 
 

@@ -55,6 +55,19 @@ METRIC_DOCS: List[Tuple[str, str, Tuple[str, ...], str]] = [
         "counts them.",
     ),
     (
+        "easymesh_tcp_connections_total",
+        "counter",
+        ("listener", "cluster", "ended"),
+        "Connections of tcp listeners closed, by how they ended (closed, idle_timeout, "
+        "upstream_connect_failure, no_healthy_upstream, upstream_overflow, caller_refused, drained).",
+    ),
+    (
+        "easymesh_tcp_bytes_total",
+        "counter",
+        ("listener", "cluster", "direction"),
+        "Bytes carried by tcp listeners, from the client (received) and to it (sent).",
+    ),
+    (
         "easymesh_request_duration_seconds",
         "histogram",
         ("listener", "route", "cluster"),
@@ -349,6 +362,11 @@ class Metrics:
         L{easymesh.grpc.statusName}.
         """
         self._add("easymesh_grpc_requests_total", (listener, route, cluster, status))
+
+    def tcpConnectionDone(self, listener: str, cluster: str, ended: str, bytesIn: int, bytesOut: int) -> None:
+        self._add("easymesh_tcp_connections_total", (listener, cluster, ended))
+        self._add("easymesh_tcp_bytes_total", (listener, cluster, "received"), bytesIn)
+        self._add("easymesh_tcp_bytes_total", (listener, cluster, "sent"), bytesOut)
 
     def upstreamRequest(self, cluster: str, duration: float) -> None:
         """

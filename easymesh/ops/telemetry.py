@@ -106,6 +106,14 @@ class Telemetry:
             return self.traces.close()
         return succeed(None)
 
+    def tcpConnectionDone(self, listener: str, cluster: str, ended: str, bytesIn: int, bytesOut: int) -> None:
+        """
+        A C{tcp} listener's connection is closed; C{ended} says how (see
+        L{easymesh.tcpproxy}).
+        """
+        if self.metrics is not None:
+            self.metrics.tcpConnectionDone(listener, cluster, ended, bytesIn, bytesOut)
+
     def connectionOpened(self, listener: str) -> None:
         if self.metrics is not None:
             self.metrics.downstreamConnectionOpened(listener)

@@ -44,7 +44,7 @@ _FAILURE_CONDITIONS = (
 
 #: The retry_on conditions that retry a gRPC response whose head carries
 #: its status (Trailers-Only: nothing of it has been relayed yet).
-_GRPC_CONDITIONS = {
+_GRPC_CONDITIONS: Dict[int, str] = {
     GrpcStatus.CANCELLED: "cancelled",
     GrpcStatus.DEADLINE_EXCEEDED: "deadline-exceeded",
     GrpcStatus.INTERNAL: "internal",

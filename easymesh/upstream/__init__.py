@@ -14,6 +14,7 @@ from easymesh.config.model import PoolSettings
 from easymesh.interfaces import IUpstream
 from easymesh.upstream.http import HTTPUpstream
 from easymesh.upstream.http2 import AutoUpstream, H2Upstream
+from easymesh.upstream.tcp import TCPUpstream
 
 #: Makes an upstream from its URL, pool settings, reactor and (optionally)
 #: its cluster's circuit breakers and the sidecar's TLS contexts.
@@ -24,6 +25,8 @@ SCHEMES: Dict[str, UpstreamFactory] = {
     "https": HTTPUpstream,
     "h2c": H2Upstream,
     "grpc": H2Upstream,
+    "tcp": TCPUpstream,
+    "tls": TCPUpstream,
 }
 
 

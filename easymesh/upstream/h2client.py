@@ -280,7 +280,7 @@ class H2ClientConnection(Protocol):
         self._armKeepalive()
         segments, goAways = self._frames.feed(data)
         for segment in segments:
-            if type(segment) is DataHead:
+            if isinstance(segment, DataHead):
                 why = self._lengths.check(segment)
                 if why is not None:
                     self._malformed(segment.streamId, why)
