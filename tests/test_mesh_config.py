@@ -39,6 +39,7 @@ from easymesh.config.mesh import (
 )
 from easymesh.config.model import ConfigError, SidecarConfig
 from easymesh.config.settings import buildConfig
+from easymesh.config.validate import checkMesh
 
 
 def parse(text: str, name: str = "mesh.yaml") -> MeshConfig:
@@ -1050,6 +1051,21 @@ def test_clusterProtocol() -> None:
             protocol: quic
         """
     )
+
+
+def test_flagURLsSayHTTP2() -> None:
+    """
+    An C{--upstream grpc://} or C{--peer h2c://} URL makes its cluster
+    speak HTTP/2, without C{protocol} (which the flags cannot give the
+    local cluster), and the mesh is accepted.
+    """
+    config = sidecar(upstream="grpc://127.0.0.1:50051", peer="h2c://127.0.0.1:8083")
+    mesh = config.mesh()
+    assert mesh.clusters["local"].protocol == "http2"
+    assert mesh.clusters["peer"].protocol == "http2"
+    checkMesh(mesh)
+    plain = sidecar(upstream="http://127.0.0.1:6060").mesh()
+    assert plain.clusters["local"].protocol == "http1"
 
 
 def test_peerProtocolFlag() -> None:
