@@ -17,6 +17,7 @@ from easymesh.config.mesh import (
     ClusterConfig,
     DirectResponse,
     DnsDiscovery,
+    GrpcHealthCheck,
     HashOn,
     HeaderMatch,
     HealthCheck,
@@ -395,6 +396,7 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
                 "healthy_threshold": ("healthyThreshold", Node.value),
                 "unhealthy_threshold": ("unhealthyThreshold", Node.value),
                 "host": ("host", Node.text),
+                "grpc": ("grpc", _readGrpcHealthCheck),
             },
         )
     if "tls" in entries:
@@ -407,6 +409,13 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
     cluster = ClusterConfig(**kwargs)
     _refuse(node, validateCluster(cluster))
     return cluster
+
+
+def _readGrpcHealthCheck(node: Node) -> GrpcHealthCheck:
+    fields = node.mapping({"service"})
+    if "service" in fields:
+        return GrpcHealthCheck(fields["service"].text())
+    return GrpcHealthCheck()
 
 
 def _readObject(node: Node, cls: Any, fields: Mapping[str, Tuple[str, Callable[[Node], Any]]]) -> Any:

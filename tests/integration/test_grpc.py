@@ -768,3 +768,53 @@ def test_clientCancelCancelsBackendHandler(client: Client) -> None:
         client, "the backend's handler cancelled", lambda c: c.cancelled == before.cancelled + 1, 3.0
     )
     stillServing(client)
+
+
+# -- gRPC health checks ------------------------------------------------------
+
+
+def test_grpcHealthCheck(launch: Launcher, backends: Backends, stubs: Stubs, tmp_path: Path) -> None:
+    """
+    With C{health_check: {grpc: {service: ...}}}, an endpoint whose
+    C{grpc.health.v1.Health} says NOT_SERVING for that service leaves
+    rotation (every call goes to the other), and returns once it says
+    SERVING again.
+    """
+    service = "grpc.testing.TestService"
+    first, second = backends("first"), backends("second")
+    for backend in (first, second):
+        control = Client(stubs, f"127.0.0.1:{backend.port}", CHANNEL_OPTIONS)
+        try:
+            control.mesh.SetHealth(control.meshpb.HealthSetting(service=service, serving=True), timeout=DEADLINE)
+        finally:
+            control.close()
+    config = tmp_path / "health.yaml"
+    config.write_text(
+        _clusterYaml([first, second])
+        + f"    health_check: {{grpc: {{service: {service}}}, interval: 200ms, timeout: 1s,"
+        " healthy_threshold: 1, unhealthy_threshold: 1}\n",
+        encoding="utf-8",
+    )
+    sidecar = launch("--peer-protocol", "http2", "--config", str(config), upstream=first.url)
+    c = Client(stubs, f"127.0.0.1:{sidecar.outbound}", CHANNEL_OPTIONS)
+    control = Client(stubs, f"127.0.0.1:{first.port}", CHANNEL_OPTIONS)
+
+    def servedBy(calls: int) -> Counter[str]:
+        served: Counter[str] = Counter()
+        for _ in range(calls):
+            _, call = c.test.EmptyCall.with_call(c.pb.Empty(), timeout=DEADLINE)
+            served.update(v for k, v in call.trailing_metadata() if k == BACKEND_NAME)
+        return served
+
+    try:
+        assert set(servedBy(10)) == {"first", "second"}
+        control.mesh.SetHealth(control.meshpb.HealthSetting(service=service, serving=False), timeout=DEADLINE)
+        sidecar.waitForLog(lambda text: f"127.0.0.1:{first.port} is unhealthy" in text)
+        assert servedBy(10) == Counter({"second": 10})
+        control.mesh.SetHealth(control.meshpb.HealthSetting(service=service, serving=True), timeout=DEADLINE)
+        sidecar.waitForLog(lambda text: f"127.0.0.1:{first.port} is healthy again" in text)
+        assert set(servedBy(10)) == {"first", "second"}
+        assert "NOT_SERVING" in sidecar.log()
+    finally:
+        c.close()
+        control.close()
