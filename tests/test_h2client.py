@@ -216,6 +216,39 @@ def test_responseBodyBackPressure() -> None:
     assert len(b"".join(sink.data)) == window
 
 
+@pytest.mark.parametrize("end", ["reader-abandons", "upstream-resets"])
+def test_unreadBodyOfEndedStreamFreesConnectionWindow(end: str) -> None:
+    """
+    DATA held unacknowledged for a paused reader is given back to the
+    connection's window when its stream ends early (the reader abandons
+    it, or the upstream resets it), so that a stream that ends so with a
+    full window unread does not starve the connection's other streams.
+    """
+    client = connection()
+    peer = Peer(client)
+    connectionWindow = peer.h2.outbound_flow_control_window
+    for _ in range(2):
+        got = results(client.request(request()))
+        peer.pump()
+        streamId = peer.of(RequestReceived)[-1].stream_id
+        peer.h2.send_headers(streamId, [(b":status", b"200")])
+        peer.pump()
+        [response] = got
+        sink = Sink(pause=True)
+        response.deliverBody(sink)
+        window = peer.h2.local_flow_control_window(streamId)
+        assert window == connectionWindow
+        for offset in range(0, window, 16384):
+            peer.h2.send_data(streamId, b"d" * min(16384, window - offset))
+        peer.pump()
+        if end == "reader-abandons":
+            sink.producer.stopProducing()
+        else:
+            peer.h2.reset_stream(streamId, ErrorCodes.INTERNAL_ERROR)
+        peer.pump()
+    assert peer.h2.outbound_flow_control_window == connectionWindow
+
+
 def test_goAwayRefusesUnprocessedStreams() -> None:
     client = connection()
     peer = Peer(client)

@@ -24,6 +24,7 @@ from easymesh.config.mesh import (
     ClusterConfig,
     DirectResponse,
     DnsDiscovery,
+    GrpcHealthCheck,
     HashOn,
     HeaderMatch,
     HealthCheck,
@@ -39,6 +40,7 @@ from easymesh.config.mesh import (
 )
 from easymesh.config.model import ConfigError, SidecarConfig
 from easymesh.config.settings import buildConfig
+from easymesh.config.validate import checkMesh
 
 
 def parse(text: str, name: str = "mesh.yaml") -> MeshConfig:
@@ -1054,6 +1056,87 @@ def test_clusterProtocol() -> None:
             protocol: quic
         """
     )
+
+
+def test_grpcHealthCheck() -> None:
+    """
+    C{health_check: {grpc: {service: NAME}}} asks for a gRPC health
+    check (C{grpc: {}}: of the whole server) on an HTTP/2 cluster.
+    """
+    mesh = parse(
+        """
+        clusters:
+          orders:
+            endpoints: ["grpc://10.0.0.5:50051"]
+            protocol: http2
+            health_check: {grpc: {service: orders.v1.Orders}, interval: 2s}
+          billing:
+            endpoints: ["http://10.0.0.6:50051"]
+            protocol: http2
+            health_check: {grpc: {}}
+        """
+    )
+    orders = mesh.clusters["orders"].healthCheck
+    assert orders is not None and orders.grpc == GrpcHealthCheck("orders.v1.Orders")
+    assert orders.interval == 2.0 and orders.path is None
+    billing = mesh.clusters["billing"].healthCheck
+    assert billing is not None and billing.grpc == GrpcHealthCheck("")
+
+
+def test_grpcHealthCheckRefused() -> None:
+    """
+    A gRPC health check with a C{path}, or on a cluster that does not
+    speak HTTP/2, is refused with the line that says so.
+    """
+    both = refused(
+        """
+        clusters:
+          orders:
+            endpoints: ["grpc://10.0.0.5:50051"]
+            protocol: http2
+            health_check:
+              path: /healthz
+              grpc: {service: orders}
+        """
+    )
+    assert "mesh.yaml:8" in both and "cannot be used with path" in both, both
+    for protocol in ("http1", "auto"):
+        http1 = refused(
+            f"""
+            clusters:
+              orders:
+                endpoints: ["http://10.0.0.5:8080"]
+                protocol: {protocol}
+                health_check:
+                  grpc: {{service: orders}}
+            """
+        )
+        assert "mesh.yaml:7" in http1 and "needs a cluster that speaks HTTP/2" in http1, http1
+    unknown = refused(
+        """
+        clusters:
+          orders:
+            endpoints: ["grpc://10.0.0.5:50051"]
+            protocol: http2
+            health_check: {grpc: {name: orders}}
+        """
+    )
+    assert "mesh.yaml:6" in unknown and "name" in unknown, unknown
+
+
+def test_flagURLsSayHTTP2() -> None:
+    """
+    An C{--upstream grpc://} or C{--peer h2c://} URL makes its cluster
+    speak HTTP/2, without C{protocol} (which the flags cannot give the
+    local cluster), and the mesh is accepted.
+    """
+    config = sidecar(upstream="grpc://127.0.0.1:50051", peer="h2c://127.0.0.1:8083")
+    mesh = config.mesh()
+    assert mesh.clusters["local"].protocol == "http2"
+    assert mesh.clusters["peer"].protocol == "http2"
+    checkMesh(mesh)
+    plain = sidecar(upstream="http://127.0.0.1:6060").mesh()
+    assert plain.clusters["local"].protocol == "http1"
 
 
 def test_peerProtocolFlag() -> None:

@@ -19,9 +19,10 @@ from easymesh.cluster.balancers import balancerFor
 from easymesh.cluster.breakers import MAX_REQUESTS, Breakers
 from easymesh.cluster.discovery import DnsHosts, Hosts
 from easymesh.cluster.endpoint import Endpoint
+from easymesh.cluster.grpchealth import grpcProbe
 from easymesh.cluster.health import HealthChecker
 from easymesh.cluster.outlier import OutlierDetector
-from easymesh.config.mesh import ClusterConfig, HealthCheck
+from easymesh.config.mesh import HEALTH_CHECK_PATH, ClusterConfig, HealthCheck
 from easymesh.config.model import PoolSettings
 from easymesh.errors import NoHealthyUpstream, Overflow, classify
 from easymesh.grpc import GRPC_TIMEOUT, StatusWatch, formatTimeout, httpEquivalent, isGrpc, statusOf
@@ -288,10 +289,13 @@ class Cluster:
             self.outlier.record(endpoint, code, code in GATEWAY_ERRORS)
 
     def _probe(self, endpoint: Endpoint, check: HealthCheck) -> Deferred[int]:
+        if check.grpc is not None:
+            return grpcProbe(endpoint, check)
         headers = Headers()
         headers.setRawHeaders(b"host", [(check.host or endpoint.url.authority).encode("ascii")])
         headers.setRawHeaders(b"user-agent", [b"easymesh-health-check"])
-        probe = ProxyRequest(b"GET", check.path.encode("ascii"), headers, listener="health")
+        path = check.path if check.path is not None else HEALTH_CHECK_PATH
+        probe = ProxyRequest(b"GET", path.encode("ascii"), headers, listener="health")
         d = endpoint.upstream.request(probe, check.timeout)
         return d.addCallback(_drainStatus)
 

@@ -58,19 +58,36 @@ class OutlierDetection:
     maxEjectionPercent: float = 10.0
 
 
+#: The path an HTTP health check asks for when none is given.
+HEALTH_CHECK_PATH = "/healthz"
+
+
+@attrs.frozen
+class GrpcHealthCheck:
+    """
+    A gRPC health check (C{grpc.health.v1.Health/Check}) of C{service}
+    (C{""}: the server as a whole).
+    """
+
+    service: str = ""
+
+
 @attrs.frozen
 class HealthCheck:
     """
-    Active HTTP health checks: C{GET path} to each endpoint every
-    C{interval} seconds; a 2xx within C{timeout} is a success.
+    Active health checks of each endpoint every C{interval} seconds: with
+    C{grpc}, a gRPC health check that must answer SERVING; otherwise
+    C{GET path} (L{HEALTH_CHECK_PATH} if L{None}), which must answer 2xx;
+    within C{timeout}.
     """
 
-    path: str = "/healthz"
+    path: Optional[str] = None
     interval: float = 5.0
     timeout: float = 1.0
     healthyThreshold: int = 2
     unhealthyThreshold: int = 3
     host: Optional[str] = None
+    grpc: Optional[GrpcHealthCheck] = None
 
 
 @attrs.frozen

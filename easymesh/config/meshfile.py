@@ -30,6 +30,7 @@ from easymesh.config.mesh import (
     ClusterConfig,
     DirectResponse,
     DnsDiscovery,
+    GrpcHealthCheck,
     HashOn,
     HeaderMatch,
     HealthCheck,
@@ -430,6 +431,13 @@ def _readCluster(name: str, node: Node) -> ClusterConfig:
     return cluster
 
 
+def _readGrpcHealthCheck(node: Node) -> GrpcHealthCheck:
+    fields = node.mapping({"service"})
+    if "service" in fields:
+        return GrpcHealthCheck(fields["service"].text())
+    return GrpcHealthCheck()
+
+
 _Fields = Mapping[str, Tuple[str, Callable[[Node], Any]]]
 
 
@@ -462,6 +470,7 @@ _HEALTH_CHECK_FIELDS: _Fields = {
     "healthy_threshold": ("healthyThreshold", Node.value),
     "unhealthy_threshold": ("unhealthyThreshold", Node.value),
     "host": ("host", Node.text),
+    "grpc": ("grpc", _readGrpcHealthCheck),
 }
 _BUDGET_FIELDS: _Fields = {
     "percent": ("percent", _real(checkPercent)),

@@ -386,6 +386,10 @@ class SidecarConfig:
         for listener in self.listeners():
             name = DEFAULT_CLUSTERS[listener.name]
             identities = (self.peer_identity or ("*",)) if listener.name == OUTBOUND else ("*",)
+            protocol = self.peer_protocol if listener.name == OUTBOUND else "http1"
+            if listener.target.scheme in HTTP2_SCHEMES and protocol == "http1":
+                # --upstream grpc://... or --peer h2c://... says HTTP/2 itself.
+                protocol = "http2"
             clusters[name] = ClusterConfig(
                 name,
                 endpoints=(listener.target,),

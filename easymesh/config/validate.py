@@ -26,6 +26,7 @@ from easymesh.config.mesh import (
     HTTP1,
     LISTENER_PROTOCOLS,
     TCP_LISTENER,
+    HTTP2,
     LB_POLICIES,
     PROTOCOLS,
     RETRY_CONDITIONS,
@@ -362,6 +363,13 @@ def validateCluster(cluster: ClusterConfig, at: Path = ()) -> List[Problem]:
         p.extend(_outlierDetection(cluster.outlierDetection, at + ("outlier_detection",)))
     if cluster.healthCheck is not None:
         p.extend(_healthCheck(cluster.healthCheck, at + ("health_check",)))
+        if cluster.healthCheck.grpc is not None and not _speaksHTTP2(cluster):
+            p.append(
+                Problem(
+                    at + ("health_check", "grpc"),
+                    "needs a cluster that speaks HTTP/2 (protocol: http2, or h2c:// or grpc:// endpoints)",
+                )
+            )
     for i, pattern in enumerate(cluster.tlsIdentities):
         p.check(at + ("tls", "identities", i), checkIdentityPattern, pattern)
     return p
@@ -394,9 +402,21 @@ def _outlierDetection(detection: Any, at: Path) -> List[Problem]:
     return p
 
 
+def _speaksHTTP2(cluster: ClusterConfig) -> bool:
+    """
+    Whether every endpoint of C{cluster} is spoken to over HTTP/2.
+    """
+    if cluster.protocol == HTTP2:
+        return True
+    return bool(cluster.endpoints) and all(url.scheme in HTTP2_SCHEMES for url in cluster.endpoints)
+
+
 def _healthCheck(check: Any, at: Path) -> List[Problem]:
     p = _Problems()
-    p.check(at + ("path",), checkPath, check.path)
+    if check.path is not None:
+        p.check(at + ("path",), checkPath, check.path)
+        if check.grpc is not None:
+            p.append(Problem(at + ("grpc",), "cannot be used with path (a gRPC check asks no path)"))
     p.check(at + ("interval",), checkSeconds, check.interval)
     p.check(at + ("timeout",), checkSeconds, check.timeout)
     p.check(at + ("healthy_threshold",), checkNumber, check.healthyThreshold, 1, True)

@@ -578,6 +578,11 @@ class H2ClientConnection(Protocol):
     def _fail(self, stream: _ClientStream, reason: Failure) -> None:
         stream.closed = True
         stream.pending = []
+        if stream.response is not None and stream.response.unacked:
+            # Nobody will read what a paused reader held back: give it to
+            # the connection's window, which the other streams share.
+            unacked, stream.response.unacked = stream.response.unacked, 0
+            self._acknowledge(stream.id, unacked)
         if stream.producer is not None:
             stream.producer.stopProducing()
             stream.producer = None
