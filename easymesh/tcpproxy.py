@@ -33,21 +33,17 @@ from zope.interface import implementer
 
 from easymesh.cluster.breakers import MAX_CONNECTIONS
 from easymesh.edge import admitCaller, peerAddress
-from easymesh.errors import NoHealthyUpstream
+from easymesh.errors import NoHealthyUpstream, Overflow, UpstreamConnectFailure
 from easymesh.interfaces import IConnectionTransport
 
 _log = Logger()
 
-#: Why a pair ended, for the access log and metrics.
-CLOSED, IDLE_TIMEOUT, CONNECT_FAILURE, NO_HEALTHY_UPSTREAM, OVERFLOW, REFUSED, DRAINED = (
-    "closed",
-    "idle_timeout",
-    "upstream_connect_failure",
-    "no_healthy_upstream",
-    "upstream_overflow",
-    "caller_refused",
-    "drained",
-)
+#: Why a pair ended, for the access log and metrics: the error causes'
+#: names where one applies.
+CLOSED, IDLE_TIMEOUT, REFUSED, DRAINED = ("closed", "idle_timeout", "caller_refused", "drained")
+CONNECT_FAILURE = UpstreamConnectFailure.cause
+NO_HEALTHY_UPSTREAM = NoHealthyUpstream.cause
+OVERFLOW = Overflow.cause
 
 #: The idle timeout of a C{tcp} listener unless it says otherwise: an
 #: hour, as Envoy's C{tcp_proxy} (database pools keep idle connections).

@@ -24,7 +24,7 @@ from easymesh.cluster.health import HealthChecker
 from easymesh.cluster.outlier import OutlierDetector
 from easymesh.config.mesh import HEALTH_CHECK_PATH, ClusterConfig, HealthCheck
 from easymesh.config.model import PoolSettings
-from easymesh.errors import NoHealthyUpstream, Overflow, classify
+from easymesh.errors import NoHealthyUpstream, Overflow, UpstreamConnectFailure, classify
 from easymesh.grpc import GRPC_TIMEOUT, StatusWatch, formatTimeout, httpEquivalent, isGrpc, statusOf
 from easymesh.interfaces import IBodySink
 from easymesh.message import ProxyRequest, Response
@@ -270,7 +270,7 @@ class Cluster:
         Connecting to C{endpoint} failed: a gateway failure, for outlier
         detection.
         """
-        endpoint.finished(self._reactor.seconds(), None, "upstream_connect_failure")
+        endpoint.finished(self._reactor.seconds(), None, UpstreamConnectFailure.cause)
         if self.outlier is not None:
             self.outlier.record(endpoint, None, True)
 

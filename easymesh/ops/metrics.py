@@ -59,7 +59,7 @@ METRIC_DOCS: List[Tuple[str, str, Tuple[str, ...], str]] = [
         "counter",
         ("listener", "cluster", "ended"),
         "Connections of tcp listeners closed, by how they ended (closed, idle_timeout, "
-        "upstream_connect_failure, no_healthy_upstream, upstream_overflow, caller_refused, drained).",
+        "upstream_connect_failure, no_healthy_upstream, overflow, caller_refused, drained).",
     ),
     (
         "easymesh_tcp_bytes_total",
