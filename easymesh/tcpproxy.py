@@ -24,7 +24,7 @@ from typing import Any, List, Optional, Set
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -34,6 +34,7 @@ from zope.interface import implementer
 from easymesh.cluster.breakers import MAX_CONNECTIONS
 from easymesh.edge import admitCaller, peerAddress
 from easymesh.errors import NoHealthyUpstream, Overflow, UpstreamConnectFailure
+from easymesh.h1server import closeWithoutWaiting
 from easymesh.interfaces import IConnectionTransport
 
 _log = Logger()
@@ -123,6 +124,16 @@ class TCPListener(Factory):
                 d.callback(None)
 
 
+def _close(transport: Any) -> None:
+    """
+    Close C{transport} after what it was given; a TLS one without waiting
+    for the peer's close alert.
+    """
+    if ISSLTransport.providedBy(transport):
+        closeWithoutWaiting(transport)
+    transport.loseConnection()
+
+
 def _halfClose(transport: Any) -> None:
     """
     Close the sending half of C{transport}, or the whole connection if it
@@ -132,7 +143,7 @@ def _halfClose(transport: Any) -> None:
     if loseWrite is not None:
         loseWrite()
     else:
-        transport.loseConnection()
+        _close(transport)
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
@@ -152,6 +163,7 @@ class _Downstream(Protocol, TimeoutMixin):
         self.clusterObject: Any = None
         self.connecting: Optional[Deferred[Any]] = None
         self.connectStarted = 0.0
+        self.early: List[bytes] = []
         self.bytesIn = self.bytesOut = 0
         self.started = listener.clock.seconds()
         self.ended: Optional[str] = None
@@ -165,8 +177,6 @@ class _Downstream(Protocol, TimeoutMixin):
         if listener.telemetry is not None:
             listener.telemetry.connectionOpened(listener.name)
         self.setTimeout(listener.idleTimeout)
-        # Nothing is read until the upstream is connected.
-        self.transport.pauseProducing()
         if listener.allowed is None:
             self._connect()
 
@@ -185,6 +195,8 @@ class _Downstream(Protocol, TimeoutMixin):
 
     def _connect(self) -> None:
         listener = self.listener
+        # Nothing more is read until the upstream is connected.
+        self.transport.pauseProducing()
         cluster = self.clusterObject = listener.runtime.clusters.get(listener.cluster)
         try:
             if cluster is None:
@@ -208,6 +220,9 @@ class _Downstream(Protocol, TimeoutMixin):
             return
         self.upstream = upstream
         self.clusterObject.tcpConnected(self.endpoint, self.connectStarted)
+        early, self.early = self.early, []
+        if early:
+            upstream.transport.writeSequence(early)
         self.transport.registerProducer(upstream.transport, True)
         upstream.transport.registerProducer(self.transport, True)
         self.transport.resumeProducing()
@@ -237,13 +252,16 @@ class _Downstream(Protocol, TimeoutMixin):
         self.bytesIn += len(data)
         if self.upstream is not None:
             self.upstream.transport.write(data)
+        else:
+            # Read with the end of a TLS handshake, before reading paused.
+            self.early.append(data)
 
     def readConnectionLost(self) -> None:
         self.readClosed = True
         if self.upstream is not None:
             _halfClose(self.upstream.transport)
         if self.upstream is None or self.upstream.readClosed:
-            self.transport.loseConnection()
+            _close(self.transport)
 
     def writeConnectionLost(self) -> None:
         pass
@@ -261,8 +279,8 @@ class _Downstream(Protocol, TimeoutMixin):
             connecting, self.connecting = self.connecting, None
             connecting.cancel()
         if self.upstream is not None:
-            self.upstream.transport.loseConnection()
-        self.transport.loseConnection()
+            _close(self.upstream.transport)
+        _close(self.transport)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.closed:
@@ -273,7 +291,7 @@ class _Downstream(Protocol, TimeoutMixin):
             connecting, self.connecting = self.connecting, None
             connecting.cancel()
         if self.upstream is not None:
-            self.upstream.transport.loseConnection()
+            _close(self.upstream.transport)
         self._report()
 
     def _report(self) -> None:
@@ -329,7 +347,7 @@ class _Upstream(Protocol):
         downstream = self.downstream
         _halfClose(downstream.transport)
         if downstream.readClosed:
-            self.transport.loseConnection()
+            _close(self.transport)
 
     def writeConnectionLost(self) -> None:
         pass
@@ -340,7 +358,7 @@ class _Upstream(Protocol):
         if not downstream.closed:
             # The upstream is gone: the client's connection closes after
             # what it is owed.
-            downstream.transport.loseConnection()
+            _close(downstream.transport)
 
 
 class _UpstreamFactory(Factory):
