@@ -320,3 +320,31 @@ class RawH2:
 
     def __repr__(self) -> str:
         return f"<RawH2 closed={self.closed} goAways={self.goAways} streams={self.streams!r}>"
+
+
+def sentHeaderBlocks(data: bytes) -> List[List[Field]]:
+    """
+    The header blocks (requests and trailers, pseudo-header fields
+    included) in the bytes a client sent on one HTTP/2 connection, in order,
+    decoded as the server decoded them; an incomplete frame at the end is
+    left out.
+    """
+    if not data.startswith(PREFACE):
+        raise ValueError("not an HTTP/2 client's bytes")
+    decoder = Decoder()
+    decoder.max_header_list_size = 1 << 20
+    blocks: List[List[Field]] = []
+    block = b""
+    pos = len(PREFACE)
+    while len(data) - pos >= 9:
+        frame, length = Frame.parse_frame_header(memoryview(data[pos : pos + 9]))
+        if len(data) - pos - 9 < length:
+            break
+        frame.parse_body(memoryview(data[pos + 9 : pos + 9 + length]))
+        pos += 9 + length
+        if isinstance(frame, (HeadersFrame, ContinuationFrame)):
+            block += frame.data
+            if "END_HEADERS" in frame.flags:
+                blocks.append([(bytes(n), bytes(v)) for n, v in decoder.decode(block, raw=True)])
+                block = b""
+    return blocks
