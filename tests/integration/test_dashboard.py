@@ -25,6 +25,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 
+from tests.integration.conftest import HOPS
 from tests.integration.harness import Session, request
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -242,6 +243,15 @@ def _updatedAt(dom) -> float:
     """
     [body] = dom.all(lambda n: n.tag == "body")
     return float(body.attrs.get("data-updated", 0))
+
+
+@pytest.fixture(scope="module", params=HOPS)
+def hop(request: pytest.FixtureRequest) -> str:
+    """
+    The sidecars these tests start forward from outbound to inbound over
+    HTTP/1.1, then over HTTP/2.
+    """
+    return request.param
 
 
 def test_dashboard_shows_live_traffic(launch, app, traffic, tmp_path):
