@@ -378,7 +378,7 @@ class SidecarConfig:
         made from the flags (C{peer} and C{local}) and, for a listener the
         file gives no routes, one route to its default cluster.
         """
-        from easymesh.config.mesh import ClusterConfig, MeshConfig, Route
+        from easymesh.config.mesh import ClusterConfig, MeshConfig, Route, protocolOf
 
         pool = self.pool
         files = self.tlsFiles
@@ -396,7 +396,13 @@ class SidecarConfig:
                 poolIdle=pool.idle,
                 streamIdleTimeout=self.stream_idle_timeout,
                 tls=UpstreamTLS(files, identities) if files is not None else None,
-                protocol=self.peer_protocol if listener.name == OUTBOUND else "http1",
+                # An h2c:// or grpc:// address speaks HTTP/2 unless a
+                # protocol says otherwise (--peer-protocol http1, the
+                # default, cannot be told from none).
+                protocol=protocolOf(
+                    (listener.target,),
+                    self.peer_protocol if listener.name == OUTBOUND and self.peer_protocol != "http1" else None,
+                ),
             )
         for name, cluster in self.meshFile.get("clusters", {}).items():
             if files is not None and cluster.tls is None:
