@@ -10,7 +10,9 @@ a raw frame client (L{RawH2}) or nghttp.
   - a client's GOAWAY lets its open streams finish, then the connection
     closes;
   - a drain (SIGTERM) sends the two-step GOAWAY to a real client (nghttp)
-    whose streams in flight complete, whichever sidecar drains.
+    whose streams in flight complete, whichever sidecar drains;
+  - a reload that retires an HTTP/2 cluster sends GOAWAY on its
+    connections, whose streams in flight complete.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import signal
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -30,8 +33,9 @@ import pytest
 from tests.integration.app import SLOW_BODY, TestApp
 from tests.integration.conftest import Launcher
 from tests.integration.h2raw import RawH2
-from tests.integration.harness import Sidecar, waitUntil
+from tests.integration.harness import Sidecar, request, waitUntil
 from tests.integration.test_mtls import ORDERS, PKI, WEB
+from tests.integration.test_traffic import writeAtomically
 
 NO_ERROR = 0x0
 CANCEL = 0x8
@@ -288,3 +292,45 @@ def test_drainOfMutualTLSInboundWhileStreamsInFlight(launch, app: TestApp, tmp_p
     tlsArgs = ["--cert", pki.web.certPath, "--key", pki.web.keyPath]
     text = nghttpDuringDrain(app, urls, callee, tmp_path / "nghttp.out", tlsArgs)
     assertTwoStepGoAway(text, 3)
+
+
+# The sidecar as the client: a reload retires an HTTP/2 cluster.
+
+
+def hopConfig(inbound: int, connectTimeout: str) -> str:
+    return f"""\
+clusters:
+  hop:
+    endpoints: ["h2c://127.0.0.1:{inbound}"]
+    connect_timeout: {connectTimeout}
+routes:
+  outbound:
+    - match: {{prefix: /}}
+      cluster: hop
+"""
+
+
+def test_reloadRetiringAnHTTP2ClusterLetsItsStreamsFinish(launch, app: TestApp, tmp_path: Path) -> None:
+    """
+    Three requests in flight on an HTTP/2 cluster's connection when a
+    reload replaces the cluster: the retired connection says GOAWAY, and
+    every one of them is answered whole; the next request goes through the
+    new cluster.
+    """
+    ports = launch.ports()
+    config = tmp_path / "mesh.yaml"
+    config.write_text(hopConfig(ports["inbound"], "1s"), encoding="utf-8")
+    sidecar = launch("--config", str(config), upstream=app.url, ports=ports)
+    assert request(sidecar.outbound, "GET", "/echo/warm").status == 200
+    tag = uuid.uuid4().hex[:12]
+    targets = [f"/slow?d={SLOW}&t={tag}-{i}" for i in range(3)]
+    with ThreadPoolExecutor(len(targets)) as pool:
+        replies = [pool.submit(request, sidecar.outbound, "GET", t, (), None, 20) for t in targets]
+        waitUntil(lambda: all(app.seenTarget(t) for t in targets), 10, "the app has every request")
+        writeAtomically(config, hopConfig(ports["inbound"], "2s"))
+        sidecar.waitForLog(lambda text: "Config reloaded" in text)
+        for reply in replies:
+            answer = reply.result(timeout=20)
+            assert (answer.status, answer.body) == (200, SLOW_BODY), (answer, sidecar.log())
+    assert request(sidecar.outbound, "GET", "/echo/after-reload").status == 200
+    assert "Traceback" not in sidecar.log()
