@@ -268,9 +268,9 @@ class RawH2:
                 self.pingAcks.append(frame.opaque_data)
             else:
                 self.pings.append(frame.opaque_data)
-                ack = PingFrame(0, opaque_data=frame.opaque_data)
-                ack.flags.add("ACK")
-                self.send(ack)
+                pong = PingFrame(0, opaque_data=frame.opaque_data)
+                pong.flags.add("ACK")
+                self.send(pong)
         elif isinstance(frame, GoAwayFrame):
             self.goAways.append((frame.last_stream_id, frame.error_code))
         elif isinstance(frame, HeadersFrame):

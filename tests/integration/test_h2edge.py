@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Sequence
 
 import pytest
-from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
 
 from tests.integration.app import TestApp
 from tests.integration.conftest import Launcher
@@ -349,7 +349,7 @@ def test_continuationFlood(edge: Edge, connect) -> None:
     label = tag()
     headers = HeadersFrame(1)
     headers.data = flooder.encoder.encode(flooder.requestFields(f"/echo/{label}".encode()))
-    frames = [headers]
+    frames: List[Frame] = [headers]
     for _ in range(2000):
         continuation = ContinuationFrame(1)
         continuation.data = b"\x40\x01a\x01b"  # one more literal field
