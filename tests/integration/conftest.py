@@ -163,7 +163,7 @@ class Shared:
             self.app.close()
 
 
-@pytest.fixture(scope="session", params=["http1", "http2"], ids=["hop-http1", "hop-http2"])
+@pytest.fixture(scope="session", params=HOPS)
 def _shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
     shared = Shared(tmp_path_factory.mktemp("shared-mesh"), request.param)
     try:
