@@ -14,7 +14,14 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
-from h2.events import DataReceived, Event, RequestReceived, StreamEnded, StreamReset, TrailersReceived
+from h2.events import (
+    DataReceived,
+    Event,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+)
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -25,6 +32,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.model import PoolSettings
 from easymesh.errors import UpstreamReset
+from easymesh.h2wire import PREFACE, GoAwayFilter
 from easymesh.message import Request
 from easymesh.requestbody import RequestBodyStream
 from easymesh.upstream import upstreamFor
@@ -61,8 +69,13 @@ class Peer:
     connection.
     """
 
-    def __init__(self, connection: H2ClientConnection, maxStreams: int = 100) -> None:
+    def __init__(self, connection: H2ClientConnection, maxStreams: int = 100, takeGoAways: bool = False) -> None:
         self.client = connection
+        #: With C{takeGoAways}, the GOAWAY frames the client sent are taken
+        #: out (as the edge takes them) and kept here: the h2 library's
+        #: server could not answer open streams after one.
+        self.goAways: List[Any] = []
+        self._filter = GoAwayFilter(skip=len(PREFACE)) if takeGoAways else None
         self.transport = StringTransport()
         connection.makeConnection(self.transport)
         self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
@@ -77,6 +90,9 @@ class Peer:
         for _ in range(50):
             out = self.transport.value()
             self.transport.clear()
+            if out and self._filter is not None:
+                out, goAways = self._filter.feed(out)
+                self.goAways += goAways
             if out:
                 self.events += self.h2.receive_data(out)
             back = self.h2.data_to_send()
@@ -263,6 +279,32 @@ def test_goAwayRefusesUnprocessedStreams() -> None:
     assert first == []
     assert client.capacity == 0
     assert not peer.transport.disconnecting
+
+
+def test_closeLetsOpenStreamsFinish() -> None:
+    """
+    Closing a connection with a stream open (a retired cluster's, on a
+    reload) sends GOAWAY and opens no more streams; the open stream's
+    answer still arrives whole, and the connection closes after it.
+    """
+    client = connection()
+    peer = Peer(client, takeGoAways=True)
+    got = results(client.request(request()))
+    peer.pump()
+    [received] = peer.of(RequestReceived)
+    client.close()
+    peer.pump()
+    assert [(g.lastStreamId, g.errorCode) for g in peer.goAways] == [(0, ErrorCodes.NO_ERROR)]
+    assert client.capacity == 0
+    assert not peer.transport.disconnecting
+    peer.answer(received.stream_id, b"after the GOAWAY")
+    [response] = got
+    assert response.code == 200
+    sink = Sink()
+    response.deliverBody(sink)
+    assert b"".join(sink.data) == b"after the GOAWAY"
+    assert sink.ended is None and sink.failed is None
+    assert peer.transport.disconnecting
 
 
 def test_refusedStream() -> None:

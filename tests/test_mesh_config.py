@@ -1143,3 +1143,22 @@ def test_peerProtocolFlag() -> None:
     config = sidecar("peer-protocol: http2\n")
     assert config.mesh().clusters["peer"].protocol == "http2"
     assert config.mesh().clusters["local"].protocol == "http1"
+
+
+def test_http2SchemesNeedNoProtocol() -> None:
+    """
+    A cluster whose endpoints all say C{h2c://} or C{grpc://}, and a
+    C{--peer h2c://} address, speak HTTP/2 without a C{protocol}: only one
+    written as C{http1} contradicts them.
+    """
+    mesh = parse(
+        """
+        clusters:
+          grpc-backend:
+            endpoints: ["h2c://10.0.0.5:50051", "grpc://10.0.0.6:50051"]
+        """
+    )
+    assert mesh.clusters["grpc-backend"].protocol == "http2"
+    config = sidecar("peer: h2c://127.0.0.1:9\n")
+    assert config.mesh().clusters["peer"].protocol == "http2"
+    assert config.mesh().clusters["local"].protocol == "http1"

@@ -9,11 +9,11 @@ default cluster per listener) both produce a L{MeshConfig}.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import attrs
 
-from easymesh.config.addresses import UpstreamURL
+from easymesh.config.addresses import HTTP2_SCHEMES, UpstreamURL
 from easymesh.config.model import STREAM_IDLE_TIMEOUT, UpstreamTLS
 
 ROUND_ROBIN = "round_robin"
@@ -119,6 +119,18 @@ class HashOn:
 #: HTTP/1.1 on plaintext).
 HTTP1, HTTP2, AUTO = "http1", "http2", "auto"
 PROTOCOLS = (HTTP1, HTTP2, AUTO)
+
+
+def protocolOf(endpoints: Sequence[UpstreamURL], given: Optional[str]) -> str:
+    """
+    A cluster's protocol: the one C{given}; without one, HTTP/2 if every
+    endpoint's scheme says so (C{h2c://}, C{grpc://}), HTTP/1.1 otherwise.
+    """
+    if given is not None:
+        return given
+    if endpoints and all(url.scheme in HTTP2_SCHEMES for url in endpoints):
+        return HTTP2
+    return HTTP1
 
 
 @attrs.frozen

@@ -44,6 +44,7 @@ from easymesh.config.mesh import (
     Route,
     RouteMatch,
     RouteRateLimit,
+    protocolOf,
 )
 from easymesh.config.model import DEFAULT_CLUSTERS, ConfigError
 from easymesh.config.validate import (
@@ -387,10 +388,10 @@ def _true(node: Node) -> bool:
 def _readCluster(name: str, node: Node) -> ClusterConfig:
     entries = node.mapping(CLUSTER_KEYS)
     kwargs: Dict[str, Any] = {"name": name}
-    if "protocol" in entries:
-        kwargs["protocol"] = entries["protocol"].value()
     if "endpoints" in entries:
         kwargs.update(_readEndpoints(entries["endpoints"]))
+    given = entries["protocol"].value() if "protocol" in entries else None
+    kwargs["protocol"] = protocolOf(kwargs.get("endpoints", ()), given)
     if "dns" in entries:
         kwargs["dns"] = _readDns(entries["dns"])
     if "lb_policy" in entries:

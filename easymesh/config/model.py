@@ -378,7 +378,7 @@ class SidecarConfig:
         made from the flags (C{peer} and C{local}) and, for a listener the
         file gives no routes, one route to its default cluster.
         """
-        from easymesh.config.mesh import ClusterConfig, MeshConfig, Route
+        from easymesh.config.mesh import ClusterConfig, MeshConfig, Route, protocolOf
 
         pool = self.pool
         files = self.tlsFiles
@@ -400,8 +400,12 @@ class SidecarConfig:
                 poolIdle=pool.idle,
                 streamIdleTimeout=self.stream_idle_timeout,
                 tls=UpstreamTLS(files, identities) if files is not None else None,
-                protocol=_flagProtocol(
-                    listener.target, self.peer_protocol if listener.name == OUTBOUND else "http1"
+                # An h2c:// or grpc:// address speaks HTTP/2 unless a
+                # protocol says otherwise (--peer-protocol http1, the
+                # default, cannot be told from none).
+                protocol=protocolOf(
+                    (listener.target,),
+                    self.peer_protocol if listener.name == OUTBOUND and self.peer_protocol != "http1" else None,
                 ),
             )
         for name, cluster in self.meshFile.get("clusters", {}).items():
@@ -423,10 +427,3 @@ class SidecarConfig:
         rest = {k: v for k, v in self.meshFile.items() if k not in ("clusters", "routes")}
         return MeshConfig(clusters=clusters, routes=routes, **rest)
 
-
-def _flagProtocol(url: UpstreamURL, protocol: str) -> str:
-    """
-    The protocol of a cluster made from a flag's URL: an C{h2c://} or
-    C{grpc://} URL speaks HTTP/2 whatever the protocol flag's default.
-    """
-    return "http2" if url.scheme in HTTP2_SCHEMES and protocol == "http1" else protocol

@@ -30,6 +30,7 @@ from h2.events import (
 )
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
@@ -327,11 +328,12 @@ class H2ClientConnection(Protocol):
         """
         self.goingAway = True
         if not self.closed and self.transport is not None:
-            try:
-                self._conn.close_connection()
-            except H2Error:
-                pass
+            # GOAWAY on the side: the h2 library's own closes its state at
+            # once, and the answers to the open streams would then be
+            # refused as protocol errors.
             self._flush()
+            frame = GoAwayFrame(0, last_stream_id=0, error_code=ErrorCodes.NO_ERROR)
+            self.transport.write(frame.serialize())
             if not self._streams:
                 self.transport.loseConnection()
 

@@ -39,13 +39,34 @@ def staleApp() -> Iterator[TestApp]:
         server.close()
 
 
+#: What the hop between a sidecar's outbound and the inbound listener it
+#: forwards to speaks (C{--peer-protocol}), with the ids the tests that
+#: run over each carry.
+HOPS = [pytest.param("http1", id="hop-http1"), pytest.param("http2", id="hop-http2")]
+
+
+def http1HopOnly(reason: str) -> pytest.MarkDecorator:
+    """
+    Run a test of a module whose tests run over both hops over the
+    HTTP/1.1 hop only, the other skipped for C{reason}.
+    """
+    return pytest.mark.parametrize(
+        "hop",
+        [HOPS[0], pytest.param("http2", id="hop-http2", marks=pytest.mark.skip(reason=reason))],
+    )
+
+
 class Launcher:
     """
     Start sidecars for one test; L{closeAll} stops every one.
+
+    @ivar hop: The C{--peer-protocol} each sidecar is given unless its
+        arguments name one (none is given for C{http1}, the default).
     """
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, hop: str = "http1") -> None:
         self.tmp = tmp
+        self.hop = hop
         self.started: List[Sidecar] = []
 
     def ports(self) -> Dict[str, int]:
@@ -71,6 +92,8 @@ class Launcher:
         args = list(extra)
         if upstream is not None:
             args = ["--upstream", upstream] + args
+        if self.hop != "http1" and "--peer-protocol" not in args:
+            args += ["--peer-protocol", self.hop]
         if argv is None:
             argv = twistdCommand() + ["-n", "--pidfile=", "easymesh"] + sidecarArgs(ports, args)
         n = len(self.started) + 1
@@ -92,9 +115,19 @@ class Launcher:
             print(f"===== {sidecar.logPath} (exit {code}) =====\n{tail}")
 
 
+@pytest.fixture(scope="session")
+def hop() -> str:
+    """
+    What the hop between the listeners of the sidecars L{launch} starts
+    speaks: HTTP/1.1 unless a module overrides this fixture, as those whose
+    tests run over both hops do with one whose C{params} are L{HOPS}.
+    """
+    return "http1"
+
+
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launcher]:
-    launcher = Launcher(tmp_path)
+def launch(tmp_path: Path, hop: str) -> Iterator[Launcher]:
+    launcher = Launcher(tmp_path, hop)
     try:
         yield launcher
     finally:
@@ -130,7 +163,7 @@ class Shared:
             self.app.close()
 
 
-@pytest.fixture(scope="session", params=["http1", "http2"], ids=["hop-http1", "hop-http2"])
+@pytest.fixture(scope="session", params=HOPS)
 def _shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
     shared = Shared(tmp_path_factory.mktemp("shared-mesh"), request.param)
     try:

@@ -16,6 +16,11 @@ Certificates are made here (L{easymesh.tls.certs}); the mTLS listener
 accepts any identity from the CA.  Module-scoped sidecars have 1 s
 timeouts; the drain and stop cases start sidecars of their own, with the
 default (long) idle timeout, so that only the drain or the stop can close.
+
+Every client here talks HTTP/1.1 to the inbound listener itself: no
+request crosses the hop between a sidecar's listeners, so none of these
+runs over an HTTP/2 hop.  How the HTTP/2 edge closes is tested in
+C{tests/test_h1close.py} (both transports) and C{test_h2streams.py}.
 """
 
 from __future__ import annotations

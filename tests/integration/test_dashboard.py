@@ -328,6 +328,15 @@ def _updatedAt(dom) -> float:
     return float(body.attrs.get("data-updated", 0))
 
 
+@pytest.fixture(scope="module", params=HOPS)
+def hop(request: pytest.FixtureRequest) -> str:
+    """
+    The sidecars these tests start forward from outbound to inbound over
+    HTTP/1.1, then over HTTP/2.
+    """
+    return request.param
+
+
 def test_dashboard_shows_live_traffic(launch, app, traffic, tmp_path):
     sidecar = launch(upstream=app.url)
     adminPort = sidecar.ports["admin"]

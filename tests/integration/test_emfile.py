@@ -13,6 +13,7 @@ from typing import List
 
 import pytest
 
+from .conftest import HOPS
 from .harness import POLL, freePorts, request, sidecarArgs, twistdCommand
 
 PRLIMIT = shutil.which("prlimit")
@@ -20,11 +21,12 @@ LIMIT = 64
 
 
 @pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
-def test_outOfDescriptors(launch) -> None:
+@pytest.mark.parametrize("hop", HOPS)
+def test_outOfDescriptors(launch, hop: str) -> None:
     ports = dict(zip(("outbound", "inbound", "demo"), freePorts(3)))
     argv = [PRLIMIT, f"--nofile={LIMIT}:{LIMIT}"] + twistdCommand() + [
         "-n", "--pidfile=", "easymesh"
-    ] + sidecarArgs(ports)
+    ] + sidecarArgs(ports, ["--peer-protocol", hop])
     sidecar = launch(argv=argv, ports=ports)
     held: List[socket.socket] = []
     try:

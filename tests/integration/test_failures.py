@@ -11,9 +11,23 @@ import os
 
 import pytest
 
+from tests.integration.conftest import HOPS, http1HopOnly
 from tests.integration.harness import closedPort, request, send
 
+#: Why a test that talks to the inbound listener only runs once.
+NO_HOP = "the request goes straight to the inbound listener: there is no hop"
 
+
+@pytest.fixture(scope="module", params=HOPS)
+def hop(request: pytest.FixtureRequest) -> str:
+    """
+    The sidecars these tests start forward from outbound to inbound over
+    HTTP/1.1, then over HTTP/2.
+    """
+    return request.param
+
+
+@http1HopOnly(NO_HOP)
 def test_app_down_is_503_within_2s(launch):
     sidecar = launch(upstream=f"http://127.0.0.1:{closedPort()}")
     reply = request(sidecar.inbound, "GET", "/echo/down", timeout=5)
@@ -116,6 +130,7 @@ def test_garbage_response_is_502(mesh):
     assert b"GARBAGE" not in reply.body
 
 
+@http1HopOnly(NO_HOP)
 def test_rate_limit_on_inbound(launch, app):
     sidecar = launch("--rate", "1", "--burst", "2", upstream=app.url)
     replies = [request(sidecar.inbound, "GET", f"/echo/r{i}", timeout=5) for i in range(5)]
@@ -144,6 +159,7 @@ def test_loop_is_508(launch):
     assert reply.header("x-easymesh-error") == "loop_detected"
 
 
+@http1HopOnly(NO_HOP)
 def test_stale_pooled_connection_get_is_retried(launch, staleApp):
     sidecar = launch(upstream=staleApp.url)
     first = request(sidecar.inbound, "GET", "/warm", timeout=5)
@@ -157,6 +173,7 @@ def test_stale_pooled_connection_get_is_retried(launch, staleApp):
     assert [r["index"] for r in seen] == [2, 1]
 
 
+@http1HopOnly(NO_HOP)
 def test_stale_pooled_connection_post_is_not_retried(launch, staleApp):
     sidecar = launch(upstream=staleApp.url)
     first = request(sidecar.inbound, "GET", "/warm", timeout=5)

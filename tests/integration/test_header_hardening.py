@@ -4,7 +4,8 @@ Header hardening through real sidecars, at both edges:
     client -> A (web) outbound, plaintext -> A originates mTLS
            -> B (orders) inbound, mTLS only -> an app that misbehaves
 
-and TLS clients straight to B.  The app cannot speak for the sidecar
+and TLS clients straight to B; A reaches B over HTTP/1.1, then over
+HTTP/2.  The app cannot speak for the sidecar
 (C{x-easymesh-error}); header names with underscores do not reach it (A
 drops them, B refuses them); a client's C{x-request-id} cannot forge a log
 line; C{Connection} cannot remove C{Host}; and the error log names the bad
@@ -23,7 +24,7 @@ import pytest
 
 from easymesh.tls.certs import makeCA, makeWorkload
 from tests.integration.app import TestApp, _head
-from tests.integration.conftest import Launcher
+from tests.integration.conftest import HOPS, Launcher
 from tests.integration.harness import Reply, Sidecar, request, waitUntil
 
 WEB = "spiffe://example.org/ns/default/sa/web"
@@ -76,9 +77,9 @@ class Pair:
     of each setting.
     """
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, hop: str) -> None:
         self.app = MisbehavingApp()
-        self.launcher = Launcher(tmp)
+        self.launcher = Launcher(tmp, hop)
         self.ca = makeCA(tmp)
         self.web = makeWorkload(self.ca, WEB, tmp, "web")
         self.orders = makeWorkload(self.ca, ORDERS, tmp, "orders")
@@ -114,8 +115,8 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    shared = Pair(tmp_path_factory.mktemp("header-hardening"))
+def pair(tmp_path_factory: pytest.TempPathFactory, hop: str) -> Iterator[Pair]:
+    shared = Pair(tmp_path_factory.mktemp("header-hardening"), hop)
     try:
         yield shared
     finally:
@@ -125,6 +126,25 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
 #: The two ways in: through A's plaintext outbound listener, and straight
 #: to B's mTLS inbound listener.
 EDGES = ["plaintext", "mtls"]
+
+
+@pytest.fixture(scope="module", params=HOPS)
+def hop(request: pytest.FixtureRequest) -> str:
+    """
+    A reaches B over HTTP/1.1, then over HTTP/2 (ALPN C{h2}).
+    """
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _throughTheHop(request: pytest.FixtureRequest, hop: str) -> None:
+    """
+    A request straight to B's inbound listener crosses no hop: it runs with
+    the first pair only.
+    """
+    callspec = getattr(request.node, "callspec", None)
+    if hop != "http1" and callspec is not None and callspec.params.get("edge") == "mtls":
+        pytest.skip("straight to B's inbound listener: there is no hop")
 
 
 def send(

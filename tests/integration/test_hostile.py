@@ -48,7 +48,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from tests.integration.app import UNTIL_CLOSE_BODY, TestApp
-from tests.integration.conftest import Shared
+from tests.integration.conftest import HOPS, Shared
 from tests.integration.harness import POLL, Sidecar, request
 from tests.integration.hostile_app import WideTestApp
 
@@ -286,7 +286,7 @@ def openFilesLimit(pid: int) -> Tuple[int, int]:
 # -- fixtures ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["http1", "http2"], ids=["hop-http1", "hop-http2"])
+@pytest.fixture(scope="module", params=HOPS)
 def hostileMesh(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Shared]:

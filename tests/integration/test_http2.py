@@ -195,17 +195,6 @@ def test_sidecarHopOverH2c(launch, app) -> None:
     assert re.search(r'"listener":"inbound".*"protocol":"HTTP/2","upstream_protocol":"HTTP/1.1"', log), log
 
 
-def test_sidecarHopOverH2cKeepsTrailers(launch) -> None:
-    from tests.integration.test_trailers import _check
-
-    app = TrailerApp()
-    try:
-        sidecar = launch("--peer-protocol", "http2", upstream=app.url)
-        _check(sidecar.outbound, app)
-    finally:
-        app.close()
-
-
 def test_sidecarHopOverH2cManyRequests(launch) -> None:
     """
     100 concurrent HTTP/2 streams from a client, each forwarded over the

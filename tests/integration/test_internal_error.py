@@ -5,7 +5,9 @@ refused by the model (as the YAML reader refuses them), with the reason;
 so the bug is planted instead: the router's choice of cluster raises.
 Both edges (plaintext outbound, mTLS inbound) answer the sidecar's own
 C{500 internal_error}, never Twisted's HTML page, and the error log says
-so once per listener, naming the exception.
+so once per listener, naming the exception.  The router fails before
+anything is forwarded, so no request crosses the hop between the
+listeners and nothing here runs over an HTTP/2 hop.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import time
 import pytest
 
 
+from tests.integration.conftest import HOPS, http1HopOnly
 from tests.integration.harness import (
     TACFILE,
     accepts,
@@ -27,6 +28,18 @@ from tests.integration.harness import (
 #: re-raises the signal once the reactor has stopped, so the status is
 #: "killed by SIGTERM" rather than 0 (see test_sigterm_exit_status_is_zero).
 GRACEFUL = (0,)
+
+#: Why a test of a sidecar that never serves runs once.
+NEVER_SERVES = "the sidecar refuses to start: there is no hop"
+
+
+@pytest.fixture(scope="module", params=HOPS)
+def hop(request: pytest.FixtureRequest) -> str:
+    """
+    The sidecars these tests start forward from outbound to inbound over
+    HTTP/1.1, then over HTTP/2.
+    """
+    return request.param
 
 
 def _slowRequestThenSigterm(launch, app, *extra):
@@ -77,13 +90,12 @@ def test_sigterm_refuses_new_connections_while_draining(launch, app):
     assert "Traceback" not in log, log
 
 
-@pytest.mark.parametrize("hop", ["http1", "http2"])
-def test_sigterm_completes_in_flight_request(launch, app, hop):
+def test_sigterm_completes_in_flight_request(launch, app):
     """
     A request in flight when SIGTERM comes is answered whole; over an
     HTTP/2 hop the inbound listener's graceful GOAWAY lets it finish.
     """
-    sidecar, thread, result = _slowRequestThenSigterm(launch, app, "--peer-protocol", hop)
+    sidecar, thread, result = _slowRequestThenSigterm(launch, app)
     thread.join(10)
     assert not thread.is_alive()
     assert sidecar.wait(timeout=10) in GRACEFUL, sidecar.log()
@@ -102,6 +114,7 @@ def test_sigterm_exit_status_is_zero(launch):
     assert code == 0, code
 
 
+@http1HopOnly(NEVER_SERVES)
 def test_broken_config_file_fails_fast_and_clearly(launch, tmp_path):
     ports = launch.ports()
     config = tmp_path / "broken-mesh.yaml"
@@ -128,6 +141,7 @@ def test_broken_config_file_fails_fast_and_clearly(launch, tmp_path):
         assert portIsFree(port), port
 
 
+@http1HopOnly(NEVER_SERVES)
 def test_bad_flag_names_the_flag(launch):
     ports = launch.ports()
     argv = (
@@ -176,7 +190,7 @@ def _accessLines(text):
     return entries
 
 
-def test_json_access_log_one_line_per_request_per_listener(launch, app):
+def test_json_access_log_one_line_per_request_per_listener(launch, app, hop):
     sidecar = launch("--access-log", "json", upstream=app.url)
     one = request(
         sidecar.outbound,
@@ -199,6 +213,11 @@ def test_json_access_log_one_line_per_request_per_listener(launch, app):
         for e in mine:
             assert e["method"] == method
             assert e["status"] == 200
+        # Each side of the hop says what it spoke.
+        spoken = "HTTP/2" if hop == "http2" else "HTTP/1.1"
+        byListener = {e["listener"]: e for e in mine}
+        assert byListener["outbound"]["upstream_protocol"] == spoken, entries
+        assert byListener["inbound"]["protocol"] == spoken, entries
     assert "secret" not in text
 
 

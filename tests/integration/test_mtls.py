@@ -37,7 +37,7 @@ from cryptography import x509
 
 from easymesh.tls.certs import Issued, makeCA, makeWorkload
 from tests.integration.app import TestApp
-from tests.integration.conftest import Launcher
+from tests.integration.conftest import HOPS, Launcher
 from tests.integration.harness import (
     POLL,
     REPO,
@@ -172,7 +172,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return PKI(tmp_path_factory.mktemp("mtls-pki"))
 
 
-@pytest.fixture(scope="module", params=["http1", "http2"], ids=["hop-http1", "hop-http2"])
+@pytest.fixture(scope="module", params=HOPS)
 def _mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pki: PKI) -> Iterator[Mesh]:
     shared = Mesh(tmp_path_factory.mktemp("mtls-mesh"), pki, request.param)
     try:

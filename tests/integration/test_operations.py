@@ -8,7 +8,8 @@ Most tests share one sidecar (module scope).  Its outbound listener
 forwards to its own inbound listener through a recording TCP relay (the
 sidecar's C{--peer}), so that tests can see what crossed the middle of the
 two hops; its inbound listener routes by a config file to two apps.  Tests
-that stop, drain, signal or watch a sidecar start one of their own.
+that stop, drain, signal or watch a sidecar start one of their own.  Every
+sidecar here runs with the hop over HTTP/1.1, then over HTTP/2.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import easymesh
 from easymesh.ops.metrics import METRIC_DOCS
 from easymesh.tls.certs import makeCA, makeWorkload
 from tests.integration.app import TestApp
-from tests.integration.conftest import Launcher
+from tests.integration.conftest import HOPS, Launcher, http1HopOnly
+from tests.integration.h2raw import PREFACE, sentHeaderBlocks
 from tests.integration.harness import POLL, Reply, Sidecar, accepts, portIsFree, request, waitUntil
 
 #: Credentials sent in traffic; none may show anywhere but at the app.
@@ -60,6 +62,20 @@ ACCESS_FIELDS = {
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
+@pytest.fixture(scope="module", params=HOPS)
+def hop(request: pytest.FixtureRequest) -> str:
+    """
+    The sidecars these tests start forward from outbound to inbound over
+    HTTP/1.1, then over HTTP/2.
+    """
+    return request.param
+
+
+#: Why a test runs over one hop only.
+ADMIN_ONLY = "only the admin listener is called: there is no hop"
+NEVER_SERVES = "the sidecar refuses to start: there is no hop"
+
+
 # -- a recording TCP relay ----------------------------------------------
 
 
@@ -72,7 +88,8 @@ class Relay:
     def __init__(self, target: int) -> None:
         self.target = target
         self.lock = threading.Lock()
-        self.received = bytearray()
+        #: What each client connection sent, by connection.
+        self.received: List[bytearray] = []
         self.sockets: List[socket.socket] = []
         self.closed = threading.Event()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -99,22 +116,24 @@ class Relay:
                 continue
             client.settimeout(None)
             upstream.settimeout(None)
+            received = bytearray()
             with self.lock:
                 self.sockets += [client, upstream]
-            for source, sink, record in ((client, upstream, True), (upstream, client, False)):
+                self.received.append(received)
+            for source, sink, record in ((client, upstream, received), (upstream, client, None)):
                 threading.Thread(
                     target=self._pipe, args=(source, sink, record), name="relay-pipe", daemon=True
                 ).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, record: Optional[bytearray]) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                if record:
+                if record is not None:
                     with self.lock:
-                        self.received += data
+                        record += data
                 sink.sendall(data)
         except OSError:
             pass
@@ -131,21 +150,37 @@ class Relay:
     def heads(self, target: str) -> List[List[Tuple[str, str]]]:
         """
         The header fields of every request for C{target} relayed so far
-        (bodiless requests: what the tests send through here).
+        (bodiless requests: what the tests send through here), over
+        HTTP/1.1 or HTTP/2 (without the pseudo-header fields).
         """
         with self.lock:
-            data = bytes(self.received)
+            connections = [bytes(r) for r in self.received]
         found = []
         pattern = re.compile(rb"[A-Z]+ (\S+) HTTP/1\.1\r\n(.*?)\r\n\r\n", re.S)
-        for match in pattern.finditer(data):
-            if match.group(1).decode("latin-1") != target:
+        for data in connections:
+            if data.startswith(PREFACE):
+                for block in sentHeaderBlocks(data):
+                    if (b":path", target.encode("latin-1")) in block:
+                        found.append(
+                            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in block if n[:1] != b":"]
+                        )
                 continue
-            fields = []
-            for line in match.group(2).split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                fields.append((name.decode("latin-1"), value.strip().decode("latin-1")))
-            found.append(fields)
+            for match in pattern.finditer(data):
+                if match.group(1).decode("latin-1") != target:
+                    continue
+                fields = []
+                for line in match.group(2).split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    fields.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+                found.append(fields)
         return found
+
+    def spoken(self) -> Set[str]:
+        """
+        What the connections relayed so far spoke.
+        """
+        with self.lock:
+            return {"HTTP/2" if r.startswith(PREFACE) else "HTTP/1.1" for r in self.received if r}
 
     def close(self) -> None:
         self.closed.set()
@@ -267,10 +302,11 @@ class Ops:
     cluster C{local}), a workload key configured, JSON access log.
     """
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, hop: str) -> None:
+        self.hop = hop
         self.app = TestApp()
         self.second = TestApp()
-        self.launcher = Launcher(tmp)
+        self.launcher = Launcher(tmp, hop)
         ports = self.launcher.ports()
         self.relay = Relay(ports["inbound"])
         tls = tmp / "tls"
@@ -322,8 +358,8 @@ routes:
 
 
 @pytest.fixture(scope="module")
-def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
-    shared = Ops(tmp_path_factory.mktemp("ops"))
+def ops(tmp_path_factory: pytest.TempPathFactory, hop: str) -> Iterator[Ops]:
+    shared = Ops(tmp_path_factory.mktemp("ops"), hop)
     try:
         yield shared
     finally:
@@ -564,9 +600,9 @@ class Abandoned:
     connections were in the pools (after C{GET /echo/warm}).
     """
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, hop: str) -> None:
         self.app = TestApp()
-        self.launcher = Launcher(tmp)
+        self.launcher = Launcher(tmp, hop)
         self.sidecar = self.launcher("--access-log", "json", upstream=self.app.url)
         self.sidecar.waitReady([self.sidecar.ports["admin"]])
         assert request(self.sidecar.outbound, "GET", "/echo/warm").status == 200
@@ -592,8 +628,8 @@ class Abandoned:
 
 
 @pytest.fixture(scope="module")
-def abandoned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Abandoned]:
-    scenario = Abandoned(tmp_path_factory.mktemp("abandoned"))
+def abandoned(tmp_path_factory: pytest.TempPathFactory, hop: str) -> Iterator[Abandoned]:
+    scenario = Abandoned(tmp_path_factory.mktemp("abandoned"), hop)
     try:
         yield scenario
     finally:
@@ -642,6 +678,7 @@ def _hops(ops: Ops, target: str, headers: Sequence[Tuple[str, str]]):
     reply = request(ops.sidecar.outbound, "GET", target, headers=headers)
     assert reply.status == 200, reply
     [middle] = ops.relay.heads(target)
+    assert ops.relay.spoken() == {"HTTP/2" if ops.hop == "http2" else "HTTP/1.1"}
     [atApp] = ops.app.seenTarget(target)
     return middle, atApp["headers"]
 
@@ -782,6 +819,7 @@ def _from(address: str, port: int, method: str, path: str) -> Reply:
         conn.close()
 
 
+@http1HopOnly(ADMIN_ONLY)
 def test_a_foreign_site_rebound_to_loopback_is_refused(launch):
     # A page on another site whose name now resolves to 127.0.0.1 (DNS
     # rebinding) sends a Host and an Origin that agree, both its own.
@@ -941,6 +979,7 @@ def test_sigterm_drain_says_stopping_and_is_not_ready(launch, app, notify):
     assert notify.keys() == ["READY", "STOPPING"], notify.messages
 
 
+@http1HopOnly(NEVER_SERVES)
 def test_a_port_that_cannot_be_bound_stops_the_start(launch, notify):
     """
     A port already taken: the sidecar says so and exits non-zero, without

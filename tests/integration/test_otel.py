@@ -15,6 +15,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from tests.integration.conftest import HOPS
 from tests.integration.harness import request
 
 otel = pytest.importorskip(
@@ -24,6 +25,15 @@ otel = pytest.importorskip(
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
+
+
+@pytest.fixture(scope="module", params=HOPS)
+def hop(request: pytest.FixtureRequest) -> str:
+    """
+    The sidecars these tests start forward from outbound to inbound over
+    HTTP/1.1, then over HTTP/2.
+    """
+    return request.param
 
 
 class Collector:

@@ -9,13 +9,15 @@ import shutil
 
 import pytest
 
+from .conftest import HOPS
 from .harness import freePorts, request, twistdCommand
 
 ACTIVATE = shutil.which("systemd-socket-activate")
 
 
 @pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate is not installed")
-def test_systemdEndpoints(launch) -> None:
+@pytest.mark.parametrize("hop", HOPS)
+def test_systemdEndpoints(launch, hop: str) -> None:
     """
     With sockets passed by name, the sidecar serves the demo path through
     them: the first connection starts it, and the request is answered.
@@ -31,6 +33,7 @@ def test_systemdEndpoints(launch) -> None:
         "--outbound", "systemd:domain=INET:name=outbound",
         "--inbound", "systemd:domain=INET:name=inbound",
         "--peer", f"http://127.0.0.1:{inbound}",
+        "--peer-protocol", hop,
         "--demo", f"tcp:{demo}:interface=127.0.0.1",
         "--admin", "none",
     ]

@@ -14,6 +14,10 @@ The plaintext sidecar takes the timeout from C{--stream-idle-timeout 1};
 the mTLS one from its config file's C{local} cluster
 (C{stream_idle_timeout: 1s}).  Both keep the default body timeout (30 s),
 so the stream idle timeout is the one that fires.
+
+Both cases run through both hops too (the client calls the outbound
+listener), the hop over HTTP/1.1 and over HTTP/2, where the end of the
+stream on one side of the hop must reach the other.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import pytest
 
 from easymesh.tls.certs import makeCA, makeWorkload
-from tests.integration.conftest import Launcher
+from tests.integration.conftest import HOPS, Launcher
 from tests.integration.harness import Sidecar
 
 ORDERS = "spiffe://example.org/ns/default/sa/orders"
@@ -257,3 +261,49 @@ def test_client_stalls_request_body(setup: Setup, tls: bool) -> None:
     assert setup.app.waitEnded(target) == "closed"
     text = sidecar.waitForLog(lambda t: f'"path":"{target}"' in t[offset:])[offset:]
     assert '"status":504' in text and '"error":"stream_idle_timeout"' in text
+
+
+# Through both hops.
+
+
+@pytest.mark.parametrize("hop", HOPS)
+def test_silent_upstream_mid_body_through_both_hops(setup: Setup, launch: Launcher, hop: str) -> None:
+    """
+    The app stops in the middle of its body behind both hops: about a
+    second later the client's connection is cut, short of the declared
+    length, and the app's connection is closed.
+    """
+    sidecar = launch("--stream-idle-timeout", "1", "--access-log", "json", upstream=setup.app.url)
+    target = f"/silent-body/hops-{hop}"
+    received, silence, _ = exchange(
+        sidecar.outbound, None, f"GET {target} HTTP/1.1\r\nHost: orders\r\n\r\n".encode("ascii")
+    )
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), received[:300]
+    assert b"content-length: %d" % DECLARED in head.lower()
+    assert len(body) == SENT
+    assert 0.8 <= silence < 8, silence
+    assert setup.app.waitEnded(target) == "closed"
+    text = sidecar.waitForLog(lambda t: t.count(f'"path":"{target}"') == 2)
+    assert '"error":"stream_idle_timeout"' in text, text
+
+
+@pytest.mark.parametrize("hop", HOPS)
+def test_client_stalls_request_body_through_both_hops(setup: Setup, launch: Launcher, hop: str) -> None:
+    """
+    The client stops in the middle of its request body in front of both
+    hops: about a second later it is answered 504 naming the cause, and
+    the app's connection (behind the hop) is closed.
+    """
+    sidecar = launch("--stream-idle-timeout", "1", "--access-log", "json", upstream=setup.app.url)
+    target = f"/stalled-upload/hops-{hop}"
+    received, _, error = exchange(
+        sidecar.outbound,
+        None,
+        f"POST {target} HTTP/1.1\r\nHost: orders\r\nContent-Length: 1000\r\n\r\n".encode("ascii")
+        + b"y" * 10,
+    )
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 504 "), (received[:300], error)
+    assert b"x-easymesh-error: stream_idle_timeout" in head.lower()
+    assert setup.app.waitEnded(target) == "closed"

@@ -17,7 +17,17 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
+from .conftest import HOPS, http1HopOnly
 from .harness import POLL, waitUntil
+
+
+@pytest.fixture(scope="module", params=HOPS)
+def hop(request: pytest.FixtureRequest) -> str:
+    """
+    The sidecars these tests start forward from outbound to inbound over
+    HTTP/1.1, then over HTTP/2.
+    """
+    return request.param
 
 MiB = 1024 * 1024
 BODY = 200 * MiB
@@ -250,6 +260,7 @@ def test_slowReaderPausesDownload(launch, streamApp) -> None:
     assert peakRSS(pid) - baseline < GROWTH
 
 
+@http1HopOnly("the route sends the upload straight to the app: there is no hop")
 def test_retryRouteStreamsUploadAtOnce(launch, streamApp, tmp_path: Path) -> None:
     """
     On a route with a retry policy a chunked upload is forwarded as it

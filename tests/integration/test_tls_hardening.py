@@ -10,6 +10,10 @@ C{--inbound-allow '*'}, against real processes with certificates made here:
   - with the default C{*}, a client certificate whose URI subjectAltName is
     not a valid SPIFFE ID is refused (or its DNS name is the identity), and
     one without any names is logged as naming no identity.
+
+Every client here calls the mTLS inbound listener itself: no request
+crosses the hop between a sidecar's listeners, so nothing here runs over
+an HTTP/2 hop.
 """
 
 from __future__ import annotations

@@ -7,8 +7,11 @@ reloads as its C{clusters} and C{routes} say.
 
 Most tests share one sidecar (module scope) whose config holds every
 cluster and route they need, each test on its own path prefix; a backend
-whose behaviour a test changes serves no other test's assertions.  Reloading and the
-C{keep} path option run their own sidecars.
+whose behaviour a test changes serves no other test's assertions.  They
+run twice: with the routes on the outbound listener, and with them on the
+inbound listener behind an HTTP/2 hop from the outbound one, so that what
+each feature answers crosses that hop.  Reloading and the C{keep} path
+option run their own sidecars, routing on the outbound listener only.
 """
 
 from __future__ import annotations
@@ -60,10 +63,10 @@ def _url(app: NamedApp) -> str:
     return json.dumps(app.url)
 
 
-def sharedConfig(apps: Dict[str, NamedApp], closed: int) -> str:
+def sharedConfig(apps: Dict[str, NamedApp], closed: int, listener: str = "outbound") -> str:
     """
     The shared sidecar's config: a cluster and a route per feature under
-    test, and no catch-all route.
+    test, and no catch-all route, the routes those of C{listener}.
     """
     a, b, c = _url(apps["a"]), _url(apps["b"]), _url(apps["c"])
     return f"""\
@@ -124,7 +127,7 @@ clusters:
     endpoints: [{_url(apps["sick"])}, {_url(apps["well"])}]
     health_check: {{path: /healthz, interval: 100ms, timeout: 1s, healthy_threshold: 2, unhealthy_threshold: 2}}
 routes:
-  outbound:
+  {listener}:
     - match: {{prefix: /direct}}
       direct_response: {{status: 200, body: ok}}
     - match: {{prefix: /rr/}}
@@ -192,14 +195,27 @@ routes:
 """
 
 
+#: Where the shared sidecar routes: on its outbound listener (straight to
+#: the backends), or on its inbound one, behind the hop from its outbound
+#: listener over HTTP/2, so that every feature's answers (the errors
+#: included) cross that hop.
+ROUTING = [
+    pytest.param("outbound", id="routes-outbound"),
+    pytest.param("inbound", id="routes-inbound-hop-http2"),
+]
+
+
 class Shared:
     """
     The backends and the sidecar in front of them, for the whole module.
+
+    @param routing: Which listener's routes the config holds (the other
+        listener forwards as usual).
     """
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, routing: str = "outbound") -> None:
         self.apps: Dict[str, NamedApp] = {}
-        self.launcher = Launcher(tmp)
+        self.launcher = Launcher(tmp, "http2" if routing == "inbound" else "http1")
         try:
             for name in APP_NAMES:
                 self.apps[name] = NamedApp(name)
@@ -208,7 +224,7 @@ class Shared:
             self.apps["hanger"].behaviour = "hang"
             self.apps["hanger2"].behaviour = "hang"
             self.config = tmp / "mesh.yaml"
-            self.config.write_text(sharedConfig(self.apps, closedPort()), encoding="utf-8")
+            self.config.write_text(sharedConfig(self.apps, closedPort(), routing), encoding="utf-8")
             self.sidecar = self.launcher("--config", str(self.config), upstream=self.apps["a"].url)
         except BaseException:
             self.close()
@@ -222,9 +238,9 @@ class Shared:
                 app.close()
 
 
-@pytest.fixture(scope="module")
-def _sharedTraffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
-    shared = Shared(tmp_path_factory.mktemp("traffic"))
+@pytest.fixture(scope="module", params=ROUTING)
+def _sharedTraffic(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    shared = Shared(tmp_path_factory.mktemp("traffic"), request.param)
     try:
         yield shared
     finally:

@@ -2,7 +2,7 @@
 Trailers end to end on HTTP/1.1: a client's chunked request trailers reach
 a real app through both hops, the app's response trailers reach the
 client, and C{TE: trailers} is passed on; over plaintext between the hops,
-and over mTLS between two sidecars.
+and over mTLS between two sidecars; the hop over HTTP/1.1, then HTTP/2.
 """
 
 from __future__ import annotations
@@ -14,10 +14,20 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
+from tests.integration.conftest import HOPS
 from tests.integration.harness import freePorts
 from tests.integration.test_mtls import ORDERS, PKI, bConfig
 
 DEADLINE = 10.0
+
+
+@pytest.fixture(scope="module", params=HOPS)
+def hop(request: pytest.FixtureRequest) -> str:
+    """
+    The sidecars these tests start forward from outbound to inbound over
+    HTTP/1.1, then over HTTP/2.
+    """
+    return request.param
 
 
 class TrailerApp:
