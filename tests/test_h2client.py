@@ -32,7 +32,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from easymesh.config.addresses import UpstreamURL
 from easymesh.config.model import PoolSettings
 from easymesh.errors import UpstreamReset
-from easymesh.h2wire import PREFACE, GoAwayFilter
+from easymesh.h2wire import PREFACE, FrameFilter
 from easymesh.message import Request
 from easymesh.requestbody import RequestBodyStream
 from easymesh.upstream import upstreamFor
@@ -75,7 +75,7 @@ class Peer:
         #: out (as the edge takes them) and kept here: the h2 library's
         #: server could not answer open streams after one.
         self.goAways: List[Any] = []
-        self._filter = GoAwayFilter(skip=len(PREFACE)) if takeGoAways else None
+        self._filter = FrameFilter(skip=len(PREFACE)) if takeGoAways else None
         self.transport = StringTransport()
         connection.makeConnection(self.transport)
         self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
@@ -91,7 +91,8 @@ class Peer:
             out = self.transport.value()
             self.transport.clear()
             if out and self._filter is not None:
-                out, goAways = self._filter.feed(out)
+                segments, goAways = self._filter.feed(out)
+                out = b"".join(s for s in segments if isinstance(s, bytes))
                 self.goAways += goAways
             if out:
                 self.events += self.h2.receive_data(out)

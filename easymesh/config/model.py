@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple
 
 import attrs
 
-from easymesh.config.addresses import HTTP2_SCHEMES, UpstreamURL, tcpPortOf
+from easymesh.config.addresses import UpstreamURL, tcpPortOf
 
 if TYPE_CHECKING:
     from easymesh.config.mesh import MeshConfig
@@ -386,10 +386,6 @@ class SidecarConfig:
         for listener in self.listeners():
             name = DEFAULT_CLUSTERS[listener.name]
             identities = (self.peer_identity or ("*",)) if listener.name == OUTBOUND else ("*",)
-            protocol = self.peer_protocol if listener.name == OUTBOUND else "http1"
-            if listener.target.scheme in HTTP2_SCHEMES and protocol == "http1":
-                # --upstream grpc://... or --peer h2c://... says HTTP/2 itself.
-                protocol = "http2"
             clusters[name] = ClusterConfig(
                 name,
                 endpoints=(listener.target,),
