@@ -31,6 +31,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from easymesh import __version__
+from tests.integration.conftest import HOPS
 from tests.integration.harness import (
     Session,
     closedPort,
