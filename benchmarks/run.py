@@ -24,6 +24,11 @@ the same sidecar at git revision REV (a previous commit, say), run from a
 copy of that revision in the same rounds, so that a change is measured
 against what it changes.
 
+gRPC rows (when grpcio is installed): ``grpc-direct`` (``refs/grpc_load.py``,
+unary calls, 50 in flight on one channel, to ``refs/grpc_server.py``),
+``easymesh-1hop-grpc`` (to the inbound listener, ``--upstream grpc://``) and
+``easymesh-2hop-grpc`` (to the outbound listener, over an HTTP/2 hop).
+
 ``--large`` adds 1 GiB downloads and uploads through two hops of easymesh
 and of nginx, with MB/s, peak RSS and a sha256 check of every byte.
 
@@ -200,6 +205,7 @@ def startEasymesh(
     python: str = PYTHON,
     source: Optional[str] = None,
     extra: Sequence[str] = (),
+    scheme: str = "http",
 ) -> "tuple[Proc, int]":
     """
     @param source: A copy of another revision to run instead of the
@@ -213,7 +219,7 @@ def startEasymesh(
     argv = [
         python, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "easymesh",
         "--outbound", str(outbound), "--inbound", str(inbound),
-        "--upstream", f"http://127.0.0.1:{upstreamPort}",
+        "--upstream", f"{scheme}://127.0.0.1:{upstreamPort}",
         "--admin", f"tcp:{freePort()}:interface=127.0.0.1",
         *extra,
     ]
@@ -331,6 +337,44 @@ def measure(proc: Optional[Proc], port: int, duration: float, warmup: float = 1.
     }
 
 
+def grpcLoad(port: int, concurrency: int, duration: float) -> Dict[str, float]:
+    out = subprocess.run(
+        pin(1) + [PYTHON, os.path.join(HERE, "refs", "grpc_load.py"), str(port), str(concurrency), str(duration)],
+        capture_output=True, text=True, timeout=duration + 60,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"grpc_load failed on port {port}:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def measureGrpc(proc: Optional[Proc], port: int, duration: float, warmup: float = 1.0) -> Dict[str, float]:
+    """
+    Unary gRPC calls, 50 in flight on one channel (C{refs/grpc_load.py});
+    as for the HTTP/2 rows, p50 is the mean and p99 the maximum.
+    """
+    grpcLoad(port, 50, warmup)
+    before = proc.cpuSeconds() if proc else 0.0
+    loaded = grpcLoad(port, 50, duration)
+    cpu = (proc.cpuSeconds() - before) if proc else 0.0
+    single = grpcLoad(port, 1, max(2.0, duration / 2))
+    return {
+        "rps": loaded["rps"],
+        "p50": loaded["mean"],
+        "p99": loaded["max"],
+        "cpu_us": cpu / loaded["calls"] * 1e6 if proc else float("nan"),
+        "c1_p50": single["mean"],
+        "rss": proc.peakRSS() if proc else 0,
+    }
+
+
+def hasGrpc() -> bool:
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def median(values: List[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -344,6 +388,8 @@ def small(args: argparse.Namespace, directory: str) -> "tuple[List[Dict], str]":
         rows += ["easymesh-1hop-h2", "easymesh-2hop-h2hop"]
         if shutil.which("nghttpx"):
             rows.append("nghttpx")
+    if hasGrpc():
+        rows += ["grpc-direct", "easymesh-1hop-grpc", "easymesh-2hop-grpc"]
     if args.rows:
         rows = ["backend"] + [r for r in rows if r in args.rows.split(",")]
     source = None
@@ -351,28 +397,39 @@ def small(args: argparse.Namespace, directory: str) -> "tuple[List[Dict], str]":
         source = checkout(args.baseline, directory)
         rows += [f"{r}@{args.baseline}" for r in rows if r.startswith("easymesh")]
     results: Dict[str, List[Dict[str, float]]] = {r: [] for r in rows}
+    grpcBackend: Optional[Proc] = None
+    grpcPort = freePort()
+    if any(r == "grpc-direct" or r.partition("@")[0].endswith("-grpc") for r in rows):
+        grpcBackend = Proc(
+            "grpc-backend", [PYTHON, os.path.join(HERE, "refs", "grpc_server.py"), str(grpcPort)], grpcPort, 1
+        )
     try:
         for round in range(args.rounds):
             for row in rows:
                 proc = None
                 try:
+                    grpc = row == "grpc-direct" or row.partition("@")[0].endswith("-grpc")
                     if row == "backend":
                         port = backendPort
+                    elif row == "grpc-direct":
+                        port = grpcPort
                     elif row.startswith("easymesh"):
                         name, _, revision = row.partition("@")
                         hops = int(name[len("easymesh-")])
-                        extra = ("--peer-protocol", "http2") if name.endswith("h2hop") else ()
+                        h2hop = name.endswith("h2hop") or (grpc and hops == 2)
+                        extra = ("--peer-protocol", "http2") if h2hop else ()
                         proc, port = startEasymesh(
-                            backendPort,
+                            grpcPort if grpc else backendPort,
                             hops,
                             args.easymesh_python,
                             source if revision else None,
                             extra,
+                            "grpc" if grpc else "http",
                         )
                     else:
                         proc, port = startReference(row, backendPort, directory)
                     h2 = row.endswith("-h2") or row == "nghttpx"
-                    run = measureH2 if h2 else measure
+                    run = measureGrpc if grpc else measureH2 if h2 else measure
                     results[row].append(run(proc, port, args.duration, args.warmup))
                 finally:
                     if proc is not None:
@@ -380,6 +437,8 @@ def small(args: argparse.Namespace, directory: str) -> "tuple[List[Dict], str]":
                 print(f"round {round + 1} {row}: {results[row][-1]}", file=sys.stderr)
     finally:
         backend.stop()
+        if grpcBackend is not None:
+            grpcBackend.stop()
     table = []
     direct = median([r["c1_p50"] for r in results["backend"]])
     for row in rows:
@@ -400,7 +459,7 @@ def small(args: argparse.Namespace, directory: str) -> "tuple[List[Dict], str]":
 
 def ratios(table: List[Dict]) -> List[str]:
     by = {r["row"]: r for r in table}
-    lines: List[str] = []
+    lines: List[str] = grpcRatios(by)
     if "easymesh-1hop" not in by or "twisted-rproxy" not in by or "easymesh-2hop" not in by:
         return lines
     one = by["easymesh-1hop"]
@@ -622,6 +681,28 @@ def versions(backendName: str, args: argparse.Namespace) -> str:
     )
 
 
+def grpcRatios(by: Dict[str, Dict]) -> List[str]:
+    """
+    CPU per unary gRPC call per hop against easymesh's CPU per HTTP/1.1
+    request (one hop) in the same run, and calls per second against
+    grpcio alone.
+    """
+    lines: List[str] = []
+    http1 = by.get("easymesh-1hop")
+    for name, hops in (("easymesh-1hop-grpc", 1), ("easymesh-2hop-grpc", 2)):
+        row = by.get(name)
+        if row is None:
+            continue
+        if http1 is not None:
+            lines.append(
+                f"- CPU per unary gRPC call per hop, {name} / easymesh-1hop's per HTTP/1.1 request: "
+                f"{row['cpu_us'] / hops / http1['cpu_us']:.2f}x"
+            )
+        if "grpc-direct" in by:
+            lines.append(f"- calls/s, {name} / grpc-direct: {row['rps'] / by['grpc-direct']['rps']:.2f}x")
+    return lines
+
+
 def render(
     table: List[Dict], largeRows: List[Dict], args: argparse.Namespace, backendName: str, idleRows: Sequence[Dict] = ()
 ) -> str:
@@ -636,11 +717,12 @@ def render(
             f"| {r['row']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['added_ms']:.3f} | {r['cpu_us']:.0f} | {r['rss_mb']:.1f} |"
         )
-    if any(r["row"].endswith("-h2") or r["row"] == "nghttpx" for r in table):
+    if any(r["row"].endswith(("-h2", "grpc")) or r["row"] in ("nghttpx", "grpc-direct") for r in table):
         lines += [
             "",
-            "HTTP/2 rows (`-h2`, `nghttpx`) are h2load, 10 connections of 5 streams: h2load reports no "
-            "percentiles, so their p50 is the mean and their p99 the maximum.",
+            "HTTP/2 rows (`-h2`, `nghttpx`) are h2load, 10 connections of 5 streams; gRPC rows (`grpc`) are "
+            "`refs/grpc_load.py`, unary calls, 50 in flight on one channel. Neither reports percentiles, so "
+            "their p50 is the mean and their p99 the maximum.",
         ]
     lines += ["", "Ratios:", ""] + ratios(table)
     if largeRows:

@@ -230,6 +230,9 @@ class H2Edge(Protocol):
         )
         self._conn = connection(config)
         self._streams: Dict[int, _Stream] = {}
+        #: The streams with response bytes waiting for flow-control window:
+        #: what a connection's WINDOW_UPDATE or new SETTINGS may unblock.
+        self._waiting: Dict[int, _Stream] = {}
         self._closing = False
         self._shutDown = False
         self._goingAway = False
@@ -597,7 +600,7 @@ class H2Edge(Protocol):
             if stream is not None:
                 self._flushStream(stream)
         else:
-            for stream in list(self._streams.values()):
+            for stream in list(self._waiting.values()):
                 self._flushStream(stream)
 
     def _settingsChanged(self, event: RemoteSettingsChanged) -> None:
@@ -605,7 +608,7 @@ class H2Edge(Protocol):
             self._calm("a flood of SETTINGS frames")
             return
         if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-            for stream in list(self._streams.values()):
+            for stream in list(self._waiting.values()):
                 self._flushStream(stream)
 
     def _pingReceived(self, event: PingReceived) -> None:
@@ -715,6 +718,7 @@ class H2Edge(Protocol):
         self._afterStream()
 
     def _streamLost(self, stream: _Stream, reason: Failure) -> None:
+        self._waiting.pop(stream.id, None)
         if stream.closed:
             return
         stream.closed = True
@@ -764,6 +768,7 @@ class H2Edge(Protocol):
 
     def _flushStream(self, stream: _Stream) -> None:
         if stream.closed or self._shutDown:
+            self._waiting.pop(stream.id, None)
             return
         pending = stream.pending
         if not self._transportPaused:
@@ -771,6 +776,10 @@ class H2Edge(Protocol):
             if sent:
                 stream.pendingSize -= sent
                 self._pings.clear()
+        if pending:
+            self._waiting[stream.id] = stream
+        else:
+            self._waiting.pop(stream.id, None)
         if stream.producerPaused and stream.pendingSize <= LOW_WATER and not self._transportPaused:
             stream.producerPaused = False
             if stream.producer is not None:
@@ -790,6 +799,7 @@ class H2Edge(Protocol):
             conn.send_data(stream.id, b"", end_stream=True)
         stream.closed = True
         self._streams.pop(stream.id, None)
+        self._waiting.pop(stream.id, None)
         if stream.body is not None and not stream.body.complete:
             # Answered before the request body ended: the client may stop.
             stream.body.stopProducing()

@@ -219,6 +219,8 @@ class H2ClientConnection(Protocol):
         )
         self._conn = connection(config)
         self._streams: Dict[int, _ClientStream] = {}
+        #: The streams with request bytes waiting for flow-control window.
+        self._waiting: Dict[int, _ClientStream] = {}
         self.closed = False
         #: Whether the peer said GOAWAY: no new streams go on it.
         self.goingAway = False
@@ -412,10 +414,15 @@ class H2ClientConnection(Protocol):
 
     def _flushStream(self, stream: _ClientStream) -> None:
         if stream.closed or self.closed:
+            self._waiting.pop(stream.id, None)
             return
         conn = self._conn
         pending = stream.pending
         stream.pendingSize -= sendWithinWindow(conn, stream.id, pending)
+        if pending:
+            self._waiting[stream.id] = stream
+        else:
+            self._waiting.pop(stream.id, None)
         if stream.sourcePaused and stream.pendingSize <= LOW_WATER and stream.producer is not None:
             stream.sourcePaused = False
             stream.producer.resumeProducing()
@@ -434,7 +441,7 @@ class H2ClientConnection(Protocol):
         if not self.ready.called:
             self.ready.callback(self)
         if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-            for stream in list(self._streams.values()):
+            for stream in list(self._waiting.values()):
                 self._flushStream(stream)
         self._capacityFreed()
 
@@ -517,7 +524,7 @@ class H2ClientConnection(Protocol):
             if stream is not None:
                 self._flushStream(stream)
         else:
-            for stream in list(self._streams.values()):
+            for stream in list(self._waiting.values()):
                 self._flushStream(stream)
 
     def _terminated(self, event: ConnectionTerminated) -> None:
@@ -580,6 +587,7 @@ class H2ClientConnection(Protocol):
     def _fail(self, stream: _ClientStream, reason: Failure) -> None:
         stream.closed = True
         stream.pending = []
+        self._waiting.pop(stream.id, None)
         if stream.response is not None and stream.response.unacked:
             # Nobody will read what a paused reader held back: give it to
             # the connection's window, which the other streams share.
