@@ -187,7 +187,7 @@ class ITunnelEnd(Interface):
 
     canHalfClose = Attribute(
         "Whether L{endWrite} ends this side's sending alone (plain TCP); "
-        "over TLS it cannot, and the other side's end of sending is held."
+        "over TLS it cannot, and the other side's end of sending ends the tunnel."
     )
 
     def start(tunnel):

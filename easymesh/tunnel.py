@@ -10,9 +10,9 @@ much one side sends while the other does not read, memory grows by no
 more than the transports' buffers.  A side that ends its sending (a TCP
 half-close) still receives: the end is passed on and the tunnel ends once
 both sides have ended, or either connection is gone.  Twisted's TLS cannot
-half-close (a close alert closes the whole connection), so an end of
-sending is not passed on to a TLS side: it is held until the other side
-closes too.
+half-close: a close alert received closes the whole connection (after
+answering it), so an end of sending that would be passed on to a TLS side
+closes the tunnel instead, both sides gracefully.
 
 A tunnel ends when either connection closes, when no byte has moved
 either way for its idle timeout, when its maximum lifetime passes, or when
@@ -264,10 +264,13 @@ class Tunnel:
             return
         self._readEnded.append(end)
         other = self._other(end)
-        if len(self._readEnded) == 2:
-            first = self._readEnded[0]
+        first = self._readEnded[0]
+        if len(self._readEnded) == 2 or not other.canHalfClose:
+            # Both ways are over; or the end cannot be passed on (TLS), and
+            # is then taken for the close it most often is (a peer gone),
+            # rather than leave the other side waiting for the idle timeout.
             self._end(CLIENT_CLOSED if first is self.client else UPSTREAM_CLOSED)
-        elif other.canHalfClose:
+        else:
             other.endWrite()
 
     def lost(self, end: Any, reason: Failure) -> None:
