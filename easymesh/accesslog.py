@@ -45,6 +45,7 @@ class AccessLog:
         cause: Optional[str],
         started: Optional[float] = None,
         grpcStatus: Optional[int] = None,
+        tunnel: Optional[str] = None,
     ) -> None:
         """
         Log one request.
@@ -58,6 +59,11 @@ class AccessLog:
         @param requestId: The request's C{x-request-id}; logged as absent
             unless valid (one refused before its headers were prepared may
             still carry the client's).
+        @param tunnel: For a request whose connection switched protocols
+            (a WebSocket), how the tunnel ended (one of
+            L{easymesh.tunnel.ENDS}); its bytes in and out are then the
+            tunnel's, each way, and its duration the tunnel's life with the
+            upgrade request.
         """
         entry: Dict[str, Any] = {
             "timestamp": _iso(started) if started is not None else None,
@@ -79,6 +85,7 @@ class AccessLog:
             "protocol": _protocol(getattr(proxied, "version", None)),
             "upstream_protocol": getattr(proxied, "upstreamProtocol", None),
             "grpc_status": statusName(grpcStatus) if grpcStatus is not None else None,
+            "tunnel": tunnel,
         }
         if self.style == "json":
             _log.info("{line}", line=json.dumps(entry, separators=(",", ":")), **entry)
@@ -121,7 +128,8 @@ class AccessLog:
 
 
 #: The text access log line; an absent field shows as C{-}.  A gRPC
-#: call's line ends with C{grpc_status=NAME}.
+#: call's line ends with C{grpc_status=NAME}, a tunnel's with
+#: C{tunnel=HOW} (how it ended).
 TEXT_FORMAT = (
     "{listener} {method} {path} {protocol} {status} in={bytes_in}B out={bytes_out}B "
     "{duration_ms}ms route={route} cluster={cluster} upstream={upstream} "
@@ -136,6 +144,8 @@ def textLine(entry: Dict[str, Any]) -> str:
     line = TEXT_FORMAT.format(**{k: "-" if v is None else v for k, v in entry.items()})
     if entry.get("grpc_status") is not None:
         line += f" grpc_status={entry['grpc_status']}"
+    if entry.get("tunnel") is not None:
+        line += f" tunnel={entry['tunnel']}"
     return line
 
 

@@ -9,9 +9,10 @@ to its listener's L{Exchange} with an L{easymesh.interfaces.IResponder}
 that frames the response, and tells the exchange when the response is
 done or the client is gone.  The exchange does the rest: the forwarder,
 the one rescue of a failure, relaying the response body with
-back-pressure, the stream idle timeout, a gRPC call's deadline, and one
-report to the in-flight count, telemetry, the access log and the error
-log.
+back-pressure, the stream idle timeout, a gRPC call's deadline, the
+tunnel a protocol switch makes of the two connections (the end of the
+exchange's life), and one report to the in-flight count, telemetry, the
+access log and the error log.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from easymesh.headers import REQUEST_ID
 from easymesh.interfaces import IBodySink
 from easymesh.message import LocalReply, Request, Response
 from easymesh.requestbody import RequestBodyStream
+from easymesh.tunnel import Tunnel
 
 _log = Logger()
 
@@ -98,6 +100,9 @@ class Exchange:
         self.grpc = isGrpc(request.headers)
         self.grpcStatus: Optional[int] = None
         self._deadlineCall: Any = None
+        #: Once the upstream switched protocols, the tunnel this exchange
+        #: ends with.
+        self.tunnel: Optional[Tunnel] = None
         body = request.body
         if isinstance(body, RequestBodyStream) and not body.complete:
             body.onData = self.moved
@@ -136,6 +141,9 @@ class Exchange:
             # Timed out while waiting for it: the answer is the timeout's.
             reply.discard()
             reply = self.expired
+        if reply.upgrade is not None:
+            self._switch(reply)
+            return
         if self.grpc:
             reply = self._grpcHead(reply)
         headers = reply.headers
@@ -157,6 +165,46 @@ class Exchange:
         self.status = reply.code
         responder.sendHead(reply.code, reply.phrase, headers, reply.endsWithHead())
         reply.deliverBody(self)
+
+    def _switch(self, reply: Response) -> None:
+        """
+        The upstream switched protocols: relay its C{101}, and make the
+        client's connection and the upstream's one tunnel, which ends this
+        exchange when it ends.
+        """
+        upstream = reply.tunnelEnd()
+        switch = getattr(self.responder, "switchProtocols", None)
+        if upstream is None or switch is None or self.request.upgrade is None:
+            # An edge that cannot switch (HTTP/2) never asks to.
+            reply.discard()
+            self.failed(Failure(RuntimeError(f"a switch to {reply.upgrade!r} not asked for")))
+            return
+        request = self.request
+        self.status = reply.code
+        client = switch(reply.phrase, reply.headers, reply.upgrade)
+        self.tunnel = Tunnel(
+            client,
+            upstream,
+            self.listener.clock,
+            request.tunnelIdleTimeout,
+            request.tunnelMaxLifetime,
+            self._tunnelEnded,
+        )
+        # Timed by its sweeper from now on as a tunnel (see deadline).
+        self.listener.streams.add(self)
+        telemetry = self.listener.telemetry
+        if telemetry is not None:
+            telemetry.tunnelOpened(self.listener.name)
+        self.tunnel.start()
+
+    def _tunnelEnded(self, how: str) -> None:
+        tunnel = self.tunnel
+        assert tunnel is not None
+        self.sent = tunnel.fromUpstream
+        telemetry = self.listener.telemetry
+        if telemetry is not None:
+            telemetry.tunnelClosed(self.listener.name, how, tunnel.fromClient, tunnel.fromUpstream)
+        self.done(None)
 
     def bodyStarted(self, producer: IPushProducer) -> None:
         self.producer = producer
@@ -226,6 +274,8 @@ class Exchange:
         When its streaming bodies time out; L{None} while none streams or
         before its cluster (and so its timeout) is known.
         """
+        if self.tunnel is not None:
+            return self.tunnel.deadline
         timeout = self.request.streamIdleTimeout
         if timeout is None or self.expired is not None or self.ended:
             return None
@@ -237,8 +287,11 @@ class Exchange:
         """
         No body byte has moved for the stream idle timeout: close the
         upstream connection, and answer 504, or drop the client if its
-        response has begun.
+        response has begun.  A tunnel has timeouts of its own.
         """
+        if self.tunnel is not None:
+            self.tunnel.timedOut()
+            return
         seconds = self.request.streamIdleTimeout or 0
         self._expire(StreamIdleTimeout(f"no body bytes moved either way for {seconds:g}s").reply())
 
@@ -384,7 +437,11 @@ class Exchange:
         if listener.accessLog is not None:
             ids = request.headers.getRawHeaders(REQUEST_ID)
             body = request.body
-            received = body.received if isinstance(body, RequestBodyStream) else 0
+            tunnel = self.tunnel
+            if tunnel is not None:
+                received = tunnel.fromClient
+            else:
+                received = body.received if isinstance(body, RequestBodyStream) else 0
             listener.accessLog.record(
                 listener.name,
                 request.method,
@@ -398,6 +455,7 @@ class Exchange:
                 cause,
                 self.started,
                 self.grpcStatus,
+                tunnel.how if tunnel is not None else None,
             )
 
 

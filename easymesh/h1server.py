@@ -21,6 +21,7 @@ from typing import Any, Callable, List, Optional, Set, Tuple
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
     IHandshakeListener,
     INegotiated,
     IPushProducer,
@@ -31,16 +32,24 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from easymesh.config.model import EdgeLimits
 from easymesh.edge import admitCaller, peerAddress
 from easymesh.h2wire import PREFACE
 from easymesh.errors import ERROR_HEADER, edgeCause, phrase
-from easymesh.headers import TOKEN as _TOKEN, BadField, forbiddenInHead, parseFields, trailerFields
+from easymesh.headers import (
+    TOKEN as _TOKEN,
+    BadField,
+    commaList,
+    forbiddenInHead,
+    parseFields,
+    trailerFields,
+)
 from easymesh.interfaces import IConnectionTransport, IResponder
 from easymesh.message import Request
 from easymesh.requestbody import EmptyBody, RequestBodyStream
+from easymesh.tunnel import TransportEnd
 from easymesh.twistedprivate import rawHeaders
 
 _log = Logger()
@@ -102,7 +111,7 @@ def checkTarget(target: bytes) -> None:
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 
-_HEAD, _BODY, _WAIT, _DISCARD, _CLOSED = range(5)
+_HEAD, _BODY, _WAIT, _DISCARD, _CLOSED, _TUNNEL = range(6)
 
 class BadMessage(Exception):
     """
@@ -406,7 +415,11 @@ class DeadlineSweeper:
             if channel.idle:
                 channel.loseConnection()
             else:
-                channel.transport.abortConnection()
+                cut = getattr(channel, "cutOff", None)
+                if cut is not None:
+                    cut()
+                else:
+                    channel.transport.abortConnection()
         if not self._channels:
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -454,6 +467,23 @@ def _tlsReason(reason: Failure) -> str:
         if parts:
             return "; ".join(parts)
     return str(value) or type(value).__name__
+
+
+def _upgradeAsked(
+    raw: Any, connection: Optional[List[bytes]], version: bytes, method: bytes, length: Optional[int]
+) -> Optional[bytes]:
+    """
+    The protocols a request asks to switch to (its C{Upgrade} field), if
+    it is an HTTP/1.1 request without a body whose C{Connection} names
+    C{upgrade}; else L{None}.  A request with a body, or a CONNECT, is
+    never switched: it is forwarded without the upgrade.
+    """
+    upgrades = raw.get(b"Upgrade")
+    if not upgrades or not connection or version != b"HTTP/1.1" or length != 0:
+        return None
+    if method == b"CONNECT" or b"upgrade" not in (t.lower() for t in commaList(connection)):
+        return None
+    return b", ".join(commaList(upgrades)) or None
 
 
 #: Status codes whose responses never have a body (RFC 9110 section 6.4.1).
@@ -506,6 +536,8 @@ class HTTP1Channel(Protocol):
         self._method = b""
         self._version = b"HTTP/1.1"
         self.persistent = True
+        #: Once the protocol has switched, the tunnel end of this connection.
+        self._tunnelEnd: Optional[TransportEnd] = None
 
     # Connection.
 
@@ -566,6 +598,15 @@ class HTTP1Channel(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._h2 is not None:
             self._h2.connectionLost(reason)
+            return
+        if self._tunnelEnd is not None:
+            self._state = _CLOSED
+            if self.sweeper is not None:
+                self.sweeper.remove(self)
+            onClose, self.onClose = self.onClose, None
+            if onClose is not None:
+                onClose()
+            self._tunnelEnd.connectionLost(reason)
             return
         if (
             self.scheme == b"https"
@@ -664,7 +705,9 @@ class HTTP1Channel(Protocol):
             self._h2.dataReceived(data)
             return
         state = self._state
-        if state == _BODY:
+        if state == _TUNNEL:
+            self._tunnelEnd.dataReceived(data)  # type: ignore[union-attr]
+        elif state == _BODY:
             try:
                 rest = self._body.feed(data)
             except BadMessage as e:
@@ -853,6 +896,7 @@ class HTTP1Channel(Protocol):
             )
         else:
             self.persistent = False
+        upgrade = _upgradeAsked(raw, connection, version, method, length)
 
         target = _originForm(target, headers)
         self._headStarted = False
@@ -878,6 +922,7 @@ class HTTP1Channel(Protocol):
             version[5:],
             peerIdentity=self.peerIdentity,
         )
+        request.upgrade = upgrade
         try:
             exchange = self.site.handle(request, self, parts[1])
         except Exception:
@@ -1039,6 +1084,64 @@ class HTTP1Channel(Protocol):
         self._state = _CLOSED
         self._setTimer(None)
         self.transport.abortConnection()
+
+    # The protocol switch.
+
+    def switchProtocols(self, reason: bytes, headers: Headers, protocol: bytes) -> TransportEnd:
+        """
+        Send a C{101} switching to C{protocol} (with C{headers}, from
+        which hop-by-hop fields are gone), and make this connection a
+        tunnel end: what the client sent after the upgrade request, and
+        all it sends from now on, is the tunnel's.
+        """
+        self.started = True
+        parts = [b"HTTP/1.1 101 ", reason or phrase(101), b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        parts += (b"Connection: upgrade\r\nUpgrade: ", protocol, b"\r\n\r\n")
+        transport = self.transport
+        transport.write(b"".join(parts))
+        self._state = _TUNNEL
+        self._setTimer(None)
+        self._exchange = None
+        self._producer = None
+        if self._registered:
+            self._registered = False
+            transport.unregisterProducer()
+        if self._pausedFor:
+            self._pausedFor.clear()
+            transport.resumeProducing()
+        pending, self._buffer = self._buffer, b""
+        # Only plain TCP ends its sending alone (see easymesh.tunnel).
+        halfClose = self.scheme == b"http" and hasattr(transport, "loseWriteConnection")
+        self._tunnelEnd = end = TransportEnd(transport, halfClose, pending)
+        if halfClose:
+            alsoProvides(self, IHalfCloseableProtocol)
+        return end
+
+    def readConnectionLost(self) -> None:
+        """
+        The client ended its sending (TCP half-close); only once tunnelling
+        is this connection half-closeable.
+        """
+        if self._tunnelEnd is not None:
+            self._tunnelEnd.readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def cutOff(self) -> None:
+        """
+        Close the connection now (the end of a drain): a tunnel's both
+        sides once what they are owed is written, a request's at once.
+        """
+        end = self._tunnelEnd
+        tunnel = end.tunnel if end is not None else None
+        if tunnel is not None:
+            tunnel.cut()
+        else:
+            self.transport.abortConnection()
 
     def _afterResponse(self) -> None:
         if self._state == _CLOSED:

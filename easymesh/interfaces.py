@@ -184,3 +184,60 @@ class IConnectionTransport(ITCPTransport, IConsumer, IPushProducer):
     TCP or TLS connection (which Twisted's transports of both kinds are)
     that also consumes a producer's writes and can be paused and resumed.
     """
+
+
+class ITunnelEnd(Interface):
+    """
+    One connection of a tunnel, once its protocol has switched (an
+    HTTP/1.1 C{101}): bytes both ways, each direction ended on its own.
+    Bytes (and an end) that arrive before L{start} are held, and reading
+    is paused until then.
+    """
+
+    canHalfClose = Attribute(
+        "Whether L{endWrite} ends this side's sending alone (plain TCP); "
+        "over TLS it cannot, and the other side's end of sending ends the tunnel."
+    )
+
+    def start(tunnel):
+        """
+        Deliver to C{tunnel} from now on: C{tunnel.received(end, data)},
+        C{tunnel.readEnded(end)} (the peer ended its sending) and
+        C{tunnel.lost(end, reason)} (the connection is gone).
+        """
+
+    def write(data):
+        """
+        Send C{data}.
+        """
+
+    def endWrite():
+        """
+        End this side's sending (a half-close), still receiving.
+        """
+
+    def setProducer(producer):
+        """
+        Pause C{producer} (an L{IPushProducer}: the other end's reading)
+        while this connection's send buffer is full; L{None} to forget it.
+        """
+
+    def pauseReading():
+        """
+        Stop reading from this connection.
+        """
+
+    def resumeReading():
+        """
+        Read from this connection again.
+        """
+
+    def close():
+        """
+        Close the connection once what is written has been sent.
+        """
+
+    def abort():
+        """
+        Close the connection at once.
+        """

@@ -19,6 +19,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from easymesh.config.model import TUNNEL_IDLE_TIMEOUT
+
 
 class Request:
     """
@@ -51,6 +53,16 @@ class Request:
     @ivar deadline: When a gRPC call's deadline passes (its clock's
         seconds), from its C{grpc-timeout} and its route's timeout;
         L{None} for none.
+    @ivar upgrade: The protocols an HTTP/1.1 request asks to switch to
+        (its C{Upgrade} field, e.g. C{b"websocket"}), as its edge read
+        it and then as its route allows (see the route's
+        C{upgradeTypes}); L{None} if it asks for none, or none is allowed.
+        The header itself is hop-by-hop: an upstream writes it anew from
+        this.
+    @ivar tunnelIdleTimeout: Once routed, seconds a tunnel made by a
+        switch may carry no byte either way before it is closed.
+    @ivar tunnelMaxLifetime: Once routed, seconds after which such a
+        tunnel is closed whatever moves; L{None} for no limit.
     """
 
     __slots__ = (
@@ -71,6 +83,9 @@ class Request:
         "streamIdleTimeout",
         "upstreamProtocol",
         "deadline",
+        "upgrade",
+        "tunnelIdleTimeout",
+        "tunnelMaxLifetime",
     )
 
     def __init__(
@@ -102,6 +117,9 @@ class Request:
         self.streamIdleTimeout: Optional[float] = None
         self.upstreamProtocol: Optional[str] = None
         self.deadline: Optional[float] = None
+        self.upgrade: Optional[bytes] = None
+        self.tunnelIdleTimeout: float = TUNNEL_IDLE_TIMEOUT
+        self.tunnelMaxLifetime: Optional[float] = None
 
     @property
     def authority(self) -> Optional[bytes]:
@@ -137,9 +155,13 @@ class Response:
     @ivar cause: The short name of the reason for an error the sidecar
         made (also in its C{x-easymesh-error} header); L{None} otherwise.
     @ivar detail: What happened, for the error log (never sent).
+    @ivar upgrade: For a C{101} to a request that asked to upgrade, the
+        protocol switched to (the upstream's C{Upgrade} field); the body
+        is then not delivered: the connection is a tunnel end (see
+        L{tunnelEnd}).
     """
 
-    __slots__ = ("code", "phrase", "headers", "cause", "detail")
+    __slots__ = ("code", "phrase", "headers", "cause", "detail", "upgrade")
 
     def __init__(
         self,
@@ -154,6 +176,14 @@ class Response:
         self.phrase = phrase
         self.cause = cause
         self.detail = detail
+        self.upgrade: Optional[bytes] = None
+
+    def tunnelEnd(self) -> Any:
+        """
+        The upstream's L{easymesh.interfaces.ITunnelEnd}, for a response
+        that switched protocols (see C{upgrade}); else L{None}.
+        """
+        return None
 
     def deliverBody(self, sink: Any) -> None:
         """

@@ -153,6 +153,7 @@ def _needsRestart(old: SidecarConfig, new: SidecarConfig) -> List[str]:
         "pool_size",
         "pool_idle",
         "stream_idle_timeout",
+        "tunnel_idle_timeout",
     }
     differ = []
     for field in attrs.fields(SidecarConfig):

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import attrs
 
 from easymesh.config.addresses import HTTP2_SCHEMES, UpstreamURL
-from easymesh.config.model import STREAM_IDLE_TIMEOUT, UpstreamTLS
+from easymesh.config.model import STREAM_IDLE_TIMEOUT, TUNNEL_IDLE_TIMEOUT, UpstreamTLS
 
 ROUND_ROBIN = "round_robin"
 RANDOM = "random"
@@ -287,6 +287,14 @@ class Route:
     @ivar name: For logs and metrics; the listener and index by default.
     @ivar timeout: Seconds for the whole request, retries included (then
         504); L{None}: the cluster's per-try timeout only.
+    @ivar upgradeTypes: The protocols a request may switch to (HTTP/1.1
+        C{Upgrade}, lower case, as Envoy's C{upgrade_configs}); a request
+        asking for another is forwarded without the upgrade.
+    @ivar tunnelIdleTimeout: Seconds a switched connection (a tunnel) may
+        carry no byte either way before it is closed; L{None}: the mesh's
+        (C{--tunnel-idle-timeout}).
+    @ivar tunnelMaxLifetime: Seconds after which a tunnel is closed
+        whatever moves; L{None} for no limit.
     """
 
     name: str
@@ -299,6 +307,9 @@ class Route:
     timeout: Optional[float] = None
     retryPolicy: Optional[RetryPolicy] = None
     rateLimit: Optional[RouteRateLimit] = None
+    upgradeTypes: Tuple[str, ...] = ("websocket",)
+    tunnelIdleTimeout: Optional[float] = None
+    tunnelMaxLifetime: Optional[float] = None
 
     def clusterNames(self) -> Tuple[str, ...]:
         if self.cluster is not None:
@@ -371,6 +382,8 @@ class MeshConfig:
     paths: PathOptions = PathOptions()
     xffNumTrustedHops: int = 0
     retryBufferLimit: int = 64 * 1024
+    #: Seconds a tunnel may be idle when its route does not say.
+    tunnelIdleTimeout: float = TUNNEL_IDLE_TIMEOUT
     #: Per listener: an L{easymesh.authz.AuthorizationPolicy}.
     authorization: Mapping[str, Any] = attrs.field(factory=dict)
     #: The file's listeners, beside the flags' (L{FLAG_LISTENERS}).

@@ -114,6 +114,9 @@ ROUTE_KEYS = frozenset(
         "timeout",
         "retry_policy",
         "rate_limit",
+        "upgrade_types",
+        "tunnel_idle_timeout",
+        "tunnel_max_lifetime",
     )
 )
 MATCH_KEYS = frozenset(("prefix", "path", "regex", "host", "headers", "methods"))
@@ -616,6 +619,16 @@ def _readRoute(listener: str, index: int, node: Node, clusters: Set[str]) -> Rou
         kwargs["retryPolicy"] = _readRetryPolicy(entries["retry_policy"])
     if "rate_limit" in entries:
         kwargs["rateLimit"] = _readRateLimit(entries["rate_limit"])
+    if "upgrade_types" in entries:
+        kwargs["upgradeTypes"] = tuple(
+            item.text().lower() for item in entries["upgrade_types"].sequence()
+        )
+    for key, attribute in (
+        ("tunnel_idle_timeout", "tunnelIdleTimeout"),
+        ("tunnel_max_lifetime", "tunnelMaxLifetime"),
+    ):
+        if key in entries:
+            kwargs[attribute] = entries[key].duration()
     route = Route(**kwargs)
     _refuse(node, validateRoute(route, clusters))
     return route

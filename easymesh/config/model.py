@@ -29,6 +29,9 @@ DEFAULT_CLUSTERS = {OUTBOUND: "peer", INBOUND: "local"}
 #: Seconds a request or response body may stream with no byte moving either
 #: way (Envoy's default stream idle timeout).
 STREAM_IDLE_TIMEOUT = 300.0
+#: Seconds a tunnel (a WebSocket, say) may carry no byte either way before
+#: it is closed, unless its route says otherwise.
+TUNNEL_IDLE_TIMEOUT = 3600.0
 
 #: Seconds before its notAfter from which the workload's certificate is
 #: warned about (a week).
@@ -219,6 +222,7 @@ class SidecarConfig:
     pool_size: int = _POOL.size
     pool_idle: float = _POOL.idle
     stream_idle_timeout: float = STREAM_IDLE_TIMEOUT
+    tunnel_idle_timeout: float = TUNNEL_IDLE_TIMEOUT
     rate: Optional[float] = None
     burst: Optional[int] = None
     max_wait: float = 0.0
@@ -421,5 +425,6 @@ class SidecarConfig:
             if spec.protocol == "http" and spec.cluster is not None and spec.name not in routes:
                 routes[spec.name] = (Route(f"{spec.name}-default", cluster=spec.cluster),)
         rest = {k: v for k, v in self.meshFile.items() if k not in ("clusters", "routes")}
+        rest.setdefault("tunnelIdleTimeout", self.tunnel_idle_timeout)
         return MeshConfig(clusters=clusters, routes=routes, **rest)
 

@@ -83,6 +83,14 @@ SETTINGS: Tuple[Setting, ...] = (
         _defaults.stream_idle_timeout,
     ),
     Setting(
+        "tunnel-idle-timeout",
+        Number(0, exclusiveMinimum=True, maximum=DAY),
+        "Seconds a WebSocket (a connection switched by an HTTP/1.1 upgrade) "
+        "may carry no byte either way before both its connections are "
+        "closed, for routes that set no tunnel_idle_timeout.",
+        _defaults.tunnel_idle_timeout,
+    ),
+    Setting(
         "pool-size",
         Number(1, integer=True, maximum=10_000),
         "Idle persistent connections kept per upstream host.",

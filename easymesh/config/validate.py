@@ -182,6 +182,18 @@ def checkHeaderName(text: Any) -> None:
         raise ValueError(f"not a header name: {text!r}")
 
 
+def checkUpgradeType(text: Any) -> None:
+    """
+    An upgrade protocol's name, as C{Upgrade} carries it: a token in lower
+    case (C{websocket}), without a version.
+    """
+    checkText(text)
+    if not text or text != text.lower() or not all(
+        c.isascii() and ord(c) in TOKEN and c != "/" for c in text
+    ):
+        raise ValueError(f"{text!r} is not a protocol name (a token in lower case, e.g. websocket)")
+
+
 def checkHeaderValue(text: Any) -> None:
     """
     What a header value may be: Latin-1, without CR, LF or NUL.
@@ -590,6 +602,14 @@ def validateRoute(route: Route, clusters: Collection[str], at: Path = ()) -> Lis
         p.extend(validateRetryPolicy(route.retryPolicy, at + ("retry_policy",)))
     if route.rateLimit is not None:
         p.extend(validateRateLimit(route.rateLimit, at + ("rate_limit",)))
+    for index, kind in enumerate(route.upgradeTypes):
+        p.check(at + ("upgrade_types", index), checkUpgradeType, kind)
+    if len(set(route.upgradeTypes)) != len(route.upgradeTypes):
+        p.append(Problem(at + ("upgrade_types",), "names a protocol twice"))
+    if route.tunnelIdleTimeout is not None:
+        p.check(at + ("tunnel_idle_timeout",), checkSeconds, route.tunnelIdleTimeout)
+    if route.tunnelMaxLifetime is not None:
+        p.check(at + ("tunnel_max_lifetime",), checkSeconds, route.tunnelMaxLifetime)
     return p
 
 
@@ -627,6 +647,7 @@ def validateOptions(mesh: MeshConfig) -> List[Problem]:
     p.check(("path_with_escaped_slashes",), checkChoice, mesh.paths.escapedSlashes, ESCAPED_SLASHES)
     p.check(("xff_num_trusted_hops",), checkNumber, mesh.xffNumTrustedHops, 0, True)
     p.check(("retry_buffer_limit",), checkNumber, mesh.retryBufferLimit, 0, True)
+    p.check(("tunnel_idle_timeout",), checkSeconds, mesh.tunnelIdleTimeout)
     return p
 
 

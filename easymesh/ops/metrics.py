@@ -110,6 +110,25 @@ METRIC_DOCS: List[Tuple[str, str, Tuple[str, ...], str]] = [
         "Upstream pool connections when scraped, idle or active.",
     ),
     (
+        "easymesh_tunnels_active",
+        "gauge",
+        ("listener",),
+        "Tunnels (WebSocket connections, switched by an HTTP/1.1 upgrade) open now.",
+    ),
+    (
+        "easymesh_tunnels_total",
+        "counter",
+        ("listener", "end"),
+        "Tunnels ended, by how (client_closed, upstream_closed, client_reset, upstream_reset, "
+        "idle_timeout, max_lifetime, drained).",
+    ),
+    (
+        "easymesh_tunnel_bytes_total",
+        "counter",
+        ("listener", "direction"),
+        "Bytes relayed by tunnels that have ended, by direction (from_client, from_upstream).",
+    ),
+    (
         "easymesh_rate_limited_total",
         "counter",
         ("listener", "route"),
@@ -387,6 +406,15 @@ class Metrics:
 
     def upstreamConnectionClosed(self, cluster: str) -> None:
         self._add("easymesh_upstream_connections_active", (cluster,), -1)
+
+    def tunnelOpened(self, listener: str) -> None:
+        self._add("easymesh_tunnels_active", (listener,))
+
+    def tunnelClosed(self, listener: str, how: str, fromClient: int, fromUpstream: int) -> None:
+        self._add("easymesh_tunnels_active", (listener,), -1)
+        self._add("easymesh_tunnels_total", (listener, how))
+        self._add("easymesh_tunnel_bytes_total", (listener, "from_client"), fromClient)
+        self._add("easymesh_tunnel_bytes_total", (listener, "from_upstream"), fromUpstream)
 
     def setPoolSource(self, source: Optional[PoolSource]) -> None:
         """

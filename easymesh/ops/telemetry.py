@@ -114,6 +114,21 @@ class Telemetry:
         if self.metrics is not None:
             self.metrics.tcpConnectionDone(listener, cluster, ended, bytesIn, bytesOut)
 
+    def tunnelOpened(self, listener: str) -> None:
+        """
+        A connection on C{listener} switched protocols: a tunnel began.
+        """
+        if self.metrics is not None:
+            self.metrics.tunnelOpened(listener)
+
+    def tunnelClosed(self, listener: str, how: str, fromClient: int, fromUpstream: int) -> None:
+        """
+        A tunnel on C{listener} ended C{how} (one of
+        L{easymesh.tunnel.ENDS}), having relayed so many bytes each way.
+        """
+        if self.metrics is not None:
+            self.metrics.tunnelClosed(listener, how, fromClient, fromUpstream)
+
     def connectionOpened(self, listener: str) -> None:
         if self.metrics is not None:
             self.metrics.downstreamConnectionOpened(listener)

@@ -9,7 +9,7 @@ within its timeout.
 from __future__ import annotations
 
 import random as _random
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import deferLater
@@ -20,6 +20,7 @@ from twisted.web.http_headers import Headers
 from easymesh.cluster.cluster import Cluster
 from easymesh.config.mesh import MeshConfig, RetryPolicy, Route
 from easymesh.errors import NoRoute, Overflow, ProxyError, UpstreamTimeout, classify
+from easymesh.headers import commaList
 from easymesh.message import LocalReply, ProxyRequest, Response, discardResponse
 from easymesh.routing.matcher import RouteTable
 from easymesh.routing.paths import normalisePath
@@ -96,6 +97,11 @@ class Router:
         cluster = self.clusters[self._clusterName(route)]
         request.cluster = cluster.name
         request.streamIdleTimeout = cluster.config.streamIdleTimeout
+        if request.upgrade is not None:
+            request.upgrade = allowedUpgrade(request.upgrade, route.upgradeTypes)
+            idle = route.tunnelIdleTimeout
+            request.tunnelIdleTimeout = idle if idle is not None else self.mesh.tunnelIdleTimeout
+            request.tunnelMaxLifetime = route.tunnelMaxLifetime
         self._shortenDeadline(request, route)
         if route.prefixRewrite is not None or route.hostRewrite is not None:
             _rewrite(request, route, path)
@@ -217,6 +223,21 @@ def _final(outcome: Union[Response, ProxyError], attempts: int) -> Reply:
     reply: Reply = outcome.reply() if isinstance(outcome, ProxyError) else outcome
     reply.headers.setRawHeaders(ATTEMPTS_HEADER, [b"%d" % (attempts,)])
     return reply
+
+
+def allowedUpgrade(offered: bytes, allowed: Tuple[str, ...]) -> Optional[bytes]:
+    """
+    The protocols of C{offered} (an C{Upgrade} field's value) whose names
+    (without a version: C{websocket}, C{h2c}) are in C{allowed} (lower
+    case); L{None} if none is: the request is then forwarded without the
+    upgrade.
+    """
+    kept = [
+        token
+        for token in commaList([offered])
+        if token.split(b"/", 1)[0].lower().decode("latin-1") in allowed
+    ]
+    return b", ".join(kept) if kept else None
 
 
 def _direct(route: Route) -> LocalReply:

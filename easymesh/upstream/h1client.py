@@ -18,7 +18,7 @@ from typing import Any, Callable, List, Optional, cast
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, INegotiated, IPushProducer, ISSLTransport
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -32,7 +32,7 @@ from twisted.web.client import (
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from easymesh.errors import (
     BadRequest,
@@ -42,7 +42,15 @@ from easymesh.errors import (
     UpstreamTLSFailure,
     isTLSFailure,
 )
-from easymesh.headers import BadField, forbiddenInHead, offendingName, parseFields, trailerFields
+from easymesh.headers import (
+    BadField,
+    commaList,
+    forbiddenInHead,
+    offendingName,
+    parseFields,
+    trailerFields,
+)
+from easymesh.tunnel import TransportEnd
 from easymesh.interfaces import IConnectionTransport
 from easymesh.twistedprivate import ParseError, rawHeaders
 
@@ -66,14 +74,25 @@ class UpstreamRequest:
     """
     A request ready to write: its head (request line and headers, without
     framing headers or the blank line) and its body.
+
+    @ivar upgrade: The protocols it asks to switch to (its head then
+        carries C{Upgrade} and C{Connection: upgrade}), or L{None}.  Such a
+        request has no body.
     """
 
-    __slots__ = ("method", "head", "bodyProducer")
+    __slots__ = ("method", "head", "bodyProducer", "upgrade")
 
-    def __init__(self, method: bytes, head: bytes, bodyProducer: Optional[IBodyProducer]) -> None:
+    def __init__(
+        self,
+        method: bytes,
+        head: bytes,
+        bodyProducer: Optional[IBodyProducer],
+        upgrade: Optional[bytes] = None,
+    ) -> None:
         self.method = method
         self.head = head
         self.bodyProducer = bodyProducer
+        self.upgrade = upgrade
 
 
 class ResponseParseError(ParseError):
@@ -145,6 +164,8 @@ class H1Response:
     previousResponse = None
     #: The trailer fields of a chunked body, once it has ended with some.
     trailers: Optional[Headers] = None
+    #: For a C{101}, the protocol switched to.
+    upgrade: Optional[bytes] = None
 
     def __init__(
         self,
@@ -166,6 +187,13 @@ class H1Response:
         self._ended: Optional[Failure] = None
         self._waitingForReader = False
         self._transport = _BodyTransport(connection)
+
+    def tunnelEnd(self) -> Optional[TransportEnd]:
+        """
+        For a C{101} that switched the connection's protocol, its tunnel
+        end; else L{None}.
+        """
+        return self._connection.tunnelEnd if self.upgrade is not None else None
 
     def setPreviousResponse(self, response: IResponse) -> None:
         self.previousResponse = response
@@ -225,6 +253,9 @@ class H1Connection(Protocol):
     #: Told of this connection's opening and closing
     #: (C{connectionOpened()}, C{connectionClosed()}), if set.
     observer: Any = None
+    #: Once a C{101} switched its protocol, its tunnel end; the connection
+    #: then never returns to the pool.
+    tunnelEnd: Optional[TransportEnd] = None
 
     def __init__(self, quiescentCallback: Callable[["H1Connection"], None]) -> None:
         self._quiescentCallback = quiescentCallback
@@ -330,6 +361,9 @@ class H1Connection(Protocol):
     # Receiving.
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnelEnd is not None:
+            self.tunnelEnd.dataReceived(data)
+            return
         self._received = True
         parse = self._parse
         if parse is None:
@@ -391,11 +425,11 @@ class H1Connection(Protocol):
             self._fail(_parseError("bad response header line"))
             return
         raw = rawHeaders(headers)
+        if code == 101:
+            self._switched(status, phrase, headers, rest)
+            return
         if 100 <= code < 200:
             # Informational: drop it and read the final response.
-            if code == 101:
-                self._fail(_parseError("unrequested protocol switch", status))
-                return
             if rest:
                 self._parseHead(rest)
             return
@@ -450,6 +484,55 @@ class H1Connection(Protocol):
             d.callback(response)
         if parse is not None and rest:
             parse(rest)
+
+    def _switched(self, status: bytes, phrase: bytes, headers: Headers, rest: bytes) -> None:
+        """
+        A C{101}: if the request asked to switch to the protocol it names,
+        the connection leaves HTTP (and the pool) for good and becomes a
+        tunnel end, holding what followed the head; otherwise it cannot
+        be trusted.
+        """
+        request = self._request
+        offered = request.upgrade if request is not None else None
+        if offered is None:
+            self._fail(_parseError("unrequested protocol switch", status))
+            return
+        chosen = headers.getRawHeaders(b"upgrade")
+        names = {t.split(b"/", 1)[0].lower() for t in commaList([offered])}
+        if not chosen or len(chosen) != 1 or chosen[0].split(b"/", 1)[0].strip().lower() not in names:
+            self._fail(_parseError("switch to a protocol not asked for", status))
+            return
+        self.state = "SWITCHED"
+        self._parse = None
+        self._keepAlive = False
+        secure = ISSLTransport.providedBy(self.transport) or INegotiated.providedBy(self.transport)
+        halfClose = not secure and hasattr(self.transport, "loseWriteConnection")
+        self.tunnelEnd = TransportEnd(self.transport, halfClose, rest)
+        if halfClose:
+            alsoProvides(self, IHalfCloseableProtocol)
+            # An endpoint's connection reaches this protocol through a
+            # wrapper, which relays a half-close only if it provides the
+            # interface too.
+            outer = getattr(self.transport, "protocol", None)
+            if outer is not None and outer is not self and hasattr(outer, "readConnectionLost"):
+                alsoProvides(outer, IHalfCloseableProtocol)
+        response = H1Response(_HTTP11, 101, phrase, headers, 0, self)
+        response.upgrade = chosen[0].strip()
+        self._response = response
+        d, self._responseDeferred = self._responseDeferred, None
+        if d is not None:
+            d.callback(response)
+
+    def readConnectionLost(self) -> None:
+        """
+        The upstream ended its sending (TCP half-close); only once switched
+        is this connection half-closeable.
+        """
+        if self.tunnelEnd is not None:
+            self.tunnelEnd.readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        pass
 
     def _parseFixed(self, data: bytes) -> None:
         remaining = self._remaining
@@ -566,6 +649,9 @@ class H1Connection(Protocol):
         if self.observer is not None and self.state != "CLOSED":
             self.observer.connectionClosed()
         self.state = "CLOSED"
+        if self.tunnelEnd is not None:
+            self.tunnelEnd.connectionLost(reason)
+            return
         parse, self._parse = self._parse, None
         d, self._responseDeferred = self._responseDeferred, None
         if d is not None:

@@ -163,12 +163,20 @@ def endpointFor(
     return endpoint
 
 
-def requestHead(method: bytes, target: bytes, headers: Headers, authority: bytes) -> bytes:
+def requestHead(
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    authority: bytes,
+    upgrade: Optional[bytes] = None,
+) -> bytes:
     """
     The request line and header lines of a request, without framing
     headers and without the final blank line.  HTTP/1.1 requires C{Host}:
     a request without one (from an HTTP/1.0 client) is sent with the
-    upstream's C{authority}.
+    upstream's C{authority}.  A request that asks to switch to the
+    protocols C{upgrade} carries C{Upgrade} and C{Connection: upgrade}
+    (hop-by-hop fields, written here for this hop only).
     """
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     if b"Host" not in rawHeaders(headers):
@@ -176,6 +184,8 @@ def requestHead(method: bytes, target: bytes, headers: Headers, authority: bytes
     for name, values in headers.getAllRawHeaders():
         for value in values:
             parts += (name, b": ", value, b"\r\n")
+    if upgrade is not None:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     return b"".join(parts)
 
 
@@ -238,10 +248,13 @@ class HTTPUpstream:
         body = request.body
         if body is not None:
             body = BodyEndWatch(body, attempt.endBody)
+        # A request with a body is never switched (see the HTTP/1.1 edge).
+        upgrade = request.upgrade if body is None else None
         upstreamRequest = UpstreamRequest(
             request.method,
-            requestHead(request.method, request.target, request.headers, self._authority),
+            requestHead(request.method, request.target, request.headers, self._authority, upgrade),
             body,
+            upgrade,
         )
         d = self.pool.getConnection(self._key, self._endpoint)
         if pending:
@@ -278,6 +291,10 @@ class _H1UpstreamResponse(Response):
     def __init__(self, h1: H1Response) -> None:
         super().__init__(h1.code, h1.headers, h1.phrase)
         self._h1 = h1
+        self.upgrade = h1.upgrade
+
+    def tunnelEnd(self) -> Any:
+        return self._h1.tunnelEnd()
 
     def deliverBody(self, sink: Any) -> None:
         deliverTo(self._h1, sink)

@@ -67,11 +67,20 @@ class H2Upstream:
         self._connecting = 0
         self._waiting: List[Deferred[H2ClientConnection]] = []
         self._closed = False
+        self._settings = settings
+        self._tls = tls
+        #: HTTP/1.1 connections to the same endpoint, for upgrades.
+        self._http1: Optional[Any] = None
 
     def request(self, request: Request, timeout: Optional[float] = None) -> Deferred[Response]:
         """
-        Send C{request} on a stream; see L{IUpstream.request}.
+        Send C{request} on a stream; see L{IUpstream.request}.  A request
+        that asks to upgrade (a WebSocket) is sent over HTTP/1.1 to the
+        same endpoint instead: an HTTP/2 stream cannot switch protocols
+        (RFC 8441's extended CONNECT is not spoken).
         """
+        if request.upgrade is not None and request.body is None:
+            return self._upgrades().request(request, timeout)
         request.upstreamProtocol = "HTTP/2"
         attempt = Attempt(self._reactor, timeout if timeout is not None else self._timeout)
         body = request.body
@@ -164,11 +173,30 @@ class H2Upstream:
         if self._waiting and not self._connecting and not self._closed:
             self._connect()
 
+    def _upgrades(self) -> Any:
+        """
+        The HTTP/1.1 upstream for the same endpoint (offering no ALPN
+        protocol over TLS, so that the peer speaks HTTP/1.1), made when
+        first needed.
+        """
+        if self._http1 is None:
+            from easymesh.upstream.http import HTTPUpstream
+
+            self._http1 = HTTPUpstream(
+                self.url,
+                attrs.evolve(self._settings, protocol="http1"),
+                self._reactor,
+                self._breakers,
+                self._tls,
+            )
+        return self._http1
+
     def idleConnections(self) -> int:
         """
         Connections open with no stream on them.
         """
-        return sum(1 for c in self._connections if not c.active)
+        idle = sum(1 for c in self._connections if not c.active)
+        return idle + (self._http1.idleConnections() if self._http1 is not None else 0)
 
     def close(self) -> Deferred[None]:
         """
@@ -177,6 +205,8 @@ class H2Upstream:
         self._closed = True
         for connection in list(self._connections):
             connection.close()
+        if self._http1 is not None:
+            return self._http1.close()
         return succeed(None)
 
 
