@@ -10,12 +10,12 @@ the server speak first.  The cluster's circuit breakers count the
 connections, and a failed connect counts for outlier detection and closes
 the client's connection.
 
-Each side's transport is the producer of the other's reads, so that a
-side that does not read pauses the other (memory grows by no more than
-the transports' buffers), and a side that closes its sending half closes
-the other's (half-close), while the other direction goes on.  A pair with
-no byte moving either way for the idle timeout is closed; so is every
-pair, after C{--drain}, when the sidecar stops.
+Once connected, the two connections are the ends of a
+L{easymesh.tunnel.Tunnel}, as a WebSocket's are: bytes pass both ways with
+back-pressure (memory grows by no more than the transports' buffers) and
+half-close where the transports allow it (not TLS).  A pair with no byte
+moving either way for the idle timeout is closed; so is every pair, after
+C{--drain}, when the sidecar stops.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, List, Optional, Set
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, ISSLTransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -35,13 +35,15 @@ from easymesh.cluster.breakers import MAX_CONNECTIONS
 from easymesh.edge import admitCaller, peerAddress
 from easymesh.errors import NoHealthyUpstream, Overflow, UpstreamConnectFailure
 from easymesh.h1server import closeWithoutWaiting
+from easymesh.tunnel import CLIENT_CLOSED, DRAINED, IDLE_TIMEOUT, TransportEnd, Tunnel
 from easymesh.interfaces import IConnectionTransport
 
 _log = Logger()
 
-#: Why a pair ended, for the access log and metrics: the error causes'
-#: names where one applies.
-CLOSED, IDLE_TIMEOUT, REFUSED, DRAINED = ("closed", "idle_timeout", "caller_refused", "drained")
+#: How a pair ended, for the access log and metrics: as a tunnel ends
+#: (L{easymesh.tunnel.ENDS}), or before it began (the errors' causes
+#: where one applies).
+REFUSED = "caller_refused"
 CONNECT_FAILURE = UpstreamConnectFailure.cause
 NO_HEALTHY_UPSTREAM = NoHealthyUpstream.cause
 OVERFLOW = Overflow.cause
@@ -134,22 +136,18 @@ def _close(transport: Any) -> None:
     transport.loseConnection()
 
 
-def _halfClose(transport: Any) -> None:
+def _end(transport: Any) -> TransportEnd:
     """
-    Close the sending half of C{transport}, or the whole connection if it
-    cannot close half (TLS: a close alert ends both directions).
+    The tunnel end of a connection: plain TCP can half-close, TLS cannot.
     """
-    loseWrite = getattr(transport, "loseWriteConnection", None)
-    if loseWrite is not None:
-        loseWrite()
-    else:
-        _close(transport)
+    return TransportEnd(transport, not ISSLTransport.providedBy(transport))
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
 class _Downstream(Protocol, TimeoutMixin):
     """
-    The client's side of a pair.
+    The client's side of a pair; once the upstream is connected, the two
+    are the ends of a L{Tunnel}.
     """
 
     transport: IConnectionTransport
@@ -158,17 +156,15 @@ class _Downstream(Protocol, TimeoutMixin):
         self.listener = listener
         self.addr = addr
         self.callLater = listener.clock.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock
-        self.upstream: Optional["_Upstream"] = None
+        self.end: Optional[TransportEnd] = None
+        self.tunnel: Optional[Tunnel] = None
         self.endpoint: Any = None
         self.clusterObject: Any = None
         self.connecting: Optional[Deferred[Any]] = None
         self.connectStarted = 0.0
-        self.early: List[bytes] = []
-        self.bytesIn = self.bytesOut = 0
         self.started = listener.clock.seconds()
         self.ended: Optional[str] = None
         self.closed = False
-        self.readClosed = False
 
     def connectionMade(self) -> None:
         listener = self.listener
@@ -194,9 +190,9 @@ class _Downstream(Protocol, TimeoutMixin):
         self._connect()
 
     def _connect(self) -> None:
-        listener = self.listener
         # Nothing more is read until the upstream is connected.
-        self.transport.pauseProducing()
+        self.end = _end(self.transport)
+        listener = self.listener
         cluster = self.clusterObject = listener.runtime.clusters.get(listener.cluster)
         try:
             if cluster is None:
@@ -215,17 +211,13 @@ class _Downstream(Protocol, TimeoutMixin):
 
     def _connected(self, upstream: "_Upstream") -> None:
         self.connecting = None
-        if self.closed:
-            upstream.transport.loseConnection()
-            return
-        self.upstream = upstream
         self.clusterObject.tcpConnected(self.endpoint, self.connectStarted)
-        early, self.early = self.early, []
-        if early:
-            upstream.transport.writeSequence(early)
-        self.transport.registerProducer(upstream.transport, True)
-        upstream.transport.registerProducer(self.transport, True)
-        self.transport.resumeProducing()
+        if self.closed:
+            upstream.end.abort()
+            return
+        assert self.end is not None
+        self.tunnel = Tunnel(self.end, upstream.end, self.listener.clock, self.listener.idleTimeout, None, self._ended)
+        self.tunnel.start()
 
     def _connectFailed(self, reason: Failure) -> None:
         self.connecting = None
@@ -245,44 +237,47 @@ class _Downstream(Protocol, TimeoutMixin):
         )
         self.close(CONNECT_FAILURE)
 
-    # Bytes from the client.
+    def _ended(self, how: str) -> None:
+        if self.ended is None:
+            self.ended = how
+
+    # What the connection delivers: to the tunnel end once there is one.
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
-        self.bytesIn += len(data)
-        if self.upstream is not None:
-            self.upstream.transport.write(data)
-        else:
-            # Read with the end of a TLS handshake, before reading paused.
-            self.early.append(data)
+        if self.end is not None:
+            self.end.dataReceived(data)
 
     def readConnectionLost(self) -> None:
-        self.readClosed = True
-        if self.upstream is not None:
-            _halfClose(self.upstream.transport)
-        if self.upstream is None or self.upstream.readClosed:
-            _close(self.transport)
+        if self.end is not None:
+            self.end.readConnectionLost()
+        else:
+            self.close(CLIENT_CLOSED)
 
     def writeConnectionLost(self) -> None:
         pass
 
     def timeoutConnection(self) -> None:
-        self.close(IDLE_TIMEOUT)
+        if self.tunnel is not None:
+            self.tunnel.timedOut()
+        else:
+            self.close(IDLE_TIMEOUT)
 
     def close(self, why: str) -> None:
         """
         End the pair: both connections close, after what they were sent.
         """
+        if self.tunnel is not None:
+            self.tunnel.cut(why)
+            return
         if self.ended is None:
             self.ended = why
         if self.connecting is not None:
             connecting, self.connecting = self.connecting, None
             connecting.cancel()
-        if self.upstream is not None:
-            _close(self.upstream.transport)
         _close(self.transport)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.closed:
             return
         self.closed = True
@@ -290,8 +285,8 @@ class _Downstream(Protocol, TimeoutMixin):
         if self.connecting is not None:
             connecting, self.connecting = self.connecting, None
             connecting.cancel()
-        if self.upstream is not None:
-            _close(self.upstream.transport)
+        if self.end is not None:
+            self.end.connectionLost(reason)
         self._report()
 
     def _report(self) -> None:
@@ -299,66 +294,58 @@ class _Downstream(Protocol, TimeoutMixin):
         listener.inflight.leave()
         listener._ended(self)
         duration = listener.clock.seconds() - self.started
-        ended = self.ended or CLOSED
+        ended = self.ended or CLIENT_CLOSED
+        tunnel = self.tunnel
+        bytesIn = tunnel.fromClient if tunnel is not None else 0
+        bytesOut = tunnel.fromUpstream if tunnel is not None else 0
         endpoint = self.endpoint.key if self.endpoint is not None else None
         telemetry = listener.telemetry
         if telemetry is not None:
             telemetry.connectionClosed(listener.name)
-            telemetry.tcpConnectionDone(listener.name, listener.cluster, ended, self.bytesIn, self.bytesOut)
+            telemetry.tcpConnectionDone(listener.name, listener.cluster, ended, bytesIn, bytesOut)
         if listener.accessLog is not None:
             listener.accessLog.recordConnection(
                 listener.name,
                 peerAddress(self.addr),
                 listener.cluster,
                 endpoint,
-                self.bytesIn,
-                self.bytesOut,
+                bytesIn,
+                bytesOut,
                 duration,
                 ended,
                 self.started,
             )
-        self.upstream = None
 
 
 @implementer(IHalfCloseableProtocol)
 class _Upstream(Protocol):
     """
-    The upstream's side of a pair.
+    The upstream's side of a pair: the other end of its tunnel.
     """
 
     transport: IConnectionTransport
 
     def __init__(self, downstream: _Downstream) -> None:
         self.downstream = downstream
-        self.readClosed = False
+        self.breakers = downstream.clusterObject.breakers
 
     def connectionMade(self) -> None:
-        breakers = self.downstream.clusterObject.breakers
-        breakers.connectionOpened()
+        self.breakers.connectionOpened()
+        self.end = _end(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
-        downstream = self.downstream
-        downstream.resetTimeout()
-        downstream.bytesOut += len(data)
-        downstream.transport.write(data)
+        self.downstream.resetTimeout()
+        self.end.dataReceived(data)
 
     def readConnectionLost(self) -> None:
-        self.readClosed = True
-        downstream = self.downstream
-        _halfClose(downstream.transport)
-        if downstream.readClosed:
-            _close(self.transport)
+        self.end.readConnectionLost()
 
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.downstream.clusterObject.breakers.connectionClosed()
-        downstream = self.downstream
-        if not downstream.closed:
-            # The upstream is gone: the client's connection closes after
-            # what it is owed.
-            _close(downstream.transport)
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.breakers.connectionClosed()
+        self.end.connectionLost(reason)
 
 
 class _UpstreamFactory(Factory):

@@ -135,8 +135,12 @@ def test_bytesBothWays(world: World) -> None:
     assert client.transport.producerState == "paused"
     upstream = world.upstreams["10.0.0.1"].succeed()
     assert client.transport.producerState == "producing"
-    assert client.transport.producer is upstream.transport
-    assert upstream.transport.producer is client.transport
+    client.transport.producer.pauseProducing()
+    assert upstream.transport.producerState == "paused"
+    client.transport.producer.resumeProducing()
+    upstream.transport.producer.pauseProducing()
+    assert client.transport.producerState == "paused"
+    upstream.transport.producer.resumeProducing()
     client.dataReceived(b"PING\r\n")
     assert upstream.transport.value() == b"PING\r\n"
     upstream.dataReceived(b"+PONG\r\n")
@@ -148,21 +152,21 @@ def test_bytesBothWays(world: World) -> None:
 def test_halfClose(world: World) -> None:
     """
     A side that ends its sending half ends the other's, and the other
-    direction goes on; once both have, the pair closes and is logged.
+    direction goes on; once both have, the pair closes and is logged
+    (as the first to end closed it).
     """
     client = world.accept()
     upstream = world.upstreams["10.0.0.1"].succeed()
     client.readConnectionLost()
-    assert upstream.transport.writeClosed and not client.transport.disconnecting
+    assert upstream.transport.writeClosed and not client.transport.writeClosed
     upstream.dataReceived(b"late answer")
     assert client.transport.value() == b"late answer"
     upstream.readConnectionLost()
     assert client.transport.writeClosed
-    assert upstream.transport.disconnecting
     upstream.connectionLost(Failure(ConnectionDone()))
     client.connectionLost(Failure(ConnectionDone()))
     [line] = world.access()
-    assert line["bytes_in"] == 0 and line["bytes_out"] == 11 and line["ended"] == "closed"
+    assert line["bytes_in"] == 0 and line["bytes_out"] == 11 and line["ended"] == "client_closed"
     assert line["upstream"] == "10.0.0.1:6379" and line["listener"] == "cache"
     assert world.cluster.breakers.connections == 0 and world.inflight.count == 0
 
@@ -175,7 +179,8 @@ def test_idleTimeout(world: World) -> None:
     world.clock.advance(59)
     assert not client.transport.disconnecting
     world.clock.advance(1)
-    assert client.transport.disconnecting and upstream.transport.disconnecting
+    # Both are closed without losing what is in flight: their sending ends.
+    assert client.transport.writeClosed and upstream.transport.writeClosed
     client.connectionLost(Failure(ConnectionDone()))
     assert world.access()[0]["ended"] == "idle_timeout"
     text = world.metrics.exposition()[0].decode()
@@ -242,7 +247,7 @@ def test_drainClosesAll(world: World) -> None:
     upstream = world.upstreams["10.0.0.1"].succeed()
     done = world.listener.closeAll()
     assert not done.called
-    assert client.transport.disconnecting and upstream.transport.disconnecting
+    assert client.transport.writeClosed and upstream.transport.writeClosed
     client.connectionLost(Failure(ConnectionDone()))
     assert done.called
     assert world.access()[0]["ended"] == "drained"

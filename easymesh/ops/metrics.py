@@ -58,8 +58,8 @@ METRIC_DOCS: List[Tuple[str, str, Tuple[str, ...], str]] = [
         "easymesh_tcp_connections_total",
         "counter",
         ("listener", "cluster", "ended"),
-        "Connections of tcp listeners closed, by how they ended (closed, idle_timeout, "
-        "upstream_connect_failure, no_healthy_upstream, overflow, caller_refused, drained).",
+        "Connections of tcp listeners closed, by how they ended (client_closed, upstream_closed, client_reset, "
+        "upstream_reset, idle_timeout, drained, upstream_connect_failure, no_healthy_upstream, overflow, caller_refused).",
     ),
     (
         "easymesh_tcp_bytes_total",
