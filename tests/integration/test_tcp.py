@@ -290,6 +290,7 @@ def test_idleTimeout(launch: Launcher, tmp_path: Path, echo: App, secure: bool) 
     started = time.monotonic()
     assert receiveAll(sock, 1 << 10) == b""
     assert 1.5 < time.monotonic() - started < 10
+    sock.close()
     pair.a.waitForLog(lambda text: '"ended":"idle_timeout"' in text, 10)
 
 
