@@ -32,6 +32,11 @@ unary calls, 50 in flight on one channel, to ``refs/grpc_server.py``),
 ``--large`` adds 1 GiB downloads and uploads through two hops of easymesh
 and of nginx, with MB/s, peak RSS and a sha256 check of every byte.
 
+``--tcp`` adds raw TCP: one connection downloading ``--tcp-size`` bytes
+(1 GiB) from ``refs/tcp_source.py`` directly, through easymesh's tcp
+listeners one and two hops, and through two nginx stream proxies (when
+Debian's libnginx-mod-stream is installed), in MB/s with peak RSS.
+
 ``--idle-streams`` adds the memory of 1,000 open HTTP/2 streams: 10 h2c
 connections of 100 requests to the outbound listener of a pair whose app
 never answers, with an HTTP/2 and with an HTTP/1.1 hop (RSS before and
@@ -660,6 +665,131 @@ def idleStreams(args: argparse.Namespace) -> List[Dict]:
     return rows
 
 
+def tcpDownload(port: int, size: int) -> float:
+    """
+    Read C{size} bytes from a connection to C{port} (pinned like wrk);
+    MB/s.
+    """
+    code = (
+        "import socket, sys, time\n"
+        "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=60)\n"
+        "buf = bytearray(1 << 20); view = memoryview(buf); left = int(sys.argv[2]); t = time.monotonic()\n"
+        "while left > 0:\n"
+        "    n = s.recv_into(view)\n"
+        "    if not n: raise SystemExit('closed early')\n"
+        "    left -= n\n"
+        "print(time.monotonic() - t)\n"
+    )
+    out = subprocess.run(
+        pin(1) + [PYTHON, "-c", code, str(port), str(size)], capture_output=True, text=True, timeout=300
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"TCP download from {port} failed: {out.stderr[-1000:]}")
+    return size / float(out.stdout) / 1e6
+
+
+def tcpRows(args: argparse.Namespace, directory: str) -> List[Dict]:
+    """
+    Raw TCP through tcp listeners: MB/s of one connection downloading
+    C{--tcp-size} bytes, direct, through easymesh one and two hops, and
+    through two nginx stream proxies, with the proxies' peak RSS (medians
+    of C{--rounds}).
+    """
+    size = args.tcp_size
+    sourcePort = freePort()
+    source = Proc("tcp-source", [PYTHON, os.path.join(HERE, "refs", "tcp_source.py"), str(sourcePort), str(size)],
+                  sourcePort, 1)  # fmt: skip
+    names = ["tcp-direct", "easymesh-tcp-1hop", "easymesh-tcp-2hop"]
+    stream = os.path.exists("/usr/lib/nginx/modules/ngx_stream_module.so") and shutil.which("nginx")
+    if stream:
+        names.append("nginx-tcp-2hop")
+    results: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
+    try:
+        for _ in range(args.rounds):
+            for name in names:
+                procs: List[Proc] = []
+                try:
+                    if name == "tcp-direct":
+                        port = sourcePort
+                    elif name.startswith("easymesh"):
+                        proc, port = startTCPEasymesh(directory, sourcePort, int(name[-4]), args.easymesh_python)
+                        procs = [proc]
+                    else:
+                        inner, innerPort = startTCPNginx(directory, sourcePort)
+                        outer, port = startTCPNginx(directory, innerPort)
+                        procs = [outer, inner]
+                    mbps = tcpDownload(port, size)
+                    results[name].append({"mbps": mbps, "rss": max((p.peakRSS() for p in procs), default=0)})
+                finally:
+                    for p in procs:
+                        p.stop()
+                print(f"tcp {name}: {results[name][-1]}", file=sys.stderr)
+    finally:
+        source.stop()
+    return [
+        {
+            "row": name,
+            "mbps": median([r["mbps"] for r in runs]),
+            "rss_mb": median([r["rss"] for r in runs]) / 2**20,
+        }
+        for name, runs in results.items()
+    ]
+
+
+def startTCPEasymesh(directory: str, sourcePort: int, hops: int, python: str) -> "tuple[Proc, int]":
+    first, second = freePort(), freePort()
+    config = os.path.join(directory, f"tcp-{first}.yaml")
+    listeners = f"""listeners:
+  - name: tcp-in
+    address: tcp:{second}:interface=127.0.0.1
+    protocol: tcp
+    cluster: source
+"""
+    clusters = f"""clusters:
+  source:
+    endpoints: ["tcp://127.0.0.1:{sourcePort}"]
+"""
+    if hops == 2:
+        listeners += f"""  - name: tcp-out
+    address: tcp:{first}:interface=127.0.0.1
+    protocol: tcp
+    cluster: hop
+"""
+        clusters += f"""  hop:
+    endpoints: ["tcp://127.0.0.1:{second}"]
+"""
+    with open(config, "w") as f:
+        f.write(listeners + clusters)
+    argv = [
+        python, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "easymesh",
+        "--config", config, "--outbound", str(freePort()), "--inbound", f"tcp:{freePort()}:interface=127.0.0.1",
+        "--demo", str(freePort()), "--admin", f"tcp:{freePort()}:interface=127.0.0.1",
+    ]  # fmt: skip
+    port = first if hops == 2 else second
+    proc = Proc(f"easymesh-tcp-{hops}hop", argv, port, 0)
+    return proc, port
+
+
+def startTCPNginx(directory: str, upstreamPort: int) -> "tuple[Proc, int]":
+    port = freePort()
+    path = os.path.join(directory, f"nginx-stream-{port}.conf")
+    with open(path, "w") as f:
+        f.write(
+            f"""
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+daemon off;
+pid {directory}/nginx-stream-{port}.pid;
+error_log stderr error;
+events {{ worker_connections 1024; }}
+stream {{
+    server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{upstreamPort}; }}
+}}
+"""
+        )
+    return Proc("nginx-stream", ["nginx", "-p", directory, "-c", path], port, 0), port
+
+
 def versions(backendName: str, args: argparse.Namespace) -> str:
     def version(argv: List[str]) -> str:
         with contextlib.suppress(Exception):
@@ -704,7 +834,12 @@ def grpcRatios(by: Dict[str, Dict]) -> List[str]:
 
 
 def render(
-    table: List[Dict], largeRows: List[Dict], args: argparse.Namespace, backendName: str, idleRows: Sequence[Dict] = ()
+    table: List[Dict],
+    largeRows: List[Dict],
+    args: argparse.Namespace,
+    backendName: str,
+    idleRows: Sequence[Dict] = (),
+    tcp: Sequence[Dict] = (),
 ) -> str:
     lines = [
         "## Environment", "", versions(backendName, args), "",
@@ -736,6 +871,21 @@ def render(
                 f"| {r['row']} | {r['download_MBps']:.0f} | {r['upload_MBps']:.0f} | "
                 f"{'yes' if r['intact'] else 'NO'} | {r['rss_mb']:.1f} |"
             )
+    if tcp:
+        lines += [
+            "", f"## Raw TCP ({args.tcp_size / 2**20:g} MiB downloaded through tcp listeners, one connection)", "",
+            "| row | MB/s | peak RSS MB |",
+            "|---|---:|---:|",
+        ]
+        for r in tcp:
+            lines.append(f"| {r['row']} | {r['mbps']:.0f} | {r['rss_mb']:.1f} |")
+        by = {r["row"]: r for r in tcp}
+        if "nginx-tcp-2hop" in by:
+            lines += [
+                "",
+                f"- MB/s, easymesh two hops / nginx two hops: "
+                f"{by['easymesh-tcp-2hop']['mbps'] / by['nginx-tcp-2hop']['mbps']:.2f}x",
+            ]
     if idleRows:
         lines += [
             "", "## 1,000 open HTTP/2 streams (10 h2c connections of 100, two hops, the app never answers)", "",
@@ -767,6 +917,8 @@ def main() -> None:
     parser.add_argument(
         "--idle-streams", action="store_true", help="also measure the memory of 1,000 open HTTP/2 streams"
     )
+    parser.add_argument("--tcp", action="store_true", help="also measure raw TCP through tcp listeners")
+    parser.add_argument("--tcp-size", type=int, default=1 << 30)
     parser.add_argument("--write", action="store_true", help="write benchmarks/RESULTS.md")
     parser.add_argument("--json", help="also write raw results to this file")
     args = parser.parse_args()
@@ -775,12 +927,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="easymesh-bench-") as directory:
         table, backendName = small(args, directory)
         largeRows = large(args, directory) if args.large else []
+        tcp = tcpRows(args, directory) if args.tcp else []
     idleRows = idleStreams(args) if args.idle_streams else []
-    text = render(table, largeRows, args, backendName, idleRows)
+    text = render(table, largeRows, args, backendName, idleRows, tcp)
     print(text)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"small": table, "large": largeRows, "idle_streams": idleRows}, f, indent=2)
+            json.dump({"small": table, "large": largeRows, "idle_streams": idleRows, "tcp": tcp}, f, indent=2)
     if args.write:
         with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
             f.write("# Benchmark results\n\nMade by `python benchmarks/run.py --large --write`.\n\n" + text)

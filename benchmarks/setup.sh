@@ -5,6 +5,6 @@
 set -euo pipefail
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq
-    apt-get install -y -qq wrk nginx-light curl nghttp2-client nghttp2-proxy
+    apt-get install -y -qq wrk nginx-light libnginx-mod-stream curl nghttp2-client nghttp2-proxy
 fi
-python -m pip install -q aiohttp
+python -m pip install -q aiohttp grpcio
