@@ -357,3 +357,44 @@ def test_upstreamURLs() -> None:
     assert str(UpstreamURL.parse("tls://db.internal:5432")) == "tls://db.internal:5432"
     with pytest.raises(ValueError, match="needs a port"):
         UpstreamURL.parse("tcp://db.internal")
+
+
+def test_healthCheckIsAConnect() -> None:
+    """
+    A tcp cluster's health check connects to each endpoint and closes the
+    connection; endpoints that refuse it are taken out, and brought back
+    once they accept again.
+    """
+    from easymesh.config.mesh import HealthCheck
+
+    check = HealthCheck(interval=5.0, timeout=1.0, healthyThreshold=1, unhealthyThreshold=2)
+    w = World(healthCheck=check)
+    try:
+        upstream = w.upstreams["10.0.0.1"]
+        [endpoint] = w.cluster.endpoints
+        for _ in range(2):
+            w.clock.advance(5)
+            assert upstream.attempts, "no probe was sent"
+            upstream.refuse()
+        assert not endpoint.healthy
+        w.clock.advance(5)
+        probe = upstream.succeed()
+        assert probe.transport.disconnecting
+        assert endpoint.healthy
+    finally:
+        w.close()
+
+
+def test_tcpHealthCheckAsksNoPath() -> None:
+    from easymesh.config.mesh import HealthCheck
+    from easymesh.config.validate import validateCluster
+
+    tcp = ClusterConfig(
+        "redis",
+        endpoints=(UpstreamURL.parse("tcp://127.0.0.1:6379"),),
+        weights=(1,),
+        healthCheck=HealthCheck(path="/healthz"),
+    )
+    assert [str(p) for p in validateCluster(tcp)] == [
+        "health_check.path: a tcp:// or tls:// cluster's check is a connect: no path"
+    ]

@@ -10,6 +10,7 @@ import random as _random
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -20,6 +21,7 @@ from easymesh.cluster.breakers import MAX_REQUESTS, Breakers
 from easymesh.cluster.discovery import DnsHosts, Hosts
 from easymesh.cluster.endpoint import Endpoint
 from easymesh.cluster.grpchealth import grpcProbe
+from easymesh.config.addresses import TCP_SCHEMES
 from easymesh.cluster.health import HealthChecker
 from easymesh.cluster.outlier import OutlierDetector
 from easymesh.config.mesh import HEALTH_CHECK_PATH, ClusterConfig, HealthCheck
@@ -291,6 +293,8 @@ class Cluster:
     def _probe(self, endpoint: Endpoint, check: HealthCheck) -> Deferred[int]:
         if check.grpc is not None:
             return grpcProbe(endpoint, check)
+        if endpoint.url.scheme in TCP_SCHEMES:
+            return _connectProbe(endpoint)
         headers = Headers()
         headers.setRawHeaders(b"host", [(check.host or endpoint.url.authority).encode("ascii")])
         headers.setRawHeaders(b"user-agent", [b"easymesh-health-check"])
@@ -370,3 +374,18 @@ def _drainStatus(response: Response) -> Deferred[int]:
     drain = _Drain(response.code)
     response.deliverBody(drain)
     return drain.done
+
+
+def _connectProbe(endpoint: Endpoint) -> "Deferred[int]":
+    """
+    The health check of a TCP endpoint: a connection, closed at once;
+    200 if it was made (the check's timeout cancels it).
+    """
+
+    def connected(protocol: Protocol) -> int:
+        assert protocol.transport is not None
+        protocol.transport.loseConnection()
+        return 200
+
+    d: Deferred[Any] = endpoint.upstream.connect(Factory.forProtocol(Protocol))
+    return d.addCallback(connected)

@@ -382,6 +382,12 @@ def validateCluster(cluster: ClusterConfig, at: Path = ()) -> List[Problem]:
                     "needs a cluster that speaks HTTP/2 (protocol: http2, or h2c:// or grpc:// endpoints)",
                 )
             )
+        if isTCPCluster(cluster):
+            for key in ("path", "grpc", "host"):
+                if getattr(cluster.healthCheck, key) is not None:
+                    p.append(
+                        Problem(at + ("health_check", key), "a tcp:// or tls:// cluster's check is a connect: no " + key)
+                    )
     for i, pattern in enumerate(cluster.tlsIdentities):
         p.check(at + ("tls", "identities", i), checkIdentityPattern, pattern)
     return p
