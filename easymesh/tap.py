@@ -201,10 +201,8 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     from easymesh.accesslog import AccessLog
     from easymesh.demo import demoSite
     from easymesh.errorlog import ErrorLog
-    from easymesh.forwarder import Forwarder
-    from easymesh.headers import HeaderPolicy
     from easymesh.inflight import InFlight
-    from easymesh.listener import MutualTLSFactory, ProxyResource, ProxySite
+    from easymesh.listener import MutualTLSFactory
     from easymesh.ops.sdnotify import Notifier
     from easymesh.ports import listeningService
     from easymesh.reload import ConfigReloader
@@ -251,20 +249,10 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         adminService.setName("admin")
         sidecar.addBackend(adminService)
     for listener in config.listeners():
-        forwarder = Forwarder(
-            HeaderPolicy(config.nodeId, listener.name, config.headers_with_underscores_action),
-            chains[listener.name],
-            runtime,
-            listener.name,
-        )
-        forwarder.sampleNewTraces = telemetry.traces is not None
-        resource = ProxyResource(
-            listener.name, forwarder, reactor, inflight, accessLog, telemetry, errorLog
-        )
         limits = config.edgeLimits
         if listener.name == INBOUND:
             limits = limits.withSidecarHeadroom()
-        site = ProxySite(resource, limits, reactor=reactor)
+        site = proxySite(listener.name, config, runtime, chains, limits, sidecar, accessLog, telemetry, errorLog, reactor)
         factory: Any = site
         if listener.name == INBOUND and config.inbound_tls == "mtls":
             files = config.tlsFiles
@@ -277,6 +265,35 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     for spec in config.mesh().listeners:
         addFileListener(sidecar, spec, config, runtime, chains, contexts, accessLog, telemetry, errorLog, reactor)
     return sidecar
+
+
+def proxySite(
+    name: str,
+    config: SidecarConfig,
+    runtime: Any,
+    chains: Dict[str, Any],
+    limits: Any,
+    sidecar: Any,
+    accessLog: Any,
+    telemetry: Any,
+    errorLog: Any,
+    reactor: Any,
+) -> Any:
+    """
+    The L{easymesh.listener.ProxySite} of the HTTP listener C{name}: its
+    forwarder (header policy, filter chain, routes by its name) and the
+    sidecar's logs, telemetry and in-flight count.
+    """
+    from easymesh.forwarder import Forwarder
+    from easymesh.headers import HeaderPolicy
+    from easymesh.listener import ProxyResource, ProxySite
+
+    forwarder = Forwarder(
+        HeaderPolicy(config.nodeId, name, config.headers_with_underscores_action), chains[name], runtime, name
+    )
+    forwarder.sampleNewTraces = telemetry.traces is not None
+    resource = ProxyResource(name, forwarder, reactor, sidecar.inflight, accessLog, telemetry, errorLog)
+    return ProxySite(resource, limits, reactor=reactor)
 
 
 def addFileListener(
@@ -302,9 +319,7 @@ def addFileListener(
     """
     import attrs
 
-    from easymesh.forwarder import Forwarder
-    from easymesh.headers import HeaderPolicy
-    from easymesh.listener import MutualTLSFactory, ProxyResource, ProxySite
+    from easymesh.listener import MutualTLSFactory
     from easymesh.ports import listeningService
     from easymesh.tcpproxy import TCP_IDLE_TIMEOUT, TCPListener
     from easymesh.tls.identity import parsePatterns
@@ -330,18 +345,12 @@ def addFileListener(
         )
         factory = site
     else:
-        forwarder = Forwarder(
-            HeaderPolicy(config.nodeId, spec.name, config.headers_with_underscores_action),
-            chains[spec.name],
-            runtime,
-            spec.name,
-        )
-        forwarder.sampleNewTraces = telemetry.traces is not None
-        resource = ProxyResource(spec.name, forwarder, reactor, sidecar.inflight, accessLog, telemetry, errorLog)
         limits = config.edgeLimits
         if spec.idleTimeout is not None:
             limits = attrs.evolve(limits, idleTimeout=spec.idleTimeout)
-        site = factory = ProxySite(resource, limits, reactor=reactor)
+        site = factory = proxySite(
+            spec.name, config, runtime, chains, limits, sidecar, accessLog, telemetry, errorLog, reactor
+        )
         site.allowedIdentities = allowed
     if allowed is not None:
         assert files is not None
