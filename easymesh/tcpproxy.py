@@ -162,6 +162,7 @@ class _Downstream(Protocol, TimeoutMixin):
         self.clusterObject: Any = None
         self.connecting: Optional[Deferred[Any]] = None
         self.connectStarted = 0.0
+        self.connectTime = 0.0
         self.started = listener.clock.seconds()
         self.ended: Optional[str] = None
         self.closed = False
@@ -211,6 +212,7 @@ class _Downstream(Protocol, TimeoutMixin):
 
     def _connected(self, upstream: "_Upstream") -> None:
         self.connecting = None
+        self.connectTime = self.listener.clock.seconds() - self.connectStarted
         self.clusterObject.tcpConnected(self.endpoint, self.connectStarted)
         if self.closed:
             upstream.end.abort()
@@ -302,7 +304,11 @@ class _Downstream(Protocol, TimeoutMixin):
         telemetry = listener.telemetry
         if telemetry is not None:
             telemetry.connectionClosed(listener.name)
-            telemetry.tcpConnectionDone(listener.name, listener.cluster, ended, bytesIn, bytesOut)
+            failure = ended if tunnel is None else None
+            connectTime = self.connectTime if tunnel is not None else None
+            telemetry.tcpConnectionDone(
+                listener.name, listener.cluster, ended, bytesIn, bytesOut, connectTime, failure
+            )
         if listener.accessLog is not None:
             listener.accessLog.recordConnection(
                 listener.name,

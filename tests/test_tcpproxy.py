@@ -398,3 +398,29 @@ def test_tcpHealthCheckAsksNoPath() -> None:
     assert [str(p) for p in validateCluster(tcp)] == [
         "health_check.path: a tcp:// or tls:// cluster's check is a connect: no path"
     ]
+
+
+def test_dashboardSeesTheListener() -> None:
+    """
+    The live figures count a tcp listener's connections under its name:
+    one that reached its upstream as served, one that did not as an error
+    with its cause.
+    """
+    from easymesh.ops.live import LiveStats
+
+    w = World()
+    try:
+        live = LiveStats(w.clock)
+        w.listener.telemetry = Telemetry(w.metrics, live)
+        client = w.accept()
+        w.clock.advance(0.25)
+        w.upstreams["10.0.0.1"].succeed()
+        client.connectionLost(Failure(ConnectionDone()))
+        refused = w.accept()
+        w.upstreams["10.0.0.1"].refuse()
+        refused.connectionLost(Failure(ConnectionDone()))
+        assert live.total == 2
+        [error] = list(live.errors)
+        assert error["listener"] == "cache" and error["reason"] == "upstream_connect_failure"
+    finally:
+        w.close()

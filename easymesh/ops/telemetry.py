@@ -106,13 +106,30 @@ class Telemetry:
             return self.traces.close()
         return succeed(None)
 
-    def tcpConnectionDone(self, listener: str, cluster: str, ended: str, bytesIn: int, bytesOut: int) -> None:
+    def tcpConnectionDone(
+        self,
+        listener: str,
+        cluster: str,
+        ended: str,
+        bytesIn: int,
+        bytesOut: int,
+        connectTime: Optional[float] = None,
+        failure: Optional[str] = None,
+    ) -> None:
         """
         A C{tcp} listener's connection is closed; C{ended} says how (see
-        L{easymesh.tcpproxy}).
+        L{easymesh.tcpproxy}).  The dashboard counts it as one of the
+        listener's requests, its latency the time the upstream took to
+        connect, an error if it never reached the upstream (C{failure}).
+
+        @param connectTime: Seconds to connect upstream; L{None} if it was
+            not connected.
         """
         if self.metrics is not None:
             self.metrics.tcpConnectionDone(listener, cluster, ended, bytesIn, bytesOut)
+        if self.live is not None:
+            status = 503 if failure is not None else 200
+            self.live.record(listener, cluster, status, connectTime or 0.0, failure, b"TCP", b"")
 
     def tunnelOpened(self, listener: str) -> None:
         """
