@@ -37,6 +37,11 @@ and of nginx, with MB/s, peak RSS and a sha256 check of every byte.
 listeners one and two hops, and through two nginx stream proxies (when
 Debian's libnginx-mod-stream is installed), in MB/s with peak RSS.
 
+``--websocket`` adds WebSocket round trips (``refs/ws_load.py``: 64-byte
+messages echoed by ``refs/ws_echo.py``, 10 connections back to back)
+directly, through easymesh one and two hops, and through two nginx
+proxies, with CPU per round trip and peak RSS.
+
 ``--idle-streams`` adds the memory of 1,000 open HTTP/2 streams: 10 h2c
 connections of 100 requests to the outbound listener of a pair whose app
 never answers, with an HTTP/2 and with an HTTP/1.1 hop (RSS before and
@@ -665,6 +670,83 @@ def idleStreams(args: argparse.Namespace) -> List[Dict]:
     return rows
 
 
+def wsLoad(port: int, connections: int, duration: float) -> Dict[str, float]:
+    out = subprocess.run(
+        pin(1) + [PYTHON, os.path.join(HERE, "refs", "ws_load.py"), str(port), str(connections), str(duration)],
+        capture_output=True, text=True, timeout=duration + 60,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"ws_load failed on port {port}:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def wsRows(args: argparse.Namespace, directory: str) -> List[Dict]:
+    """
+    WebSocket round trips (a 64-byte message and its echo, 10 connections
+    back to back) directly to the app, through easymesh one and two hops,
+    and through two nginx proxies, with the proxies' CPU per round trip
+    and peak RSS (medians of C{--rounds}).
+    """
+    appPort = freePort()
+    app = Proc("ws-app", [PYTHON, os.path.join(HERE, "refs", "ws_echo.py"), str(appPort)], appPort, 1)
+    names = ["ws-direct", "easymesh-ws-1hop", "easymesh-ws-2hop"] + (["nginx-ws-2hop"] if shutil.which("nginx") else [])
+    results: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
+    try:
+        for _ in range(args.rounds):
+            for name in names:
+                procs: List[Proc] = []
+                try:
+                    if name == "ws-direct":
+                        port = appPort
+                    elif name.startswith("easymesh"):
+                        proc, port = startEasymesh(appPort, int(name[-4]), args.easymesh_python)
+                        procs = [proc]
+                    else:
+                        upgrade = """
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+        }}
+    }}"""
+                        innerPort, port = freePort(), freePort()
+                        inner = startNginx(directory, "nginx-ws-inner", innerPort, upgrade.format(port=innerPort, upstream=appPort), 0)
+                        outer = startNginx(directory, "nginx-ws-outer", port, upgrade.format(port=port, upstream=innerPort), 0)
+                        procs = [outer, inner]
+                    wsLoad(port, 10, args.warmup)
+                    before = sum(p.cpuSeconds() for p in procs)
+                    loaded = wsLoad(port, 10, args.duration)
+                    cpu = sum(p.cpuSeconds() for p in procs) - before
+                    results[name].append(
+                        {
+                            "rps": loaded["rps"],
+                            "mean": loaded["mean"],
+                            "cpu_us": cpu / loaded["count"] * 1e6 if procs else float("nan"),
+                            "rss": max((p.peakRSS() for p in procs), default=0),
+                        }
+                    )
+                finally:
+                    for p in procs:
+                        p.stop()
+                print(f"ws {name}: {results[name][-1]}", file=sys.stderr)
+    finally:
+        app.stop()
+    return [
+        {
+            "row": name,
+            "rps": median([r["rps"] for r in runs]),
+            "mean_ms": median([r["mean"] for r in runs]) * 1e3,
+            "cpu_us": median([r["cpu_us"] for r in runs]),
+            "rss_mb": median([r["rss"] for r in runs]) / 2**20,
+        }
+        for name, runs in results.items()
+    ]
+
+
 def tcpDownload(port: int, size: int) -> float:
     """
     Read C{size} bytes from a connection to C{port} (pinned like wrk);
@@ -840,6 +922,7 @@ def render(
     backendName: str,
     idleRows: Sequence[Dict] = (),
     tcp: Sequence[Dict] = (),
+    ws: Sequence[Dict] = (),
 ) -> str:
     lines = [
         "## Environment", "", versions(backendName, args), "",
@@ -870,6 +953,16 @@ def render(
             lines.append(
                 f"| {r['row']} | {r['download_MBps']:.0f} | {r['upload_MBps']:.0f} | "
                 f"{'yes' if r['intact'] else 'NO'} | {r['rss_mb']:.1f} |"
+            )
+    if ws:
+        lines += [
+            "", "## WebSocket (64-byte messages echoed, 10 connections back to back)", "",
+            "| row | round trips/s | mean ms | CPU µs/round trip | peak RSS MB |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in ws:
+            lines.append(
+                f"| {r['row']} | {r['rps']:.0f} | {r['mean_ms']:.2f} | {r['cpu_us']:.0f} | {r['rss_mb']:.1f} |"
             )
     if tcp:
         lines += [
@@ -918,6 +1011,7 @@ def main() -> None:
         "--idle-streams", action="store_true", help="also measure the memory of 1,000 open HTTP/2 streams"
     )
     parser.add_argument("--tcp", action="store_true", help="also measure raw TCP through tcp listeners")
+    parser.add_argument("--websocket", action="store_true", help="also measure WebSocket round trips")
     parser.add_argument("--tcp-size", type=int, default=1 << 30)
     parser.add_argument("--write", action="store_true", help="write benchmarks/RESULTS.md")
     parser.add_argument("--json", help="also write raw results to this file")
@@ -928,12 +1022,15 @@ def main() -> None:
         table, backendName = small(args, directory)
         largeRows = large(args, directory) if args.large else []
         tcp = tcpRows(args, directory) if args.tcp else []
+        ws = wsRows(args, directory) if args.websocket else []
     idleRows = idleStreams(args) if args.idle_streams else []
-    text = render(table, largeRows, args, backendName, idleRows, tcp)
+    text = render(table, largeRows, args, backendName, idleRows, tcp, ws)
     print(text)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"small": table, "large": largeRows, "idle_streams": idleRows, "tcp": tcp}, f, indent=2)
+            json.dump(
+                {"small": table, "large": largeRows, "idle_streams": idleRows, "tcp": tcp, "websocket": ws}, f, indent=2
+            )
     if args.write:
         with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
             f.write("# Benchmark results\n\nMade by `python benchmarks/run.py --large --write`.\n\n" + text)
