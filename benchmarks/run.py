@@ -354,7 +354,7 @@ def small(args: argparse.Namespace, directory: str) -> "tuple[List[Dict], str]":
                         )
                     else:
                         proc, port = startReference(row, backendPort, directory)
-                    h2 = row.endswith("-h2") or row == "nghttpx"
+                    h2 = row.partition("@")[0].endswith("-h2") or row == "nghttpx"
                     run = measureH2 if h2 else measure
                     results[row].append(run(proc, port, args.duration, args.warmup))
                 finally:
