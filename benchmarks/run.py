@@ -310,6 +310,7 @@ def measure(proc: Optional[Proc], port: int, duration: float, warmup: float = 1.
         "p99": loaded["p99"],
         "cpu_us": cpu / loaded["requests"] * 1e6 if proc else float("nan"),
         "c1_p50": single["p50"],
+        "c1_p99": single["p99"],
         "rss": proc.peakRSS() if proc else 0,
     }
 
