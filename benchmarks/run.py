@@ -343,6 +343,7 @@ def measure(proc: Optional[Proc], port: int, duration: float, warmup: float = 1.
         "p99": loaded["p99"],
         "cpu_us": cpu / loaded["requests"] * 1e6 if proc else float("nan"),
         "c1_p50": single["p50"],
+        "c1_p99": single["p99"],
         "rss": proc.peakRSS() if proc else 0,
     }
 
@@ -378,11 +379,9 @@ def measureGrpc(proc: Optional[Proc], port: int, duration: float, warmup: float 
 
 
 def hasGrpc() -> bool:
-    try:
-        import grpc  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("grpc") is not None
 
 
 def median(values: List[float]) -> float:
@@ -438,7 +437,7 @@ def small(args: argparse.Namespace, directory: str) -> "tuple[List[Dict], str]":
                         )
                     else:
                         proc, port = startReference(row, backendPort, directory)
-                    h2 = row.endswith("-h2") or row == "nghttpx"
+                    h2 = row.partition("@")[0].endswith("-h2") or row == "nghttpx"
                     run = measureGrpc if grpc else measureH2 if h2 else measure
                     results[row].append(run(proc, port, args.duration, args.warmup))
                 finally:

@@ -397,6 +397,10 @@ class Exchange:
         call, self._deadlineCall = self._deadlineCall, None
         if call is not None and call.active():
             call.cancel()
+        body = self.request.body
+        if isinstance(body, RequestBodyStream):
+            # No longer timed; nor left holding this exchange in a cycle.
+            body.onData = None
         if reason is not None:
             pending, self.pending = self.pending, None
             producer, self.producer = self.producer, None

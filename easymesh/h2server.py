@@ -723,8 +723,9 @@ class H2Edge(Protocol):
             return
         stream.closed = True
         stream.pending = []
-        if stream.body is not None:
-            stream.body.fail(reason)
+        body, stream.body = stream.body, None
+        if body is not None:
+            body.fail(reason)
         exchange, stream.exchange = stream.exchange, None
         if exchange is not None:
             exchange.done(reason)
@@ -800,9 +801,12 @@ class H2Edge(Protocol):
         stream.closed = True
         self._streams.pop(stream.id, None)
         self._waiting.pop(stream.id, None)
-        if stream.body is not None and not stream.body.complete:
+        # The body (which calls back the stream) is let go of, so that the
+        # two are not left a reference cycle.
+        body, stream.body = stream.body, None
+        if body is not None and not body.complete:
             # Answered before the request body ended: the client may stop.
-            stream.body.stopProducing()
+            body.stopProducing()
             try:
                 conn.reset_stream(stream.id, ErrorCodes.NO_ERROR)
             except H2Error:

@@ -167,6 +167,7 @@ class RequestBodyStream:
         self._buffer = []
         self._buffered = 0
         self._done = None
+        self._consumer = None
         self._resume()
 
     def _flush(self) -> None:
@@ -181,6 +182,10 @@ class RequestBodyStream:
             return
         self._resume()
         if self.complete and not self._buffer:
+            # Produced whole: let go of the consumer, which may hold this
+            # body (an HTTP/2 stream does), so that the two are not left a
+            # reference cycle.
+            self._consumer = None
             done, self._done = self._done, None
             if done is not None:
                 done.callback(None)

@@ -716,7 +716,7 @@ class _ToSink(Protocol):
     """
 
     def __init__(self, response: H1Response, sink: Any) -> None:
-        self._response = response
+        self._response: Optional[H1Response] = response
         self._sink = sink
 
     def connectionMade(self) -> None:
@@ -726,8 +726,11 @@ class _ToSink(Protocol):
         self._sink.bodyData(data)
 
     def connectionLost(self, reason: Failure = _RESPONSE_DONE) -> None:
+        # The response holds this protocol: let go of it, so that the two
+        # are not left as a reference cycle.
+        response, self._response = self._response, None
         if reason.type is ResponseDone:
-            self._sink.bodyEnded(self._response.trailers)
+            self._sink.bodyEnded(response.trailers if response is not None else None)
         elif reason.type is PotentialDataLoss:
             # Delimited by the close: complete as far as anyone can tell.
             self._sink.bodyEnded(None)

@@ -503,6 +503,9 @@ class H2ClientConnection(Protocol):
             response.ended = True
             if response.sink is not None:
                 response.sink.bodyEnded(response.trailers)
+            # The response keeps what it needs of its stream; the ended
+            # stream lets go of it, so that the two are not left a cycle.
+            stream.response = None
         self._capacityFreed()
 
     def _streamReset(self, event: StreamReset) -> None:
@@ -601,10 +604,12 @@ class H2ClientConnection(Protocol):
             d, stream.deferred = stream.deferred, Deferred()
             if not d.called:
                 d.errback(reason)
-        elif not response.ended and response.failed is None:
-            response.failed = reason
-            if response.sink is not None:
-                response.sink.bodyFailed(reason)
+        else:
+            if not response.ended and response.failed is None:
+                response.failed = reason
+                if response.sink is not None:
+                    response.sink.bodyFailed(reason)
+            stream.response = None
 
     def _capacityFreed(self) -> None:
         if self.goingAway and not self._streams and self.transport is not None and not self.closed:
